@@ -1,0 +1,36 @@
+"""The server's optimizer over the global prompt (FedOpt): averaging, SGD with momentum, Adam.
+
+Clients send pseudo-gradients (FedAvg: ``global - local``; FedSGD: a gradient); the server treats
+their weighted mean as the gradient of the global prompt. SGD with lr 1 and no momentum is plain
+FedAvg averaging.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rayfed.config import OptimizerConfig
+
+
+class ServerOptimizer:
+    """Owns the global prompt and a torch optimizer over it."""
+
+    def __init__(self, prompt: torch.Tensor, cfg: OptimizerConfig):
+        self.prompt = torch.nn.Parameter(prompt.detach().clone().float())
+        if cfg.name == "sgd":
+            self.opt: torch.optim.Optimizer = torch.optim.SGD(
+                [self.prompt], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        elif cfg.name == "adam":
+            self.opt = torch.optim.Adam([self.prompt], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            raise ValueError(f"unknown server optimizer {cfg.name!r}")
+
+    def step(self, pseudo_gradient: torch.Tensor) -> torch.Tensor:
+        """Apply one step and return a copy of the new global prompt."""
+        self.prompt.grad = pseudo_gradient.to(self.prompt.dtype).clone()
+        self.opt.step()
+        self.prompt.grad = None
+        return self.global_prompt()
+
+    def global_prompt(self) -> torch.Tensor:
+        return self.prompt.detach().clone()

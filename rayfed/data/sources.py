@@ -1,0 +1,57 @@
+"""One entry point from ``data:`` config to a list of examples, whatever the source."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from rayfed.config import DataConfig, ExperimentConfig
+from rayfed.data.partition import FederatedData, partition
+from rayfed.types import Example
+
+
+def load_examples(cfg: DataConfig, seed: int) -> list[Example]:
+    """Load the configured source, restricted to ``cfg.tasks`` and capped per task.
+
+    Raises:
+        FileNotFoundError: when a prepared cache or a user path is missing; the message says
+            how to get it.
+    """
+    if cfg.source == "synthetic":
+        from rayfed.data.synthetic import generate_synthetic
+
+        return generate_synthetic(cfg.max_examples_per_task, seed, cfg.tasks)
+    if cfg.source == "bigbench":
+        from rayfed.data.bigbench import load_bigbench
+
+        examples = load_bigbench(tasks=cfg.tasks)
+    elif cfg.source == "sni":
+        from rayfed.data.sni import load_sni
+
+        examples = load_sni(Path(str(cfg.path)))
+        if cfg.tasks is not None:
+            examples = [ex for ex in examples if ex.task in set(cfg.tasks)]
+    else:
+        raise ValueError(f"unknown data source {cfg.source!r}")
+    return cap_per_task(examples, cfg.max_examples_per_task)
+
+
+def cap_per_task(examples: list[Example], limit: int) -> list[Example]:
+    """Keep the first ``limit`` examples of each task, in their original order."""
+    seen: dict[str, int] = defaultdict(int)
+    kept = []
+    for ex in examples:
+        if seen[ex.task] < limit:
+            seen[ex.task] += 1
+            kept.append(ex)
+    return kept
+
+
+def federated_data(cfg: ExperimentConfig) -> FederatedData:
+    """Load the configured examples and partition them across clients."""
+    p = cfg.partition
+    return partition(
+        load_examples(cfg.data, cfg.seed), num_clients=p.num_clients, scheme=p.scheme, unit=p.unit,
+        alpha=p.alpha, units_per_client=p.units_per_client, train_examples=p.train_examples,
+        val_examples=p.val_examples, test_examples=p.test_examples,
+        global_test_examples=p.global_test_examples, seed=cfg.seed)

@@ -1,0 +1,126 @@
+"""The frozen backbone wrapped with PEFT prompt tuning, and helpers to get and set the prompt.
+
+``model.name`` is a built-in name (``smollm2-135m``: the real default; ``tiny-llama``: a 2-layer
+random Llama with a character tokenizer, for tests and debugging), a Hugging Face hub id (only
+where the hub is reachable) or a local directory.
+"""
+
+from __future__ import annotations
+
+import string
+import warnings
+from dataclasses import dataclass
+
+import torch
+from peft import PeftModel, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+
+from rayfed.config import ModelConfig
+
+TINY_LLAMA = "tiny-llama"
+
+# PEFT ignores position ids under prompt tuning and says so on every generate call; harmless.
+warnings.filterwarnings("ignore", message="Position ids are not supported")
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated")
+
+
+@dataclass
+class PromptModel:
+    """A PEFT prompt-tuning model whose backbone is frozen, with its tokenizer."""
+
+    peft: PeftModel
+    tokenizer: object
+    device: torch.device
+
+    @property
+    def prompt_parameter(self) -> torch.nn.Parameter:
+        return self.peft.prompt_encoder["default"].embedding.weight
+
+    def get_prompt(self) -> torch.Tensor:
+        """A detached CPU copy of the soft prompt, ``[num_virtual_tokens, hidden]``."""
+        return self.prompt_parameter.detach().to("cpu", copy=True)
+
+    def set_prompt(self, prompt: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.prompt_parameter.copy_(prompt.to(self.prompt_parameter.device))
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id  # type: ignore[attr-defined]
+
+
+def build_prompt_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int = 0) -> PromptModel:
+    """Load the backbone, freeze it and wrap it with a soft prompt initialised per ``cfg``.
+
+    The initial prompt depends only on the backbone, ``cfg`` and ``seed``, so every process that
+    builds the same config holds the same starting prompt.
+    """
+    backbone, tokenizer = load_backbone(cfg.name)
+    backbone.eval()  # no dropout: training the prompt must be deterministic
+    peft_cfg = PromptTuningConfig(
+        task_type=TaskType.CAUSAL_LM,
+        num_virtual_tokens=cfg.num_virtual_tokens,
+        prompt_tuning_init=PromptTuningInit.RANDOM,  # replaced below, deterministically
+    )
+    peft_model = get_peft_model(backbone, peft_cfg)
+    model = PromptModel(peft_model, tokenizer, torch.device(device))
+    model.set_prompt(initial_prompt(backbone, tokenizer, cfg, seed))
+    peft_model.to(model.device)
+    return model
+
+
+def initial_prompt(backbone, tokenizer, cfg: ModelConfig, seed: int) -> torch.Tensor:
+    """``text``: embeddings of ``prompt_init_text`` tokens, repeated to fill the prompt (as PEFT's
+    TEXT init); ``random``: Gaussian with the embedding matrix's standard deviation."""
+    table = backbone.get_input_embeddings().weight.detach()
+    n = cfg.num_virtual_tokens
+    if cfg.prompt_init == "text":
+        ids = tokenizer(cfg.prompt_init_text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError("model.prompt_init_text tokenizes to nothing")
+        ids = (ids * (n // len(ids) + 1))[:n]
+        return table[torch.tensor(ids)].clone().float()
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, table.shape[1], generator=gen) * table.float().std()
+
+
+def load_backbone(name: str):
+    """Return ``(model, tokenizer)`` with every backbone parameter frozen."""
+    if name == TINY_LLAMA:
+        model, tokenizer = _tiny_llama()
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from rayfed.builtin_models import resolve_model_path
+
+        path = resolve_model_path(name)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tokenizer
+
+
+def _tiny_llama():
+    """A 2-layer random Llama over a character vocabulary; identical in every process."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<eos>"]
+    chars = sorted(set(string.printable) - set("\x0b\x0c\r"))
+    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                        eos_token="<eos>")
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, pad_token_id=0, eos_token_id=2, bos_token_id=2,
+                         initializer_range=0.2)  # larger than default: a prompt can steer it
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        model = LlamaForCausalLM(config)
+    return model, tokenizer

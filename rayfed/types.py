@@ -1,0 +1,76 @@
+"""Small frozen records that cross module and process boundaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Example:
+    """One instruction-following example; every data source produces this schema.
+
+    Attributes:
+        task: Leaf task name, e.g. ``"bigbench/qa_wikidata"``.
+        category: Task category; the unit of heterogeneity across clients.
+        instruction: Natural-language instruction shared by the task's examples.
+        input: The example's input text (may be empty).
+        target: The reference output.
+    """
+
+    task: str
+    category: str
+    instruction: str
+    input: str
+    target: str
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """What a client sends back after local work in one round: a prompt-sized tensor and counts.
+
+    Attributes:
+        client_id: The client that produced it.
+        delta: FedAvg: ``global_prompt - local_prompt``; FedSGD: the batch gradient. Either way
+            the server treats the weighted mean as a pseudo-gradient.
+        num_examples: Aggregation weight (training examples the client holds).
+        train_loss: Mean training loss over the client's local steps.
+    """
+
+    client_id: int
+    delta: torch.Tensor
+    num_examples: int
+    train_loss: float
+
+
+@dataclass(frozen=True)
+class EvalSums:
+    """Additive evaluation statistics, so shards evaluated in different processes can be merged."""
+
+    count: int = 0
+    loss: float = 0.0
+    exact_match: float = 0.0
+    rouge_l: float = 0.0
+
+    def __add__(self, other: EvalSums) -> EvalSums:
+        return EvalSums(
+            self.count + other.count,
+            self.loss + other.loss,
+            self.exact_match + other.exact_match,
+            self.rouge_l + other.rouge_l,
+        )
+
+    def means(self) -> dict[str, float]:
+        """Per-example means under the metric names used everywhere: loss, exact_match, rouge_l."""
+        n = max(self.count, 1)
+        return {"loss": self.loss / n, "exact_match": self.exact_match / n, "rouge_l": self.rouge_l / n}
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What the driver reports for one round; the orchestrator logs it."""
+
+    round_idx: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    client_metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # per client id
