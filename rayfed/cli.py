@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rayfed.builtin_models import ModelNotAvailableError
 from rayfed.config import ConfigError, load_config, to_yaml
 
 
@@ -18,13 +19,21 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. algorithm.rounds=3")
     data = sub.add_parser("data", help="data caches").add_subparsers(dest="data_command", required=True)
     data.add_parser("prepare", help="download and extract the BIG-bench tasks into the cache")
+    model = sub.add_parser("model", help="model caches").add_subparsers(dest="model_command", required=True)
+    prep = model.add_parser("prepare", help="convert a built-in model into the cache (once)")
+    prep.add_argument("name", nargs="?", default="smollm2-135m")
     args = parser.parse_args(argv)
 
     try:
         if args.command == "data":
             from rayfed.data.bigbench import prepare_bigbench
 
-            print(f"prepared: {prepare_bigbench()}")
+            print(f"data ready: {prepare_bigbench()}")
+            return 0
+        if args.command == "model":
+            from rayfed.builtin_models import resolve_model_path
+
+            print(f"model ready: {resolve_model_path(args.name)}")
             return 0
         cfg = load_config(args.config, args.overrides)
         if args.command == "validate":
@@ -40,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rayfed: config error: {err}", file=sys.stderr)
         return 2
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ModelNotAvailableError) as err:
         print(f"rayfed: {err}", file=sys.stderr)
         return 2
 

@@ -23,14 +23,28 @@ from rayfed.types import EvalSums
 
 
 def per_example_loss(model: PromptModel, batch: list[TokenizedExample]) -> torch.Tensor:
-    """Teacher-forced loss of each example, ``[len(batch)]``."""
+    """Teacher-forced loss of each example, ``[len(batch)]``.
+
+    The same computation as PEFT's prompt-tuning forward (prompt embeddings prepended, mask
+    extended), except that the LM head runs only where a target token is predicted: with a 49k
+    vocabulary that saves about a fifth of the compute of a training step.
+    """
     inputs = {k: v.to(model.device) for k, v in collate_train(batch, model.pad_id).items()}
-    labels = inputs.pop("labels")
-    logits = model.peft(**inputs).logits
-    logits = logits[:, -labels.shape[1]:]  # drop the virtual-token positions PEFT prepends
-    token_loss = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), labels[:, 1:], reduction="none")
-    mask = (labels[:, 1:] != -100).float()
-    return (token_loss * mask).sum(1) / mask.sum(1).clamp(min=1)
+    backbone = model.peft.get_base_model()
+    tokens = backbone.get_input_embeddings()(inputs["input_ids"])
+    n_rows, n_virtual = tokens.shape[0], model.prompt_parameter.shape[0]
+    prompt = model.prompt_parameter.unsqueeze(0).expand(n_rows, -1, -1).to(tokens.dtype)
+    mask = torch.cat([inputs["attention_mask"].new_ones(n_rows, n_virtual), inputs["attention_mask"]], 1)
+    hidden = backbone.base_model(inputs_embeds=torch.cat([prompt, tokens], 1), attention_mask=mask)
+    hidden = hidden.last_hidden_state[:, n_virtual:]
+    # Position t predicts token t + 1: pick the positions whose next token is a target token.
+    targets = inputs["labels"][:, 1:]
+    rows, cols = (targets != -100).nonzero(as_tuple=True)
+    logits = backbone.get_output_embeddings()(hidden[rows, cols])
+    token_loss = F.cross_entropy(logits.float(), targets[rows, cols], reduction="none")
+    sums = torch.zeros(n_rows, device=token_loss.device).index_add(0, rows, token_loss)
+    counts = torch.zeros(n_rows, device=token_loss.device).index_add(0, rows, torch.ones_like(token_loss))
+    return sums / counts.clamp(min=1)
 
 
 def batches(n: int, batch_size: int, num_steps: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -103,6 +117,8 @@ def evaluate(model: PromptModel, data: list[TokenizedExample], prompt: torch.Ten
     """Teacher-forced loss plus exact match and ROUGE-L of greedy generations, as sums."""
     model.set_prompt(prompt)
     total = EvalSums()
+    # Length-sorted batches waste little compute on padding; the sums do not depend on order.
+    data = sorted(data, key=lambda ex: (len(ex.source_ids), len(ex.target_ids)))
     for start in range(0, len(data), batch_size):
         batch = data[start:start + batch_size]
         losses = per_example_loss(model, batch)
@@ -114,11 +130,35 @@ def evaluate(model: PromptModel, data: list[TokenizedExample], prompt: torch.Ten
     return total
 
 
+@torch.no_grad()
 def generate(model: PromptModel, batch: list[TokenizedExample], max_new_tokens: int) -> list[str]:
-    """Greedy continuations, bounded by the longest target in the batch."""
+    """Greedy continuations with a KV cache, bounded by the longest target in the batch.
+
+    Sources are left-padded; position ids count only real tokens, so every row sees the same
+    positions it was trained at (prompt, then its own tokens), whatever the padding.
+    """
     inputs = {k: v.to(model.device) for k, v in collate_generate(batch, model.pad_id).items()}
     limit = min(max_new_tokens, max(len(b.target_ids) for b in batch))
-    out = model.peft.generate(**inputs, max_new_tokens=limit, do_sample=False,
-                              pad_token_id=model.pad_id, eos_token_id=model.tokenizer.eos_token_id)
-    new_tokens = out[:, inputs["input_ids"].shape[1]:]
-    return [t.strip() for t in model.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    backbone = model.peft.get_base_model()
+    tokens = backbone.get_input_embeddings()(inputs["input_ids"])
+    n_rows, n_virtual = tokens.shape[0], model.prompt_parameter.shape[0]
+    prompt = model.prompt_parameter.unsqueeze(0).expand(n_rows, -1, -1).to(tokens.dtype)
+    mask = torch.cat([inputs["attention_mask"].new_ones(n_rows, n_virtual), inputs["attention_mask"]], 1)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    out = backbone(inputs_embeds=torch.cat([prompt, tokens], 1), attention_mask=mask,
+                   position_ids=positions, use_cache=True, logits_to_keep=1)
+    eos = model.tokenizer.eos_token_id
+    done = torch.zeros(n_rows, dtype=torch.bool, device=mask.device)
+    generated = []
+    for step in range(limit):
+        next_ids = out.logits[:, -1].argmax(-1).masked_fill(done, eos)
+        generated.append(next_ids)
+        done |= next_ids == eos
+        if bool(done.all()) or step == limit - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones(n_rows, 1)], 1)
+        positions = positions[:, -1:] + 1
+        out = backbone(input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions,
+                       cache=out.cache, use_cache=True)
+    texts = model.tokenizer.batch_decode(torch.stack(generated, 1), skip_special_tokens=True)
+    return [t.strip() for t in texts]

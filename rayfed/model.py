@@ -90,9 +90,11 @@ def load_backbone(name: str):
         model, tokenizer = _tiny_llama()
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         from rayfed.builtin_models import resolve_model_path
 
+        hf_logging.disable_progress_bar()  # one bar per client actor is noise
         path = resolve_model_path(name)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

@@ -22,8 +22,9 @@ def load_examples(cfg: DataConfig, seed: int) -> list[Example]:
 
         return generate_synthetic(cfg.max_examples_per_task, seed, cfg.tasks)
     if cfg.source == "bigbench":
-        from rayfed.data.bigbench import load_bigbench
+        from rayfed.data.bigbench import load_bigbench, prepare_bigbench
 
+        prepare_bigbench()  # first use downloads and extracts; afterwards a no-op
         examples = load_bigbench(tasks=cfg.tasks)
     elif cfg.source == "sni":
         from rayfed.data.sni import load_sni

@@ -1,0 +1,88 @@
+"""Load Super-NaturalInstructions (SNI), for users who have a copy (it is not on any registry here).
+
+Two layouts are accepted:
+
+- a directory of SNI task files, ``taskNNN_<name>.json``, each with ``Definition`` (list of str),
+  ``Categories`` (list of str) and ``Instances`` (``[{"input": str, "output": [str, ...]}]``):
+  task = file stem, category = first category, instruction = the definition parts joined with
+  a blank line, target = the first output;
+- a ``.jsonl`` file of objects with the :class:`Example` fields (task, category, instruction,
+  input, target), one per line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from rayfed.types import Example
+
+EXAMPLE_KEYS = tuple(f.name for f in fields(Example))
+
+
+def load_sni(path: Path, *, max_examples_per_task: int | None = None) -> list[Example]:
+    """Load SNI examples from a directory of task files or from a JSONL file.
+
+    Args:
+        path: A directory holding ``task*.json`` files, or a ``.jsonl`` file.
+        max_examples_per_task: Keep at most this many examples per task (the first ones).
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist or the directory holds no task files.
+        ValueError: if a file is malformed; the message names the file (and line).
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"SNI data not found at {path}: give a directory of SNI task files "
+                                "(taskNNN_*.json) or a .jsonl file of examples")
+    if path.is_dir():
+        files = sorted(path.glob("task*.json"))
+        if not files:
+            raise FileNotFoundError(f"no SNI task files (task*.json) in {path}")
+        per_task = [_load_task_file(f, max_examples_per_task) for f in files]
+        return [ex for examples in per_task for ex in examples]
+    examples = _load_jsonl(path)
+    if max_examples_per_task is None:
+        return examples
+    seen: dict[str, int] = {}
+    kept = []
+    for ex in examples:
+        seen[ex.task] = seen.get(ex.task, 0) + 1
+        if seen[ex.task] <= max_examples_per_task:
+            kept.append(ex)
+    return kept
+
+
+def _load_task_file(path: Path, limit: int | None) -> list[Example]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        definition = data["Definition"]
+        parts = [definition] if isinstance(definition, str) else definition
+        instruction = "\n\n".join(part.strip() for part in parts).strip()
+        category = data["Categories"][0] if data.get("Categories") else "uncategorized"
+        examples = [Example(path.stem, category, instruction, inst["input"].strip(), inst["output"][0].strip())
+                    for inst in data["Instances"] if inst.get("output")]
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, IndexError) as err:
+        raise ValueError(f"{path}: not an SNI task file ({type(err).__name__}: {err})") from err
+    return examples if limit is None else examples[:limit]
+
+
+def _load_jsonl(path: Path) -> list[Example]:
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({err})") from err
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            missing = [key for key in EXAMPLE_KEYS if key not in obj]
+            if missing:
+                names = ", ".join(repr(key) for key in missing)
+                raise ValueError(f"{path}:{lineno}: missing key {names} (need {', '.join(EXAMPLE_KEYS)})")
+            examples.append(Example(**{key: str(obj[key]) for key in EXAMPLE_KEYS}))
+    return examples

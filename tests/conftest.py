@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny config, and one local Ray session for every test marked ``ray``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rayfed.config import ExperimentConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tiny-model, synthetic-data settings small enough for a unit test (seconds on 2 cores).
+TINY = [
+    "model.name=tiny-llama", "model.num_virtual_tokens=4", "model.prompt_init=random",
+    "data.source=synthetic", "data.max_examples_per_task=24", "data.max_source_tokens=64",
+    "data.max_target_tokens=16", "partition.num_clients=4", "partition.train_examples=16",
+    "partition.val_examples=0", "partition.test_examples=4", "partition.global_test_examples=16",
+    "algorithm.rounds=2", "algorithm.clients_per_round=4", "algorithm.local_steps=4",
+    "algorithm.batch_size=8", "algorithm.client_optimizer.name=adam",
+    "algorithm.client_optimizer.lr=0.05", "eval.batch_size=16", "eval.max_new_tokens=8",
+    "runtime.num_cpus_per_client=0.25",
+]
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """``tiny_config(*overrides)`` -> a validated tiny ExperimentConfig writing into tmp_path."""
+
+    def make(*overrides: str) -> ExperimentConfig:
+        return load_config(None, [*TINY, f"output_dir={tmp_path / 'out'}", *overrides])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray cluster for the whole test session: 2 CPUs and one faked GPU, so
+    fractional-GPU actors schedule on a CPU machine (torch itself stays on the CPU)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
+    yield ray
+    ray.shutdown()

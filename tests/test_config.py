@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+
+from rayfed.config import ConfigError, load_config
+from rayfed.model import TINY_LLAMA
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_configs_are_shipped():
+    assert {"smoke.yaml", "quickstart.yaml"} <= {p.name for p in CONFIGS}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    cfg = load_config(path)
+    assert cfg.algorithm.clients_per_round <= cfg.partition.num_clients
+
+
+def test_smoke_config_is_tiny_and_synthetic():
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
+    assert cfg.model.name == TINY_LLAMA and cfg.data.source == "synthetic"
+
+
+def test_overrides_apply():
+    cfg = load_config(None, ["algorithm.rounds=7", "name=x"])
+    assert cfg.algorithm.rounds == 7 and cfg.output_dir == "outputs/x"
+
+
+def test_unknown_key_in_file_names_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algorithm:\n  roundz: 3\n")
+    with pytest.raises(ConfigError, match=r"algorithm\.roundz"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("algorithm.roundz=3", "algorithm.roundz"),
+    ("algorithm.rounds=many", "algorithm.rounds"),
+    ("partition.num_clients=2", "algorithm.clients_per_round"),
+    ("algorithm.client_optimizer.lr=-0.1", "algorithm.client_optimizer.lr"),
+    ("algorithm.client_optimizer.name=lion", "algorithm.client_optimizer.name"),
+    ("algorithm.name=fedprox", "algorithm.name"),
+    ("partition.alpha=0", "partition.alpha"),
+    ("algorithm.local_epochs=2", "algorithm.local_steps"),
+    ("runtime.num_cpus_per_client=0", "runtime.num_cpus_per_client"),
+    ("data.source=sni", "data.path"),
+])
+def test_bad_override_names_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_override_without_equals_is_rejected():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["algorithm.rounds"])
+
+
+def test_missing_file_is_reported(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
