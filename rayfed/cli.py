@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rayfed: config error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ModelNotAvailableError) as err:
+    except (FileNotFoundError, ModelNotAvailableError, ValueError) as err:  # bad input, not a bug
         print(f"rayfed: {err}", file=sys.stderr)
         return 2
 

@@ -12,6 +12,7 @@ import torch
 from rayfed.checkpoint import load_prompt
 from rayfed.config import load_config
 from rayfed.experiment import run_experiment
+from rayfed.model import build_prompt_model
 from rayfed.paths import cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,13 +33,9 @@ def test_one_real_round_changes_the_prompt_with_finite_metrics(tmp_path):
         "algorithm.batch_size=2", "partition.train_examples=2", "partition.test_examples=2",
         "partition.global_test_examples=4", "data.max_source_tokens=48", "eval.max_new_tokens=4",
     ])
-    initial_prompt = None
-
-    from rayfed.runtime.worker import ClientWorker
-
     summary = run_experiment(cfg, loggers=[])
     prompt, _ = load_prompt(tmp_path / "global_prompt.safetensors")
-    initial_prompt = ClientWorker(cfg, [], []).initial_prompt()
+    initial_prompt = build_prompt_model(cfg.model, seed=cfg.seed).get_prompt()
     for stage in ("initial", "final"):
         assert all(math.isfinite(v) for v in summary[stage].values())
         assert 0.0 <= summary[stage]["rouge_l"] <= 1.0

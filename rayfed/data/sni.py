@@ -45,13 +45,9 @@ def load_sni(path: Path, *, max_examples_per_task: int | None = None) -> list[Ex
     examples = _load_jsonl(path)
     if max_examples_per_task is None:
         return examples
-    seen: dict[str, int] = {}
-    kept = []
-    for ex in examples:
-        seen[ex.task] = seen.get(ex.task, 0) + 1
-        if seen[ex.task] <= max_examples_per_task:
-            kept.append(ex)
-    return kept
+    from rayfed.data.sources import cap_per_task
+
+    return cap_per_task(examples, max_examples_per_task)
 
 
 def _load_task_file(path: Path, limit: int | None) -> list[Example]:

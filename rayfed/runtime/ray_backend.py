@@ -14,7 +14,7 @@ from typing import Any
 import ray
 import torch
 
-from rayfed.config import ExperimentConfig, RayConfig
+from rayfed.config import ConfigError, ExperimentConfig, RayConfig
 from rayfed.data.partition import FederatedData
 from rayfed.runtime.driver import Driver
 from rayfed.runtime.worker import ClientWorker
@@ -70,9 +70,28 @@ class RemoteDriver:
         return lambda *args: ray.get(method.remote(*args))
 
 
+def check_resources(cfg: ExperimentConfig, num_clients: int) -> None:
+    """Fail fast, naming the keys, when the actors cannot all be placed at once: Ray would
+    otherwise leave the last ones pending and the run would hang without an error."""
+    r, total = cfg.runtime, ray.cluster_resources()
+    need_cpu = num_clients * r.num_cpus_per_client + r.num_cpus_driver
+    need_gpu = num_clients * r.num_gpus_per_client
+    if need_cpu > total.get("CPU", 0) + 1e-9:
+        raise ConfigError(
+            f"{num_clients} client actors x runtime.num_cpus_per_client ({r.num_cpus_per_client}) + "
+            f"runtime.num_cpus_driver ({r.num_cpus_driver}) = {need_cpu:g} CPUs, but the Ray cluster has "
+            f"{total.get('CPU', 0):g}; lower runtime.num_cpus_per_client (fractions are fine)")
+    if need_gpu > total.get("GPU", 0) + 1e-9:
+        raise ConfigError(
+            f"{num_clients} client actors x runtime.num_gpus_per_client ({r.num_gpus_per_client}) = "
+            f"{need_gpu:g} GPUs, but the Ray cluster has {total.get('GPU', 0):g}; lower "
+            f"runtime.num_gpus_per_client or set it to 0 to run on CPUs")
+
+
 def launch(cfg: ExperimentConfig, data: FederatedData) -> tuple[RemoteDriver, list[Any]]:
     """Start one client actor per client and the driver actor; wait until all are ready."""
     r = cfg.runtime
+    check_resources(cfg, len(data.clients))
     client_actor = ray.remote(ClientWorker)
     actors = [
         client_actor.options(num_cpus=r.num_cpus_per_client, num_gpus=r.num_gpus_per_client,

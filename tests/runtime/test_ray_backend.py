@@ -52,3 +52,15 @@ def wait_for_resources(ray, name, amount, timeout=20.0):
     while ray.available_resources().get(name, 0) < amount - 1e-6:
         assert time.monotonic() < deadline, f"{name} not released: {ray.available_resources()}"
         time.sleep(0.2)
+
+
+def test_actors_that_cannot_all_fit_fail_fast_naming_the_key(ray_session, tiny_config):
+    from rayfed.config import ConfigError
+    from rayfed.runtime.ray_backend import check_resources
+
+    cfg = tiny_config("runtime.num_cpus_per_client=0.5")  # 4 x 0.5 + 0.1 driver > 2 CPUs
+    with pytest.raises(ConfigError, match="runtime.num_cpus_per_client"):
+        check_resources(cfg, 4)
+    with pytest.raises(ConfigError, match="runtime.num_gpus_per_client"):
+        check_resources(tiny_config("runtime.num_gpus_per_client=0.5"), 4)
+    check_resources(tiny_config(), 4)  # 4 x 0.25 + 0.1 fits
