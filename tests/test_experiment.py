@@ -41,3 +41,31 @@ def test_fedsgd_and_adam_server_run(tiny_config):
                       "eval.local=false")
     summary = run_experiment(cfg, loggers=[])
     assert summary["final"]["loss"] < summary["initial"]["loss"]
+
+
+class CrashAt:
+    """A logger that fails at a given round, standing in for a crash mid-run."""
+
+    def __init__(self, round_idx):
+        self.round_idx = round_idx
+
+    def log(self, event):
+        if event.get("event") == "round" and event["round"] == self.round_idx:
+            raise RuntimeError("simulated crash")
+
+    def close(self):
+        pass
+
+
+def test_a_crash_mid_run_leaves_the_last_prompt_and_metrics_usable(tiny_config):
+    import pytest
+
+    cfg = tiny_config("runtime.executor=local", "algorithm.rounds=4", "eval.local=false")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_experiment(cfg, loggers=[CrashAt(3)])
+    out = Path(cfg.output_dir)
+    prompt, meta = load_prompt(out / "global_prompt.safetensors")
+    assert meta["round"] == "2" and torch.isfinite(prompt).all()
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in lines if '"round"' in line][-1] == 2
+    assert not (out / "summary.json").exists()
