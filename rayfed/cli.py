@@ -78,6 +78,17 @@ def _print_summary(summary: dict, output_dir: str) -> None:
         for cid, m in sorted(summary["clients"].items(), key=lambda kv: int(kv[0])):
             print(f"{cid:<8}{m['eval/local/loss']:>12.4f}{m['eval/local/exact_match']:>10.4f}"
                   f"{m['eval/local/rouge_l']:>14.4f}")
+    if "personalization" in summary:
+        print(f"\n{'personalized':<24}{'local rougeL':>14}{'global rougeL':>15}{'local loss':>12}{'global loss':>13}")
+        rows = []
+        if summary["final_local"]:  # the global prompt itself, from the final evaluation
+            rows.append(("alpha 0 (global prompt)", summary["final_local"]["eval/local/rouge_l_mean"],
+                         summary["final"]["rouge_l"], summary["final_local"]["eval/local/loss_mean"],
+                         summary["final"]["loss"]))
+        rows += [(f"alpha {key.removeprefix('alpha_')}", m["local"]["rouge_l"], m["global"]["rouge_l"],
+                  m["local"]["loss"], m["global"]["loss"]) for key, m in summary["personalization"].items()]
+        for label, *values in rows:
+            print(f"{label:<24}" + "".join(f"{v:>{w}.4f}" for v, w in zip(values, (14, 15, 12, 13))))
     print(f"\nresults in {output_dir}/ (summary.json, metrics.jsonl, global_prompt.safetensors), "
           f"{summary['seconds']:.0f}s")
 

@@ -89,6 +89,21 @@ class EvalConfig:
 
 
 @dataclass
+class PersonalizeConfig:
+    """After federated training, each client fine-tunes the global prompt on its own train split
+    and is evaluated on its own test split (personalization) and the global test set (robustness)."""
+
+    enabled: bool = False
+    local_epochs: int = 1  # passes over the client's train split
+    batch_size: int = 8
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("sgd", 0.316))  # 10^-0.5
+    l2_strength: float = 0.0  # lambda: adds lambda/2 * ||p - global_prompt||^2 to the local objective
+    # Interpolation ratios evaluated: p = (1 - alpha) * global + alpha * local. alpha 0 (the global
+    # prompt) is already measured by the final evaluation, so it is left out by default.
+    alphas: list[float] = field(default_factory=lambda: [0.5, 1.0])
+
+
+@dataclass
 class RuntimeConfig:
     executor: str = "ray"  # ray: one actor per client; local: in-process, for debugging
     num_cpus_per_client: float = 0.25  # always explicit: an actor without it can hang Ray
@@ -115,6 +130,7 @@ class ExperimentConfig:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -216,6 +232,17 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(e.eval_every >= 1, "eval.eval_every", "must be >= 1")
     _check(e.batch_size >= 1, "eval.batch_size", "must be >= 1")
     _check(e.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
+
+    z = cfg.personalize
+    _check(z.local_epochs >= 1, "personalize.local_epochs", "must be >= 1")
+    _check(z.batch_size >= 1, "personalize.batch_size", "must be >= 1")
+    _choice("personalize.optimizer.name", z.optimizer.name, OPTIMIZERS)
+    _check(z.optimizer.lr > 0 and math.isfinite(z.optimizer.lr), "personalize.optimizer.lr",
+           f"must be a positive number, got {z.optimizer.lr}")
+    _check(z.l2_strength >= 0, "personalize.l2_strength", "must be >= 0")
+    _check(len(z.alphas) >= 1, "personalize.alphas", "needs at least one interpolation ratio")
+    for alpha in z.alphas:
+        _check(0.0 <= alpha <= 1.0, "personalize.alphas", f"every alpha must be in [0, 1], got {alpha}")
 
     _choice("runtime.executor", r.executor, EXECUTORS)
     _check(r.num_cpus_per_client > 0, "runtime.num_cpus_per_client",

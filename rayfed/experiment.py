@@ -14,6 +14,7 @@ from rayfed.checkpoint import save_prompt
 from rayfed.config import ExperimentConfig, to_yaml
 from rayfed.data.sources import federated_data
 from rayfed.loggers import ConsoleLogger, JsonlLogger, MetricLogger
+from rayfed.runtime.driver import alpha_key
 from rayfed.types import RoundResult
 
 SUMMARY_METRICS = ("loss", "exact_match", "rouge_l")
@@ -50,16 +51,22 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
     try:
         # --- Rounds: evaluate the untrained prompt, then train, evaluating every eval_every rounds.
         initial = driver.evaluate(0)
-        _log(loggers, initial, None)
+        _log(loggers, "round", initial)
         final = initial
         for round_idx in range(1, cfg.algorithm.rounds + 1):
             result = driver.run_round(round_idx)
             evaluation = None
             if round_idx % cfg.eval.eval_every == 0 or round_idx == cfg.algorithm.rounds:
                 evaluation = final = driver.evaluate(round_idx)
-            _log(loggers, result, evaluation)
+            _log(loggers, "round", result, evaluation)
             save_prompt(out / "global_prompt.safetensors", driver.global_prompt(),
                         {"round": str(round_idx), "config": cfg.name})
+
+        # --- Personalization: each client fine-tunes the final global prompt; the driver scores
+        # global/local interpolations on the client's own data and on the global test set.
+        personal = driver.personalize(cfg.algorithm.rounds) if cfg.personalize.enabled else None
+        if personal is not None:
+            _log(loggers, "personalize", personal)
     finally:
         if actors:
             ray_backend.shutdown(actors, driver)
@@ -76,6 +83,11 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
         "clients": {str(cid): m for cid, m in final.client_metrics.items()},
         "seconds": time.perf_counter() - started,
     }
+    if personal is not None:
+        summary["personalization"] = {
+            f"alpha_{alpha:g}": {split: {k: personal.metrics[f"{alpha_key(alpha)}/{split}/{k}_mean"]
+                                         for k in SUMMARY_METRICS} for split in ("local", "global")}
+            for alpha in cfg.personalize.alphas}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     return summary
 
@@ -84,8 +96,8 @@ def _global(result: RoundResult) -> dict[str, float]:
     return {k: result.metrics[f"eval/global/{k}"] for k in SUMMARY_METRICS}
 
 
-def _log(loggers: list[MetricLogger], result: RoundResult, evaluation: RoundResult | None) -> None:
-    event: dict[str, Any] = {"event": "round", "round": result.round_idx, **result.metrics}
+def _log(loggers: list[MetricLogger], kind: str, result: RoundResult, evaluation: RoundResult | None = None) -> None:
+    event: dict[str, Any] = {"event": kind, "round": result.round_idx, **result.metrics}
     clients: dict[int, dict[str, float]] = {cid: dict(m) for cid, m in result.client_metrics.items()}
     if evaluation is not None:
         event.update(evaluation.metrics)

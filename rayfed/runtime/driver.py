@@ -15,6 +15,7 @@ import torch
 
 from rayfed.algorithms import build_algorithm
 from rayfed.config import ExperimentConfig
+from rayfed.core.interpolation import interpolate
 from rayfed.core.sampling import sample_clients
 from rayfed.core.server_optimizer import ServerOptimizer
 from rayfed.metrics import distribution
@@ -29,6 +30,8 @@ class Executor(Protocol):
     def fit(self, client_ids: Sequence[int], prompt: torch.Tensor, round_idx: int) -> list[ClientUpdate]: ...
     def evaluate_global(self, prompt: torch.Tensor) -> EvalSums: ...
     def evaluate_local(self, client_ids: Sequence[int], prompt: torch.Tensor) -> dict[int, EvalSums]: ...
+    def personalize(self, client_ids: Sequence[int], prompt: torch.Tensor) -> dict[int, tuple[torch.Tensor, float]]: ...
+    def evaluate_personalized(self, prompts: dict[int, torch.Tensor]) -> dict[int, tuple[EvalSums, EvalSums]]: ...
 
 
 class InProcessExecutor:
@@ -48,6 +51,12 @@ class InProcessExecutor:
 
     def evaluate_local(self, client_ids: Sequence[int], prompt: torch.Tensor) -> dict[int, EvalSums]:
         return {cid: self.worker.evaluate_local(cid, prompt) for cid in client_ids}
+
+    def personalize(self, client_ids: Sequence[int], prompt: torch.Tensor) -> dict[int, tuple[torch.Tensor, float]]:
+        return {cid: self.worker.personalize(cid, prompt) for cid in client_ids}
+
+    def evaluate_personalized(self, prompts: dict[int, torch.Tensor]) -> dict[int, tuple[EvalSums, EvalSums]]:
+        return {cid: self.worker.evaluate_personalized(cid, p) for cid, p in prompts.items()}
 
 
 class Driver:
@@ -94,3 +103,29 @@ class Driver:
                                             f"eval/local/{name}"))
         metrics["time/eval_s"] = time.perf_counter() - start
         return RoundResult(round_idx, metrics, per_client)
+
+    def personalize(self, round_idx: int) -> RoundResult:
+        """Every client personalizes the global prompt; each interpolation ratio alpha is scored
+        on the client's own test split (``local``) and on the global test set (``global``)."""
+        start = time.perf_counter()
+        global_prompt = self.server.global_prompt()
+        client_ids = range(self.cfg.partition.num_clients)
+        trained = self.executor.personalize(client_ids, global_prompt)
+        metrics = {"personalize/train_loss": sum(loss for _, loss in trained.values()) / len(trained)}
+        per_client: dict[int, dict[str, float]] = {cid: {} for cid in trained}
+        for alpha in self.cfg.personalize.alphas:
+            prompts = {cid: interpolate(global_prompt, local, alpha) for cid, (local, _) in trained.items()}
+            for cid, (local, robust) in self.executor.evaluate_personalized(prompts).items():
+                for split, sums in (("local", local), ("global", robust)):
+                    per_client[cid].update({f"{alpha_key(alpha)}/{split}/{k}": v for k, v in sums.means().items()})
+            for split in ("local", "global"):
+                for name in ("loss", "exact_match", "rouge_l"):
+                    key = f"{alpha_key(alpha)}/{split}/{name}"
+                    metrics.update(distribution([m[key] for m in per_client.values()], key))
+        metrics["time/personalize_s"] = time.perf_counter() - start
+        return RoundResult(round_idx, metrics, per_client)
+
+
+def alpha_key(alpha: float) -> str:
+    """Metric prefix of an interpolation ratio, e.g. ``personalize/alpha_0.5``."""
+    return f"personalize/alpha_{alpha:g}"

@@ -57,6 +57,16 @@ class RayExecutor:
         ids = list(client_ids)
         return dict(zip(ids, ray.get([self.actors[cid].evaluate_local.remote(cid, ref) for cid in ids])))
 
+    def personalize(self, client_ids: Sequence[int], prompt: torch.Tensor) -> dict[int, tuple[torch.Tensor, float]]:
+        ref = ray.put(prompt)
+        ids = list(client_ids)
+        return dict(zip(ids, ray.get([self.actors[cid].personalize.remote(cid, ref) for cid in ids])))
+
+    def evaluate_personalized(self, prompts: dict[int, torch.Tensor]) -> dict[int, tuple[EvalSums, EvalSums]]:
+        ids = sorted(prompts)
+        return dict(zip(ids, ray.get([self.actors[cid].evaluate_personalized.remote(cid, prompts[cid])
+                                      for cid in ids])))
+
 
 class RemoteDriver:
     """Calls the driver actor's methods synchronously, so the orchestrator reads the same for

@@ -14,7 +14,7 @@ from rayfed.config import ExperimentConfig
 from rayfed.core.sampling import derive_seed
 from rayfed.data.formatting import TokenizedExample, tokenize
 from rayfed.data.partition import ClientData
-from rayfed.local import evaluate
+from rayfed.local import evaluate, steps_for, train_prompt
 from rayfed.model import build_prompt_model
 from rayfed.types import ClientUpdate, EvalSums, Example
 
@@ -57,6 +57,22 @@ class ClientWorker:
         seed = derive_seed(self.cfg.seed, "client", round_idx, client_id)
         delta, loss = self.algorithm.client_update(self.model, self.train[client_id], global_prompt, seed)
         return ClientUpdate(client_id, delta, len(self.train[client_id]), loss)
+
+    def personalize(self, client_id: int, global_prompt: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Fine-tune the global prompt on the client's train split (with the l2 pull toward it,
+        if configured); return the local prompt and its mean training loss."""
+        z = self.cfg.personalize
+        train = self.train[client_id]
+        return train_prompt(
+            self.model, train, global_prompt, optimizer=z.optimizer,
+            num_steps=steps_for(len(train), z.batch_size, None, z.local_epochs), batch_size=z.batch_size,
+            seed=derive_seed(self.cfg.seed, "personalize", client_id),
+            l2_reference=global_prompt if z.l2_strength > 0 else None, l2_strength=z.l2_strength)
+
+    def evaluate_personalized(self, client_id: int, prompt: torch.Tensor) -> tuple[EvalSums, EvalSums]:
+        """A client's own prompt on its test split (personalization) and on the whole global
+        test set (robustness)."""
+        return self._evaluate(self.test[client_id], prompt), self._evaluate(self.global_test, prompt)
 
     def evaluate_local(self, client_id: int, prompt: torch.Tensor) -> EvalSums:
         return self._evaluate(self.test[client_id], prompt)

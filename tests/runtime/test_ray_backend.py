@@ -12,11 +12,14 @@ from rayfed.experiment import run_experiment
 pytestmark = pytest.mark.ray
 
 
-def test_ray_run_with_four_client_actors_lowers_global_loss(ray_session, tiny_config):
-    cfg = tiny_config("runtime.executor=ray")
+def test_ray_run_with_four_client_actors_lowers_global_loss_and_personalizes(ray_session, tiny_config):
+    cfg = tiny_config("runtime.executor=ray", "personalize.enabled=true", "personalize.alphas=[0,1]")
     summary = run_experiment(cfg, loggers=[])
     assert summary["final"]["loss"] < summary["initial"]["loss"]
     assert len(summary["clients"]) == 4
+    # Interpolation at alpha 0, computed by the driver actor, is exactly the global prompt.
+    alpha_0 = summary["personalization"]["alpha_0"]["global"]["loss"]
+    assert alpha_0 == pytest.approx(summary["final"]["loss"], rel=1e-5)
     wait_for_resources(ray_session, "CPU", 2.0)  # the actors were killed at the end
 
 
