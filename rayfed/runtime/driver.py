@@ -115,8 +115,8 @@ class Driver:
         per_client: dict[int, dict[str, float]] = {cid: {} for cid in trained}
         for alpha in self.cfg.personalize.alphas:
             prompts = {cid: interpolate(global_prompt, local, alpha) for cid, (local, _) in trained.items()}
-            for cid, (local, robust) in self.executor.evaluate_personalized(prompts).items():
-                for split, sums in (("local", local), ("global", robust)):
+            for cid, (own, robust) in self.executor.evaluate_personalized(prompts).items():
+                for split, sums in (("local", own), ("global", robust)):
                     per_client[cid].update({f"{alpha_key(alpha)}/{split}/{k}": v for k, v in sums.means().items()})
             for split in ("local", "global"):
                 for name in ("loss", "exact_match", "rouge_l"):
