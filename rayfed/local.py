@@ -29,16 +29,14 @@ def per_example_loss(model: PromptModel, batch: list[TokenizedExample]) -> torch
     extended), except that the LM head runs only where a target token is predicted: with a 49k
     vocabulary that saves about a fifth of the compute of a training step.
     """
-    inputs = {k: v.to(model.device) for k, v in collate_train(batch, model.pad_id).items()}
+    inputs = collate_train(batch, model.pad_id)
+    embeds, mask = model.prompted_inputs(inputs["input_ids"], inputs["attention_mask"])
     backbone = model.peft.get_base_model()
-    tokens = backbone.get_input_embeddings()(inputs["input_ids"])
-    n_rows, n_virtual = tokens.shape[0], model.prompt_parameter.shape[0]
-    prompt = model.prompt_parameter.unsqueeze(0).expand(n_rows, -1, -1).to(tokens.dtype)
-    mask = torch.cat([inputs["attention_mask"].new_ones(n_rows, n_virtual), inputs["attention_mask"]], 1)
-    hidden = backbone.base_model(inputs_embeds=torch.cat([prompt, tokens], 1), attention_mask=mask)
-    hidden = hidden.last_hidden_state[:, n_virtual:]
+    hidden = backbone.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    hidden = hidden[:, -inputs["input_ids"].shape[1]:]  # drop the virtual-token positions
     # Position t predicts token t + 1: pick the positions whose next token is a target token.
-    targets = inputs["labels"][:, 1:]
+    targets = inputs["labels"][:, 1:].to(model.device)
+    n_rows = targets.shape[0]
     rows, cols = (targets != -100).nonzero(as_tuple=True)
     logits = backbone.get_output_embeddings()(hidden[rows, cols])
     token_loss = F.cross_entropy(logits.float(), targets[rows, cols], reduction="none")
@@ -137,16 +135,14 @@ def generate(model: PromptModel, batch: list[TokenizedExample], max_new_tokens: 
     Sources are left-padded; position ids count only real tokens, so every row sees the same
     positions it was trained at (prompt, then its own tokens), whatever the padding.
     """
-    inputs = {k: v.to(model.device) for k, v in collate_generate(batch, model.pad_id).items()}
+    inputs = collate_generate(batch, model.pad_id)
     limit = min(max_new_tokens, max(len(b.target_ids) for b in batch))
     backbone = model.peft.get_base_model()
-    tokens = backbone.get_input_embeddings()(inputs["input_ids"])
-    n_rows, n_virtual = tokens.shape[0], model.prompt_parameter.shape[0]
-    prompt = model.prompt_parameter.unsqueeze(0).expand(n_rows, -1, -1).to(tokens.dtype)
-    mask = torch.cat([inputs["attention_mask"].new_ones(n_rows, n_virtual), inputs["attention_mask"]], 1)
+    embeds, mask = model.prompted_inputs(inputs["input_ids"], inputs["attention_mask"])
+    n_rows = mask.shape[0]
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    out = backbone(inputs_embeds=torch.cat([prompt, tokens], 1), attention_mask=mask,
-                   position_ids=positions, use_cache=True, logits_to_keep=1)
+    out = backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                   logits_to_keep=1)
     eos = model.tokenizer.eos_token_id
     done = torch.zeros(n_rows, dtype=torch.bool, device=mask.device)
     generated = []

@@ -98,9 +98,7 @@ class Driver:
             local = self.executor.evaluate_local(range(self.cfg.partition.num_clients), prompt)
             per_client = {cid: {f"eval/local/{k}": v for k, v in s.means().items()}
                           for cid, s in sorted(local.items())}
-            for name in ("loss", "exact_match", "rouge_l"):
-                metrics.update(distribution([m[f"eval/local/{name}"] for m in per_client.values()],
-                                            f"eval/local/{name}"))
+            metrics.update(summarize_clients(per_client, "eval/local"))
         metrics["time/eval_s"] = time.perf_counter() - start
         return RoundResult(round_idx, metrics, per_client)
 
@@ -119,11 +117,18 @@ class Driver:
                 for split, sums in (("local", own), ("global", robust)):
                     per_client[cid].update({f"{alpha_key(alpha)}/{split}/{k}": v for k, v in sums.means().items()})
             for split in ("local", "global"):
-                for name in ("loss", "exact_match", "rouge_l"):
-                    key = f"{alpha_key(alpha)}/{split}/{name}"
-                    metrics.update(distribution([m[key] for m in per_client.values()], key))
+                metrics.update(summarize_clients(per_client, f"{alpha_key(alpha)}/{split}"))
         metrics["time/personalize_s"] = time.perf_counter() - start
         return RoundResult(round_idx, metrics, per_client)
+
+
+def summarize_clients(per_client: dict[int, dict[str, float]], prefix: str) -> dict[str, float]:
+    """Mean, p10 and worst over clients of ``{prefix}/{loss,exact_match,rouge_l}``."""
+    out: dict[str, float] = {}
+    for name in ("loss", "exact_match", "rouge_l"):
+        key = f"{prefix}/{name}"
+        out.update(distribution([m[key] for m in per_client.values()], key))
+    return out
 
 
 def alpha_key(alpha: float) -> str:

@@ -54,18 +54,20 @@ class RayExecutor:
 
     def evaluate_local(self, client_ids: Sequence[int], prompt: torch.Tensor) -> dict[int, EvalSums]:
         ref = ray.put(prompt)
-        ids = list(client_ids)
-        return dict(zip(ids, ray.get([self.actors[cid].evaluate_local.remote(cid, ref) for cid in ids])))
+        return self._each("evaluate_local", {cid: ref for cid in client_ids})
 
     def personalize(self, client_ids: Sequence[int], prompt: torch.Tensor) -> dict[int, tuple[torch.Tensor, float]]:
         ref = ray.put(prompt)
-        ids = list(client_ids)
-        return dict(zip(ids, ray.get([self.actors[cid].personalize.remote(cid, ref) for cid in ids])))
+        return self._each("personalize", {cid: ref for cid in client_ids})
 
     def evaluate_personalized(self, prompts: dict[int, torch.Tensor]) -> dict[int, tuple[EvalSums, EvalSums]]:
-        ids = sorted(prompts)
-        return dict(zip(ids, ray.get([self.actors[cid].evaluate_personalized.remote(cid, prompts[cid])
-                                      for cid in ids])))
+        return self._each("evaluate_personalized", prompts)
+
+    def _each(self, method: str, arg_by_client: dict[int, Any]) -> dict[int, Any]:
+        """Call ``method(client_id, arg)`` on every client's actor at once; gather by client id."""
+        ids = sorted(arg_by_client)
+        refs = [getattr(self.actors[cid], method).remote(cid, arg_by_client[cid]) for cid in ids]
+        return dict(zip(ids, ray.get(refs)))
 
 
 class RemoteDriver:
@@ -102,12 +104,9 @@ def launch(cfg: ExperimentConfig, data: FederatedData) -> tuple[RemoteDriver, li
     """Start one client actor per client and the driver actor; wait until all are ready."""
     r = cfg.runtime
     check_resources(cfg, len(data.clients))
-    client_actor = ray.remote(ClientWorker)
-    actors = [
-        client_actor.options(num_cpus=r.num_cpus_per_client, num_gpus=r.num_gpus_per_client,
-                             name=None).remote(cfg, [shard], list(data.global_test), r.torch_threads)
-        for shard in data.clients
-    ]
+    client_actor = ray.remote(ClientWorker).options(num_cpus=r.num_cpus_per_client, num_gpus=r.num_gpus_per_client)
+    global_test = ray.put(list(data.global_test))  # stored once, not once per actor
+    actors = [client_actor.remote(cfg, [shard], global_test, r.torch_threads) for shard in data.clients]
     ray.get([a.ready.remote() for a in actors])  # surfaces load errors now, not mid-round
     driver = ray.remote(Driver).options(num_cpus=r.num_cpus_driver).remote(cfg, RayExecutor(actors))
     return RemoteDriver(driver), actors
