@@ -22,6 +22,11 @@ PARTITION_SCHEMES = ("dirichlet", "k_tasks", "iid")
 PARTITION_UNITS = ("category", "task")
 PROMPT_INITS = ("text", "random")
 EXECUTORS = ("ray", "local")
+WANDB_MODES = ("online", "offline", "disabled")
+TUNE_KINDS = ("personalize", "federation")
+SEARCHERS = ("grid", "random", "optuna", "optuna_multi")
+SCHEDULERS = ("none", "asha")
+SPACE_TYPES = ("grid", "choice", "uniform", "loguniform")
 
 
 class ConfigError(ValueError):
@@ -51,12 +56,13 @@ class PartitionConfig:
     num_clients: int = 8
     scheme: str = "dirichlet"  # dirichlet | k_tasks | iid
     unit: str = "category"  # what clients differ in: task category or individual task
-    alpha: float = 0.5  # dirichlet concentration: small = one unit per client, large = IID
+    concentration: float = 0.5  # dirichlet: small = one unit per client, large = IID
     units_per_client: int = 2  # k_tasks: units per client
     train_examples: int = 64  # per client
     val_examples: int = 8  # per client
     test_examples: int = 16  # per client
     global_test_examples: int = 64  # held out first, spread evenly over tasks
+    global_val_examples: int = 64  # held out next, the same way: model selection reads it, never test
 
 
 @dataclass
@@ -93,14 +99,22 @@ class PersonalizeConfig:
     """After federated training, each client fine-tunes the global prompt on its own train split
     and is evaluated on its own test split (personalization) and the global test set (robustness)."""
 
-    enabled: bool = False
+    enabled: bool = False  # rayfed run: personalize the final global prompt at the end of the run
+    name: str | None = None  # rayfed personalize: results go to RUN_DIR/personalize/<name> (None: from overrides)
     local_epochs: int = 1  # passes over the client's train split
+    eval_every_epochs: int = 1  # curve resolution: evaluate at epoch 0 and every this many epochs
     batch_size: int = 8
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("sgd", 0.316))  # 10^-0.5
     l2_strength: float = 0.0  # lambda: adds lambda/2 * ||p - global_prompt||^2 to the local objective
-    # Interpolation ratios evaluated: p = (1 - alpha) * global + alpha * local. alpha 0 (the global
-    # prompt) is already measured by the final evaluation, so it is left out by default.
-    alphas: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    # Interpolation ratios r scored at every evaluated epoch: p = (1 - r) * global + r * local.
+    # r = 0 is the global prompt itself, r = 1 the fully personalized prompt.
+    interp_ratios: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
+    # Robustness is scored on the global val/test sets; an int scores each client on its own
+    # seeded subsample of that many examples instead (cheaper; noisier per client, see docs).
+    global_eval_examples: int | None = None
+    # Selection rule: the best local_val ROUGE-L whose global_val ROUGE-L is at least the
+    # un-personalized global prompt's minus this tolerance. Test scores are reported, never used.
+    global_tolerance: float = 0.01
 
 
 @dataclass
@@ -121,6 +135,51 @@ class RayConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases. The API key comes only from the environment (WANDB_API_KEY)."""
+
+    enabled: bool = False
+    project: str = "rayfed"
+    entity: str | None = None
+    group: str | None = None  # None: the run name (tune: the search name, one run per trial)
+    tags: list[str] = field(default_factory=list)
+    mode: str | None = None  # online | offline | disabled; None: online with WANDB_API_KEY, else offline
+
+
+@dataclass
+class LoggingConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class SpaceParam:
+    """One searched config key, in Ray Tune's own primitives."""
+
+    type: str = "grid"  # grid | choice | uniform | loguniform
+    values: list[Any] | None = None  # grid, choice
+    low: float | None = None  # uniform, loguniform
+    high: float | None = None
+
+
+@dataclass
+class TuneConfig:
+    """``rayfed tune``: a Ray Tune search over config keys."""
+
+    kind: str = "personalize"  # personalize: trials share one trained federation; federation: whole runs
+    base_run: str | None = None  # personalize: a finished run directory (None: train one first)
+    # Searched keys (dotted config keys, set in YAML). A scalar for a list key
+    # (personalize.interp_ratios) means a one-element list: each trial scores one ratio.
+    # Empty: the default space, l2 strength (log grid with 0) x interpolation ratio (rayfed.tuning).
+    space: dict[str, SpaceParam] = field(default_factory=dict)
+    searcher: str = "grid"  # grid (grid keys expanded; others sampled) | random | optuna (TPE) | optuna_multi
+    num_samples: int = 1  # grid: repeats of the whole grid; random/optuna: trials
+    max_concurrent_trials: int = 2
+    scheduler: str = "none"  # none | asha (stops poor trials early on the per-epoch reports)
+    grace_period: int = 1  # asha: reports before a trial may be stopped
+    cpus_per_trial: float = 1.0  # the trial process itself (executor local: it runs every client)
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
@@ -133,6 +192,15 @@ class ExperimentConfig:
     personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+
+
+# Keys that were renamed: loading the old one fails with a pointer to the new one.
+RENAMED = {
+    "partition.alpha": "partition.concentration (the Dirichlet concentration)",
+    "personalize.alphas": "personalize.interp_ratios (the global/local interpolation ratios)",
+}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -150,7 +218,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        merged = _merge(merged, OmegaConf.load(path), str(path))
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as err:  # YAML syntax: the parser's message names the line
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        merged = _merge(merged, loaded, str(path))
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -169,6 +241,9 @@ def to_yaml(cfg: ExperimentConfig) -> str:
 
 
 def _merge(base: DictConfig, extra: Any, source: str) -> DictConfig:
+    for old, new in RENAMED.items():
+        if OmegaConf.select(extra, old, default=None) is not None:
+            raise ConfigError(f"{source}: key '{old}' was renamed to {new}")
     try:
         return OmegaConf.merge(base, extra)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
@@ -206,12 +281,14 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(p.num_clients >= 1, "partition.num_clients", "must be >= 1")
     _choice("partition.scheme", p.scheme, PARTITION_SCHEMES)
     _choice("partition.unit", p.unit, PARTITION_UNITS)
-    _check(p.alpha > 0 and math.isfinite(p.alpha), "partition.alpha", "must be a positive number")
+    _check(p.concentration > 0 and math.isfinite(p.concentration), "partition.concentration",
+           "must be a positive number")
     _check(p.units_per_client >= 1, "partition.units_per_client", "must be >= 1")
     _check(p.train_examples >= 1, "partition.train_examples", "must be >= 1")
     _check(p.val_examples >= 0, "partition.val_examples", "must be >= 0")
     _check(p.test_examples >= 1, "partition.test_examples", "must be >= 1")
     _check(p.global_test_examples >= 1, "partition.global_test_examples", "must be >= 1")
+    _check(p.global_val_examples >= 0, "partition.global_val_examples", "must be >= 0")
 
     _choice("algorithm.name", a.name, tuple(ALGORITHMS))
     _check(a.rounds >= 1, "algorithm.rounds", "must be >= 1")
@@ -235,14 +312,21 @@ def validate(cfg: ExperimentConfig) -> None:
 
     z = cfg.personalize
     _check(z.local_epochs >= 1, "personalize.local_epochs", "must be >= 1")
+    _check(z.eval_every_epochs >= 1, "personalize.eval_every_epochs", "must be >= 1")
+    _check(z.global_eval_examples is None or z.global_eval_examples >= 1, "personalize.global_eval_examples",
+           "must be >= 1 or null (all)")
+    _check(z.global_tolerance >= 0, "personalize.global_tolerance", "must be >= 0")
+    _check(z.name is None or (z.name.strip() != "" and "/" not in z.name), "personalize.name",
+           "must be a non-empty name without '/'")
     _check(z.batch_size >= 1, "personalize.batch_size", "must be >= 1")
     _choice("personalize.optimizer.name", z.optimizer.name, OPTIMIZERS)
     _check(z.optimizer.lr > 0 and math.isfinite(z.optimizer.lr), "personalize.optimizer.lr",
            f"must be a positive number, got {z.optimizer.lr}")
     _check(z.l2_strength >= 0, "personalize.l2_strength", "must be >= 0")
-    _check(len(z.alphas) >= 1, "personalize.alphas", "needs at least one interpolation ratio")
-    for alpha in z.alphas:
-        _check(0.0 <= alpha <= 1.0, "personalize.alphas", f"every alpha must be in [0, 1], got {alpha}")
+    _check(len(z.interp_ratios) >= 1, "personalize.interp_ratios", "needs at least one interpolation ratio")
+    for ratio in z.interp_ratios:
+        _check(0.0 <= ratio <= 1.0, "personalize.interp_ratios", f"every ratio must be in [0, 1], got {ratio}")
+    _check(len(set(z.interp_ratios)) == len(z.interp_ratios), "personalize.interp_ratios", "has duplicates")
 
     _choice("runtime.executor", r.executor, EXECUTORS)
     _check(r.num_cpus_per_client > 0, "runtime.num_cpus_per_client",
@@ -250,3 +334,31 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(r.num_gpus_per_client >= 0, "runtime.num_gpus_per_client", "must be >= 0")
     _check(r.num_cpus_driver > 0, "runtime.num_cpus_driver", "must be > 0")
     _check(r.torch_threads >= 1, "runtime.torch_threads", "must be >= 1")
+
+    w = cfg.logging.wandb
+    _check(w.mode is None or w.mode in WANDB_MODES, "logging.wandb.mode",
+           f"{w.mode!r} is not one of {', '.join(WANDB_MODES)} (or null)")
+    validate_tune(cfg.tune)
+
+
+def validate_tune(t: TuneConfig) -> None:
+    """The ``tune:`` section's own checks; whether the searched keys exist is checked when the
+    search starts (rayfed.tuning), where each sampled value is applied to the config."""
+    _choice("tune.kind", t.kind, TUNE_KINDS)
+    _choice("tune.searcher", t.searcher, SEARCHERS)
+    _choice("tune.scheduler", t.scheduler, SCHEDULERS)
+    _check(t.num_samples >= 1, "tune.num_samples", "must be >= 1")
+    _check(t.max_concurrent_trials >= 1, "tune.max_concurrent_trials", "must be >= 1")
+    _check(t.grace_period >= 1, "tune.grace_period", "must be >= 1")
+    _check(t.cpus_per_trial > 0, "tune.cpus_per_trial", "must be > 0")
+    for key, param in t.space.items():
+        where = f"tune.space.{key}"
+        _choice(f"{where}.type", param.type, SPACE_TYPES)
+        if param.type in ("grid", "choice"):
+            _check(bool(param.values), f"{where}.values", f"a {param.type} needs a non-empty list of values")
+        else:
+            _check(param.low is not None and param.high is not None, where, f"a {param.type} needs low and high")
+            _check(param.low < param.high, where, f"low ({param.low}) must be below high ({param.high})")
+            _check(param.type != "loguniform" or param.low > 0, f"{where}.low", "loguniform needs low > 0")
+        _check(not (t.searcher.startswith("optuna") and param.type == "grid"), f"{where}.type",
+               "Optuna samples its space: use choice instead of grid")

@@ -1,23 +1,34 @@
-"""The orchestrator: build data, model and actors; run rounds; evaluate; write results.
+"""The orchestrator: the two phases a user runs, each read top to bottom.
 
-One function, read top to bottom. Everything it calls is a small piece with its own file.
+``run_experiment``: build data and the driver, run rounds, evaluate, write results (and
+personalize at the end if ``personalize.enabled``). ``run_personalization``: start from a
+finished run's global prompt and config, personalize every client, write the curves. Both go
+through ``personalize_phase``; everything they call is a small piece with its own file.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rayfed.checkpoint import save_prompt
-from rayfed.config import ExperimentConfig, to_yaml
+import torch
+
+from rayfed.checkpoint import load_local_prompts, load_prompt, save_local_prompts, save_prompt
+from rayfed.config import ConfigError, ExperimentConfig, load_config, to_yaml
 from rayfed.data.sources import federated_data
-from rayfed.loggers import ConsoleLogger, JsonlLogger, MetricLogger
-from rayfed.runtime.driver import alpha_key
+from rayfed.loggers import MetricLogger, build_loggers, log_round
+from rayfed.metrics import METRICS
+from rayfed.personalization import EpochCallback, PersonalizeSettings, personalize
+from rayfed.runtime.session import open_driver
 from rayfed.types import RoundResult
 
-SUMMARY_METRICS = ("loss", "exact_match", "rouge_l")
+# What `rayfed personalize` may change in a finished run's config: how to personalize, evaluate,
+# run and log, never what was trained (model, data, partition, algorithm, seed).
+PERSONALIZE_OVERRIDABLE = ("personalize.", "eval.", "runtime.", "ray.", "logging.")
 
 
 def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = None) -> dict[str, Any]:
@@ -27,49 +38,32 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     (out / "metrics.jsonl").unlink(missing_ok=True)  # a rerun into the same directory starts clean
-    loggers = loggers if loggers is not None else [ConsoleLogger(cfg.algorithm.rounds)]
-    loggers = [*loggers, JsonlLogger(out / "metrics.jsonl")]
+    loggers = build_loggers(cfg, out, loggers, metrics_file=out / "metrics.jsonl")
 
-    # --- Data: load and partition once, here; shards travel to the client actors once.
+    # --- Data: load and partition once, here; shards travel to the workers once.
     data = federated_data(cfg)
 
-    # --- Runtime: in-process for debugging, or client actors plus a driver actor on Ray.
-    actors: list[Any] = []
-    if cfg.runtime.executor == "local":
-        from rayfed.runtime.driver import Driver, InProcessExecutor
-        from rayfed.runtime.worker import ClientWorker
-
-        driver: Any = Driver(cfg, InProcessExecutor(ClientWorker(cfg, list(data.clients), list(data.global_test))))
-    else:
-        from rayfed.builtin_models import resolve_model_path
-        from rayfed.runtime import ray_backend
-
-        resolve_model_path(cfg.model.name)  # convert a built-in model once, before actors load it
-        ray_backend.start_ray(cfg.ray)
-        driver, actors = ray_backend.launch(cfg, data)
-
     try:
-        # --- Rounds: evaluate the untrained prompt, then train, evaluating every eval_every rounds.
-        initial = driver.evaluate(0)
-        _log(loggers, "round", initial)
-        final = initial
-        for round_idx in range(1, cfg.algorithm.rounds + 1):
-            result = driver.run_round(round_idx)
-            evaluation = None
-            if round_idx % cfg.eval.eval_every == 0 or round_idx == cfg.algorithm.rounds:
-                evaluation = final = driver.evaluate(round_idx)
-            _log(loggers, "round", result, evaluation)
-            save_prompt(out / "global_prompt.safetensors", driver.global_prompt(),
-                        {"round": str(round_idx), "config": cfg.name})
+        with open_driver(cfg, data) as driver:
+            # --- Rounds: evaluate the untrained prompt, then train, evaluating every eval_every rounds.
+            initial = final = driver.evaluate(0)
+            log_round(loggers, initial)
+            for round_idx in range(1, cfg.algorithm.rounds + 1):
+                result = driver.run_round(round_idx)
+                evaluation = None
+                if round_idx % cfg.eval.eval_every == 0 or round_idx == cfg.algorithm.rounds:
+                    evaluation = final = driver.evaluate(round_idx)
+                log_round(loggers, result, evaluation)
+                save_prompt(out / "global_prompt.safetensors", driver.global_prompt(),
+                            {"round": str(round_idx), "config": cfg.name})
 
-        # --- Personalization: each client fine-tunes the final global prompt; the driver scores
-        # global/local interpolations on the client's own data and on the global test set.
-        personal = driver.personalize(cfg.algorithm.rounds) if cfg.personalize.enabled else None
-        if personal is not None:
-            _log(loggers, "personalize", personal)
+            # --- Personalization (optional): the same phase `rayfed personalize` runs on a finished run.
+            personal = None
+            if cfg.personalize.enabled:
+                personal = personalize_phase(cfg, driver, driver.global_prompt(),
+                                             out / "personalize" / (cfg.personalize.name or "default"), loggers)
+        _draw(out, loggers, recurse=False)
     finally:
-        if actors:
-            ray_backend.shutdown(actors, driver)
         for logger in loggers:
             logger.close()
 
@@ -77,33 +71,122 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
     summary = {
         "name": cfg.name,
         "rounds": cfg.algorithm.rounds,
-        "initial": _global(initial),
-        "final": _global(final),
-        "final_local": {k: v for k, v in final.metrics.items() if k.startswith("eval/local/")},
+        "initial": _scores(initial, "global_test"),
+        "final": _scores(final, "global_test"),
+        "final_val": _scores(final, "global_val"),
+        "final_local": {k: v for k, v in final.metrics.items() if k.startswith("eval/local_")},
         "clients": {str(cid): m for cid, m in final.client_metrics.items()},
         "seconds": time.perf_counter() - started,
     }
     if personal is not None:
-        summary["personalization"] = {
-            f"alpha_{alpha:g}": {split: {k: personal.metrics[f"{alpha_key(alpha)}/{split}/{k}_mean"]
-                                         for k in SUMMARY_METRICS} for split in ("local", "global")}
-            for alpha in cfg.personalize.alphas}
+        summary["personalization"] = personal
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     return summary
 
 
-def _global(result: RoundResult) -> dict[str, float]:
-    return {k: result.metrics[f"eval/global/{k}"] for k in SUMMARY_METRICS}
+def run_personalization(run_dir: str | Path, overrides: list[str] | None = None,
+                        loggers: list[MetricLogger] | None = None, *, prompt_cache: Path | None = None,
+                        on_epoch: EpochCallback | None = None) -> dict[str, Any]:
+    """Personalize a finished run's global prompt (nothing is retrained) into
+    ``run_dir/personalize/<name>/`` and return that directory's summary.
+
+    Args:
+        run_dir: A directory written by ``run_experiment`` (config.yaml, global_prompt.safetensors).
+        overrides: ``key=value`` strings; only ``personalize.*``, ``eval.*``, ``runtime.*``,
+            ``ray.*`` and ``logging.*`` keys may change.
+        loggers: Extra metric loggers (default: the console).
+        prompt_cache: A directory where trained local prompts are kept by their training settings,
+            so runs that differ only in how they score them (interpolation ratios) share them.
+        on_epoch: Called with each evaluated epoch's curve rows (Tune reports through it).
+    """
+    cfg, global_prompt = load_finished_run(run_dir, overrides or [])
+    name = cfg.personalize.name or _name_from(overrides or [])
+    data = federated_data(cfg)  # the same seed and config give the same shards as the run had
+    with open_driver(cfg, data) as driver:
+        out = Path(run_dir) / "personalize" / name
+        logs = build_loggers(cfg, out, loggers, job_type="personalize")
+        try:
+            return personalize_phase(cfg, driver, global_prompt, out, logs, prompt_cache=prompt_cache,
+                                     on_epoch=on_epoch)
+        finally:
+            for logger in logs:
+                logger.close()
 
 
-def _log(loggers: list[MetricLogger], kind: str, result: RoundResult, evaluation: RoundResult | None = None) -> None:
-    event: dict[str, Any] = {"event": kind, "round": result.round_idx, **result.metrics}
-    clients: dict[int, dict[str, float]] = {cid: dict(m) for cid, m in result.client_metrics.items()}
-    if evaluation is not None:
-        event.update(evaluation.metrics)
-        for cid, m in evaluation.client_metrics.items():
-            clients.setdefault(cid, {}).update(m)
+def personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.Tensor, out: Path,
+                      loggers: list[MetricLogger], *, prompt_cache: Path | None = None,
+                      on_epoch: EpochCallback | None = None) -> dict[str, Any]:
+    """Personalize, log each epoch's curve rows, and write personalization.jsonl and summary.json."""
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    settings = PersonalizeSettings.from_config(cfg.personalize)
+    cached = prompt_cache / f"{settings.training_key(cfg.seed)}.safetensors" if prompt_cache else None
+    trained = load_local_prompts(cached) if cached is not None and cached.exists() else None
+
+    def epoch_done(epoch: int, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            for logger in loggers:
+                logger.log({"event": "personalize", "epoch": row["epoch"], "interp_ratio": row["interp_ratio"],
+                            **{f"personalize/{k}": v for k, v in row.items() if "/" in k}})
+        if on_epoch is not None:
+            on_epoch(epoch, rows)
+
+    result, trained_now = personalize(driver, global_prompt, settings, trained=trained, on_epoch=epoch_done)
+    if cached is not None and trained is None:
+        save_local_prompts(cached, trained_now)
+    with open(out / "personalization.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in result.records)
+    summary = {"name": out.name, "settings": asdict(settings), "reference": result.reference,
+               "curve": result.curve, "selected": result.selected, "local_prompts_reused": trained is not None,
+               "seconds": time.perf_counter() - started}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     for logger in loggers:
-        logger.log(event)
-        for cid, m in sorted(clients.items()):
-            logger.log({"event": "client", "round": result.round_idx, "client_id": cid, **m})
+        logger.log({"event": "summary", **{f"personalize/selected/{k}": v
+                                           for k, v in (result.selected or {}).items()}})
+    _draw(out, loggers)
+    return summary
+
+
+def load_finished_run(run_dir: str | Path, overrides: list[str]) -> tuple[ExperimentConfig, torch.Tensor]:
+    """A finished run's config (with allowed overrides) and final global prompt.
+
+    Raises:
+        FileNotFoundError: the directory lacks config.yaml or global_prompt.safetensors.
+        ConfigError: an override changes what was trained, or the run did not finish.
+    """
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "global_prompt.safetensors"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir} is not a finished rayfed run: {name} is missing "
+                                    f"(run `rayfed run CONFIG output_dir={run_dir}` first)")
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if not key.startswith(PERSONALIZE_OVERRIDABLE):
+            raise ConfigError(f"key '{key}': cannot change when personalizing a finished run (only "
+                              f"{', '.join(k + '*' for k in PERSONALIZE_OVERRIDABLE)} may)")
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    prompt, meta = load_prompt(run_dir / "global_prompt.safetensors")
+    if meta.get("round") != str(cfg.algorithm.rounds):
+        raise ConfigError(f"key 'algorithm.rounds': the run in {run_dir} stopped at round {meta.get('round')} "
+                          f"of {cfg.algorithm.rounds}; personalize a finished run")
+    return cfg, prompt
+
+
+def _name_from(overrides: list[str]) -> str:
+    """A directory name from the personalize.* overrides, e.g. ``l2_strength=0.1,optimizer.lr=0.01``."""
+    parts = [o.removeprefix("personalize.") for o in overrides if o.startswith("personalize.")]
+    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", ",".join(parts))[:120] or "default"
+
+
+def _draw(out: Path, loggers: list[MetricLogger], recurse: bool = True) -> None:
+    """Redraw the figures from the files just written and hand them to the loggers (W&B)."""
+    from rayfed import plots
+
+    for png in plots.plot_path(out) if recurse else plots.plot_run(out):
+        for logger in loggers:
+            logger.log({"event": "image", "key": f"plots/{png.stem}", "path": str(png)})
+
+
+def _scores(result: RoundResult, split: str) -> dict[str, float]:
+    return {k: result.metrics[f"eval/{split}/{k}"] for k in METRICS if f"eval/{split}/{k}" in result.metrics}

@@ -1,7 +1,9 @@
-"""Where metrics go: a small protocol with console and JSONL implementations.
+"""Where metrics go: a small protocol with console, JSONL and (lazily imported) W&B loggers.
 
-Every event is a flat dict with an ``event`` kind (``round``, ``client``), a ``round`` index and
-structured metric names such as ``eval/global/rouge_l``. A W&B logger plugs in here later.
+Every event is a flat dict with an ``event`` kind and structured metric names (rayfed.metrics):
+``round`` (``round`` index, ``train/*``, ``eval/{split}/*``, ``time/*``), ``client`` (one client's
+scores in a round), ``personalize`` (one curve row: ``epoch``, ``interp_ratio``,
+``personalize/{split}/{metric}_{stat}``), ``summary``, and ``image`` / ``table`` (W&B only).
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from rayfed.config import ExperimentConfig
+from rayfed.types import RoundResult
+
 
 class MetricLogger(Protocol):
     def log(self, event: dict[str, Any]) -> None: ...
@@ -18,12 +23,17 @@ class MetricLogger(Protocol):
 
 
 class JsonlLogger:
-    """Appends one JSON object per event to ``metrics.jsonl``, flushed so a crash keeps them."""
+    """Appends one JSON object per event to a file, flushed so a crash keeps them. Images and
+    tables are files of their own already, so they are not copied here."""
+
+    SKIPPED = ("image", "table")
 
     def __init__(self, path: Path):
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def log(self, event: dict[str, Any]) -> None:
+        if event.get("event") in self.SKIPPED:
+            return
         self._file.write(json.dumps(event, sort_keys=True) + "\n")
         self._file.flush()
 
@@ -32,24 +42,63 @@ class JsonlLogger:
 
 
 class ConsoleLogger:
-    """One progress line per round: train loss, global eval metrics, seconds."""
+    """One progress line per round and per personalization curve row."""
 
-    SHOWN = (("train/loss", "train_loss"), ("eval/global/loss", "loss"),
-             ("eval/global/exact_match", "em"), ("eval/global/rouge_l", "rougeL"),
-             ("eval/local/rouge_l_mean", "local_rougeL"))
+    SHOWN = (("train/loss", "train_loss"), ("eval/global_test/loss", "loss"),
+             ("eval/global_test/exact_match", "em"), ("eval/global_test/rouge_l", "rougeL"),
+             ("eval/global_val/rouge_l", "val_rougeL"), ("eval/local_test/rouge_l_mean", "local_rougeL"))
+    PERSONAL = (("personalize/local_val/rouge_l_mean", "local_val"),
+                ("personalize/global_val/rouge_l_mean", "global_val"),
+                ("personalize/local_test/rouge_l_mean", "local_test"),
+                ("personalize/global_test/rouge_l_mean", "global_test"))
 
     def __init__(self, total_rounds: int, stream: TextIO = sys.stdout):
         self.total_rounds = total_rounds
         self.stream = stream
 
     def log(self, event: dict[str, Any]) -> None:
-        if event.get("event") != "round":
+        if event.get("event") == "round":
+            parts = [f"round {event['round']:>3}/{self.total_rounds}"]
+            parts += [f"{label} {event[key]:.4f}" for key, label in self.SHOWN if key in event]
+            parts.append(f"{event.get('time/round_s', 0.0) + event.get('time/eval_s', 0.0):.1f}s")
+        elif event.get("event") == "personalize":
+            parts = [f"personalize epoch {event['epoch']:>3} ratio {event['interp_ratio']:<4g}", "rougeL"]
+            parts += [f"{label} {event[key]:.4f}" for key, label in self.PERSONAL if key in event]
+        else:
             return
-        parts = [f"round {event['round']:>3}/{self.total_rounds}"]
-        parts += [f"{label} {event[key]:.4f}" for key, label in self.SHOWN if key in event]
-        seconds = event.get("time/round_s", 0.0) + event.get("time/eval_s", 0.0)
-        parts.append(f"{seconds:.1f}s")
         print(" | ".join(parts), file=self.stream, flush=True)
 
     def close(self) -> None:
         pass
+
+
+def build_loggers(cfg: ExperimentConfig, out: Path, extra: list[MetricLogger] | None, *,
+                  metrics_file: Path | None = None, job_type: str = "run") -> list[MetricLogger]:
+    """``extra`` (default: the console), plus a JSONL file and W&B when configured."""
+    loggers = list(extra) if extra is not None else [ConsoleLogger(cfg.algorithm.rounds)]
+    if metrics_file is not None:
+        loggers.append(JsonlLogger(metrics_file))
+    if cfg.logging.wandb.enabled:
+        from omegaconf import OmegaConf
+
+        from rayfed.wandb_logger import WandbLogger
+
+        out.mkdir(parents=True, exist_ok=True)
+        config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+        name = cfg.name if job_type == "run" else f"{cfg.name}/{out.name}"
+        loggers.append(WandbLogger(cfg.logging.wandb, name=name, config=config, directory=out, job_type=job_type))
+    return loggers
+
+
+def log_round(loggers: list[MetricLogger], result: RoundResult, evaluation: RoundResult | None = None) -> None:
+    """One ``round`` event (training and evaluation metrics) and one ``client`` event per client."""
+    event: dict[str, Any] = {"event": "round", "round": result.round_idx, **result.metrics}
+    clients: dict[int, dict[str, float]] = {cid: dict(m) for cid, m in result.client_metrics.items()}
+    if evaluation is not None:
+        event.update(evaluation.metrics)
+        for cid, m in evaluation.client_metrics.items():
+            clients.setdefault(cid, {}).update(m)
+    for logger in loggers:
+        logger.log(event)
+        for cid, m in sorted(clients.items()):
+            logger.log({"event": "client", "round": result.round_idx, "client_id": cid, **m})

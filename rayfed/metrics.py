@@ -1,4 +1,10 @@
-"""Text metrics (exact match, ROUGE-L) and per-client distribution summaries."""
+"""Metric names, text metrics (exact match, ROUGE-L) and per-client distribution summaries.
+
+Every metric name in rayfed is built here: ``{phase}/{split}/{metric}`` for one prompt's score
+(``eval/global_test/rouge_l``) and ``{phase}/{split}/{metric}_{stat}`` for a distribution over
+clients (``personalize/local_val/rouge_l_p10``). Parameters (an interpolation ratio, an epoch)
+are fields of a record, never part of a name, so names stay the same across trials.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,23 @@ import string
 from functools import lru_cache
 
 import numpy as np
+
+METRICS = ("loss", "exact_match", "rouge_l")
+STATS = ("mean", "p10", "min")
+LOCAL_SPLITS = ("local_val", "local_test")  # each client's own held-out data
+GLOBAL_SPLITS = ("global_val", "global_test")  # the federation's task mix, disjoint from clients
+SPLITS = LOCAL_SPLITS + GLOBAL_SPLITS
+
+
+def summarize_clients(per_client: dict[int, dict[str, float]], prefix: str) -> dict[str, float]:
+    """Mean, p10 and worst over clients of ``{prefix}/{metric}`` for every metric present."""
+    out: dict[str, float] = {}
+    for name in METRICS:
+        key = f"{prefix}/{name}"
+        values = [m[key] for m in per_client.values() if key in m]
+        if values:
+            out.update(distribution(values, key))
+    return out
 
 
 def normalize_answer(text: str) -> str:

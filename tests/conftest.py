@@ -17,11 +17,18 @@ TINY = [
     "data.source=synthetic", "data.max_examples_per_task=24", "data.max_source_tokens=64",
     "data.max_target_tokens=16", "partition.num_clients=4", "partition.train_examples=16",
     "partition.val_examples=0", "partition.test_examples=4", "partition.global_test_examples=16",
+    "partition.global_val_examples=0",
     "algorithm.rounds=2", "algorithm.clients_per_round=4", "algorithm.local_steps=4",
     "algorithm.batch_size=8", "algorithm.client_optimizer.name=adam",
     "algorithm.client_optimizer.lr=0.05", "eval.batch_size=16", "eval.max_new_tokens=8",
     "runtime.num_cpus_per_client=0.25",
 ]
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides() -> list[str]:
+    """The tiny settings as ``key=value`` strings (for module-scoped fixtures)."""
+    return list(TINY)
 
 
 @pytest.fixture

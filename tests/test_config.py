@@ -5,17 +5,48 @@ import pytest
 from rayfed.config import ConfigError, load_config
 from rayfed.model import TINY_LLAMA
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 
 
 def test_configs_are_shipped():
     assert {"smoke.yaml", "quickstart.yaml"} <= {p.name for p in CONFIGS}
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(CONFIG_DIR).as_posix())
 def test_every_shipped_config_validates(path):
+    from rayfed.tuning import DEFAULT_SPACE, check_space
+
     cfg = load_config(path)
     assert cfg.algorithm.clients_per_round <= cfg.partition.num_clients
+    if path.parent.name == "tune":  # every searched value applies to the config
+        check_space(cfg, dict(cfg.tune.space) or DEFAULT_SPACE)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("partition.alpha=0.1", "'partition.alpha' was renamed to partition.concentration"),
+    ("personalize.alphas=[0.5]", "'personalize.alphas' was renamed to personalize.interp_ratios"),
+    ("personalize.interp_ratios=[0.5,1.5]", "personalize.interp_ratios"),
+    ("personalize.eval_every_epochs=0", "personalize.eval_every_epochs"),
+    ("tune.searcher=bayes", "tune.searcher"),
+    ("logging.wandb.mode=cloud", "logging.wandb.mode"),
+])
+def test_renamed_and_new_keys_fail_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_a_search_space_key_that_does_not_exist_is_named(tmp_path):
+    from rayfed.tuning import check_space
+
+    bad = tmp_path / "tune.yaml"
+    bad.write_text("tune:\n  space:\n    personalize.l2_strenght: {type: grid, values: [0.1]}\n")
+    cfg = load_config(bad)
+    with pytest.raises(ConfigError, match=r"tune.space.personalize.l2_strenght.*Did you mean|l2_strenght"):
+        check_space(cfg, dict(cfg.tune.space))
+    bad.write_text("tune:\n  space:\n    personalize.l2_strength: {type: loguniform, low: 0, high: 1}\n")
+    with pytest.raises(ConfigError, match=r"tune.space.personalize.l2_strength.low"):
+        load_config(bad)
 
 
 def test_smoke_config_is_tiny_and_synthetic():
@@ -42,7 +73,7 @@ def test_unknown_key_in_file_names_the_key(tmp_path):
     ("algorithm.client_optimizer.lr=-0.1", "algorithm.client_optimizer.lr"),
     ("algorithm.client_optimizer.name=lion", "algorithm.client_optimizer.name"),
     ("algorithm.name=fedprox", "algorithm.name"),
-    ("partition.alpha=0", "partition.alpha"),
+    ("partition.concentration=0", "partition.concentration"),
     ("algorithm.local_epochs=2", "algorithm.local_steps"),
     ("runtime.num_cpus_per_client=0", "runtime.num_cpus_per_client"),
     ("data.source=sni", "data.path"),

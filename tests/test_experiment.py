@@ -20,7 +20,9 @@ def test_in_process_run_lowers_global_loss_and_writes_outputs(tiny_config):
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rounds = [e for e in events if e["event"] == "round"]
     assert [e["round"] for e in rounds] == [0, 1, 2, 3]
-    assert "eval/global/rouge_l" in rounds[-1] and "eval/local/rouge_l_p10" in rounds[-1]
+    assert "eval/global_test/rouge_l" in rounds[-1] and "eval/local_test/rouge_l_p10" in rounds[-1]
+    assert "eval/global_val/rouge_l" not in rounds[-1]  # the tiny config has no validation sets
+    assert (out / "rounds.png").stat().st_size > 0
     assert {e["client_id"] for e in events if e["event"] == "client"} == {0, 1, 2, 3}
     prompt, meta = load_prompt(out / "global_prompt.safetensors")
     assert prompt.shape == (cfg.model.num_virtual_tokens, 64) and meta["round"] == "3"

@@ -1,35 +1,160 @@
-"""Personalization after federated training: the trade-off a user reads off the summary."""
+"""Personalization as a phase of its own: curves per epoch, ratio and split, from a finished run."""
+
+import json
+from pathlib import Path
 
 import pytest
+import torch
 
-from rayfed.experiment import run_experiment
+from rayfed.checkpoint import load_local_prompts, load_prompt
+from rayfed.cli import main
+from rayfed.config import ConfigError
+from rayfed.experiment import run_experiment, run_personalization
+from rayfed.metrics import SPLITS
 
-PERSONALIZE = ["runtime.executor=local", "personalize.enabled=true", "personalize.local_epochs=4",
-               "personalize.optimizer.name=adam", "personalize.optimizer.lr=0.02"]
-
-
-def test_alpha_zero_is_the_global_prompt_and_alpha_one_fits_local_data_better(tiny_config):
-    cfg = tiny_config(*PERSONALIZE, "personalize.alphas=[0,0.5,1]")
-    summary = run_experiment(cfg, loggers=[])
-    p = summary["personalization"]
-    # alpha 0 is the global prompt: the same numbers as the final evaluation.
-    assert p["alpha_0"]["global"]["loss"] == pytest.approx(summary["final"]["loss"], rel=1e-5)
-    assert p["alpha_0"]["local"]["loss"] == pytest.approx(summary["final_local"]["eval/local/loss_mean"], rel=1e-5)
-    # Fine-tuning on its own data lowers each client's own loss, more so the further alpha goes.
-    assert p["alpha_1"]["local"]["loss"] < p["alpha_0.5"]["local"]["loss"] < p["alpha_0"]["local"]["loss"]
+WITH_VAL = ["runtime.executor=local", "partition.val_examples=4", "partition.global_val_examples=8"]
+ADAM = ["personalize.local_epochs=3", "personalize.optimizer.name=adam", "personalize.optimizer.lr=0.05"]
 
 
-def test_l2_toward_the_global_prompt_keeps_the_personalized_prompt_closer_to_it(tiny_config, tmp_path):
-    results = {}
-    for strength in (0.0, 50.0):
-        cfg = tiny_config(*PERSONALIZE, "personalize.alphas=[1]", "personalize.optimizer.name=sgd",
-                          "personalize.optimizer.lr=0.01", f"personalize.l2_strength={strength}",
-                          f"output_dir={tmp_path / str(strength)}")
-        results[strength] = run_experiment(cfg, loggers=[])
-    free = results[0.0]["personalization"]["alpha_1"]
-    pulled = results[50.0]["personalization"]["alpha_1"]
-    global_prompt = results[0.0]["final"]
-    # With a strong pull the personalized prompt stays near the global one: its global loss
-    # moves less than the unregularized one's, and it gains less on local data.
-    assert abs(pulled["global"]["loss"] - global_prompt["loss"]) < abs(free["global"]["loss"] - global_prompt["loss"])
-    assert pulled["local"]["loss"] > free["local"]["loss"]
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_overrides):
+    """A finished tiny run with validation splits (trained once for the whole module)."""
+    from rayfed.config import load_config
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config(None, [*tiny_overrides, *WITH_VAL, f"output_dir={out}"])
+    return out, run_experiment(cfg, loggers=[])
+
+
+def records_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in (path / "personalization.jsonl").read_text().splitlines()]
+
+
+def test_curves_have_a_record_per_client_epoch_ratio_and_split(finished_run, tmp_path):
+    run_dir, run_summary = finished_run
+    summary = run_personalization(run_dir, [*ADAM, "personalize.interp_ratios=[0,0.5,1]"], loggers=[],
+                                  prompt_cache=tmp_path)
+    out = run_dir / "personalize" / summary["name"]
+    records = records_of(out)
+    scored = {(r["client_id"], r["epoch"], r["interp_ratio"], r["split"]) for r in records if r["split"] != "train"}
+    assert scored == {(c, e, a, s) for c in range(4) for e in range(4) for a in (0, 0.5, 1) for s in SPLITS}
+    assert {(r["client_id"], r["epoch"]) for r in records if r["split"] == "train"} == {
+        (c, e) for c in range(4) for e in (1, 2, 3)}
+    assert len(summary["curve"]) == 4 * 3 and summary["selected"] is not None
+
+    # Ratio 0 is the global prompt: at every epoch, exactly the finished run's final scores.
+    for r in records:
+        if r["interp_ratio"] == 0 and r["split"] == "local_test":
+            assert r["loss"] == run_summary["clients"][str(r["client_id"])]["eval/local_test/loss"]
+        if r["interp_ratio"] == 0 and r["split"] == "global_test":
+            assert r["loss"] == pytest.approx(run_summary["final"]["loss"], rel=1e-6)
+
+    # Ratio 1 is the personalized prompt: rescoring the saved local prompt gives the same numbers.
+    from rayfed.config import load_config
+    from rayfed.data.partition import global_sets_of
+    from rayfed.data.sources import federated_data
+    from rayfed.runtime.worker import ClientWorker
+
+    cfg = load_config(run_dir / "config.yaml")
+    data = federated_data(cfg)
+    worker = ClientWorker(cfg, list(data.clients), global_sets_of(data))
+    (cache,) = tmp_path.glob("*.safetensors")
+    local = load_local_prompts(cache)[2][0][3]
+    rescored = worker.evaluate_client(2, {"p": local}, ("local_test",))["p"]["local_test"]
+    (record,) = [r for r in records if (r["client_id"], r["epoch"], r["interp_ratio"], r["split"]) ==
+                 (2, 3, 1, "local_test")]
+    assert record["loss"] == pytest.approx(rescored.means()["loss"], rel=1e-6)
+    # ... and personalizing fits each client's own training data better epoch after epoch.
+    train = {(r["client_id"], r["epoch"]): r["loss"] for r in records if r["split"] == "train"}
+    assert all(train[c, 3] < train[c, 1] for c in range(4))
+
+
+def test_trials_that_differ_only_in_the_ratio_share_the_local_prompts(finished_run, tmp_path):
+    run_dir, _ = finished_run
+    first = run_personalization(run_dir, [*ADAM, "personalize.interp_ratios=[1]"], loggers=[], prompt_cache=tmp_path)
+    second = run_personalization(run_dir, [*ADAM, "personalize.interp_ratios=[0.5,1]"], loggers=[],
+                                 prompt_cache=tmp_path)
+    assert not first["local_prompts_reused"] and second["local_prompts_reused"]
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    row = {r["epoch"]: r for r in first["curve"]}
+    assert all(row[r["epoch"]]["local_val/loss_mean"] == r["local_val/loss_mean"]
+               for r in second["curve"] if r["interp_ratio"] == 1)
+
+
+def test_a_very_large_l2_strength_keeps_the_prompt_at_the_global_one(finished_run, tmp_path):
+    run_dir, _ = finished_run
+    global_prompt = load_prompt(run_dir / "global_prompt.safetensors")[0]
+    distance, curves = {}, {}
+    # With lr x strength = 1 each SGD step lands at global - lr x gradient: as the strength grows
+    # (and the lr shrinks with it) the personalized prompt cannot leave the global one.
+    for strength, lr in ((0.0, 0.1), (1e6, 1e-6)):
+        overrides = ["personalize.local_epochs=2", f"personalize.optimizer.lr={lr}", "personalize.interp_ratios=[0,1]",
+                     f"personalize.l2_strength={strength}", f"personalize.name=l2_{strength:g}"]
+        summary = run_personalization(run_dir, overrides, loggers=[], prompt_cache=tmp_path / str(strength))
+        (cache,) = (tmp_path / str(strength)).glob("*.safetensors")
+        distance[strength] = max(float((p[0][2] - global_prompt).norm()) for p in load_local_prompts(cache).values())
+        curves[strength] = {r["interp_ratio"]: r for r in summary["curve"] if r["epoch"] == 2}
+    assert distance[1e6] < 1e-4 * distance[0.0]
+    pulled = curves[1e6]
+    assert pulled[1]["local_test/loss_mean"] == pytest.approx(pulled[0]["local_test/loss_mean"], rel=1e-4)
+    assert pulled[1]["global_test/loss_mean"] == pytest.approx(pulled[0]["global_test/loss_mean"], rel=1e-4)
+
+
+def test_selection_reads_validation_and_never_test(finished_run):
+    from rayfed.core.selection import select_best
+
+    reference = {"local_val/rouge_l_mean": 0.2, "global_val/rouge_l_mean": 0.3}
+    rows = [{"local_val/rouge_l_mean": 0.25, "global_val/rouge_l_mean": 0.295, "local_test/rouge_l_mean": 0.1},
+            {"local_val/rouge_l_mean": 0.40, "global_val/rouge_l_mean": 0.20, "local_test/rouge_l_mean": 0.9},
+            {"local_val/rouge_l_mean": 0.24, "global_val/rouge_l_mean": 0.31, "local_test/rouge_l_mean": 0.8}]
+    # The second row has the best local scores but loses too much global; the best test score
+    # (third row) plays no part: the first row wins on validation within the 0.01 tolerance.
+    assert select_best(rows, reference, 0.01)["local_test/rouge_l_mean"] == 0.1
+    assert select_best(rows, reference, 0.2)["local_test/rouge_l_mean"] == 0.9
+
+
+def test_personalize_cli_writes_under_the_run_and_refuses_to_change_what_was_trained(finished_run, capsys):
+    run_dir, _ = finished_run
+    assert main(["personalize", str(run_dir), "personalize.local_epochs=1", "personalize.interp_ratios=[0.5,1]",
+                 "runtime.executor=local"]) == 0
+    out = run_dir / "personalize" / "local_epochs=1,interp_ratios=_0.5,1_"  # a safe directory name
+    assert {"summary.json", "personalization.jsonl", "config.yaml", "curves.png"} <= {p.name for p in out.iterdir()}
+    assert "selected on validation" in capsys.readouterr().out
+    assert main(["personalize", str(run_dir), "model.num_virtual_tokens=9"]) == 2
+    assert "key 'model.num_virtual_tokens'" in capsys.readouterr().err
+    assert main(["personalize", str(run_dir / "nope")]) == 2
+    assert "is not a finished rayfed run: config.yaml is missing" in capsys.readouterr().err
+
+
+def test_an_unfinished_run_is_refused(finished_run, tmp_path):
+    import shutil
+
+    from rayfed.checkpoint import save_prompt
+
+    run_dir, _ = finished_run
+    partial = tmp_path / "partial"
+    shutil.copytree(run_dir, partial, ignore=shutil.ignore_patterns("personalize"))
+    save_prompt(partial / "global_prompt.safetensors", torch.zeros(4, 64), {"round": "1"})
+    with pytest.raises(ConfigError, match="stopped at round 1 of 2"):
+        run_personalization(partial, [], loggers=[])
+
+
+def test_by_epoch_training_ends_where_one_shot_training_does(tiny_config):
+    from rayfed.config import OptimizerConfig
+    from rayfed.data.formatting import tokenize
+    from rayfed.data.sources import federated_data
+    from rayfed.local import train_prompt
+    from rayfed.model import build_prompt_model
+    from rayfed.personalization import train_prompt_by_epoch
+
+    cfg = tiny_config()
+    model = build_prompt_model(cfg.model)
+    data = tokenize(federated_data(cfg).clients[0].train, model.tokenizer, 64, 16)
+    start = model.get_prompt()
+    opt = OptimizerConfig("adam", 0.05)
+    by_epoch, losses = train_prompt_by_epoch(model, data, start, optimizer=opt, epochs=3, keep_epochs=[0, 2, 3],
+                                             batch_size=6, seed=7, l2_strength=0.5)
+    one_shot, _ = train_prompt(model, data, start, optimizer=opt, num_steps=3 * 3, batch_size=6, seed=7,
+                               l2_reference=start, l2_strength=0.5)
+    assert sorted(by_epoch) == [0, 2, 3] and sorted(losses) == [1, 2, 3]
+    assert torch.equal(by_epoch[0], start) and torch.equal(by_epoch[3], one_shot)

@@ -38,6 +38,8 @@ class TokenizedExample:
 def tokenize(examples: tuple[Example, ...] | list[Example], tokenizer, max_source_tokens: int,
              max_target_tokens: int) -> list[TokenizedExample]:
     """Tokenize once per client; training and evaluation reuse the result every round."""
+    if not examples:  # a tokenizer given an empty batch fails with an IndexError deep inside
+        return []
     sources = tokenizer([source_text(ex) for ex in examples], add_special_tokens=False)["input_ids"]
     targets = tokenizer([" " + ex.target for ex in examples], add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id

@@ -1,7 +1,7 @@
 """Split a pool of examples into a global test set and per-client train/val/test shards.
 
 Heterogeneity is controlled over *units* (task categories or tasks): each client draws a mixture
-over units (Dirichlet with concentration ``alpha``, ``k`` units uniformly, or the pool's own mix
+over units (Dirichlet with ``concentration``, ``k`` units uniformly, or the pool's own mix
 for IID) and fills its shard example by example from the units' pools without replacement, so a
 partition never uses an example twice.
 """
@@ -28,11 +28,20 @@ class ClientData:
 
 @dataclass(frozen=True)
 class FederatedData:
-    """Every client's shard plus the global test set that spans all tasks."""
+    """Every client's shard plus the global test and validation sets that span all tasks."""
 
     clients: tuple[ClientData, ...]
     global_test: tuple[Example, ...]
     unit: str  # "category" or "task": what the histograms and heterogeneity are over
+    global_val: tuple[Example, ...] = ()  # built like global_test from disjoint examples
+
+
+def global_sets_of(data: FederatedData) -> dict[str, list[Example]]:
+    """The global evaluation sets by split name (``global_val`` only when it is non-empty)."""
+    sets = {"global_test": list(data.global_test)}
+    if data.global_val:
+        sets["global_val"] = list(data.global_val)
+    return sets
 
 
 def unit_of(example: Example, unit: str) -> str:
@@ -45,13 +54,14 @@ def partition(
     num_clients: int,
     scheme: str,
     unit: str,
-    alpha: float,
+    concentration: float,
     units_per_client: int,
     train_examples: int,
     val_examples: int,
     test_examples: int,
     global_test_examples: int,
     seed: int,
+    global_val_examples: int = 0,
 ) -> FederatedData:
     """Partition ``examples`` deterministically from ``seed``.
 
@@ -66,13 +76,11 @@ def partition(
         order = rng.permutation(len(by_task[task]))
         by_task[task] = [by_task[task][i] for i in order]
 
-    # Global test first, round-robin over tasks so every task is represented evenly.
-    global_test: list[Example] = []
+    # Global test first, then global validation, each round-robin over tasks so every task is
+    # represented evenly (the test set does not depend on whether a validation set is drawn).
     tasks = sorted(by_task)
-    while len(global_test) < global_test_examples and any(by_task.values()):
-        for task in tasks:
-            if by_task[task] and len(global_test) < global_test_examples:
-                global_test.append(by_task[task].pop())
+    global_test = _round_robin(by_task, tasks, global_test_examples)
+    global_val = _round_robin(by_task, tasks, global_val_examples)
 
     pools: dict[str, list[Example]] = defaultdict(list)
     for task in tasks:
@@ -83,7 +91,7 @@ def partition(
     available = sum(len(v) for v in pools.values())
     if available < per_client * num_clients:
         raise ValueError(
-            f"the data holds {available} examples after the global test set, but partition.num_clients "
+            f"the data holds {available} examples after the global test and validation sets, but partition.num_clients "
             f"x (train_examples + val_examples + test_examples) = {num_clients} x {per_client} are needed; "
             f"lower those or raise data.max_examples_per_task")
     for pool in pools.values():  # pools mix tasks; shuffle so draws are not task-ordered
@@ -92,7 +100,7 @@ def partition(
     sizes = np.array([len(pools[u]) for u in units], dtype=float)
     clients = []
     for client_id in range(num_clients):
-        weights = _mixture(scheme, len(units), alpha, units_per_client, sizes, rng)
+        weights = _mixture(scheme, len(units), concentration, units_per_client, sizes, rng)
         shard: list[Example] = []
         for _ in range(per_client):
             live = np.array([w if pools[u] else 0.0 for u, w in zip(units, weights)])
@@ -107,15 +115,25 @@ def partition(
             tuple(shard[train_examples:train_examples + val_examples]),
             tuple(shard[train_examples + val_examples:]),
         ))
-    return FederatedData(tuple(clients), tuple(global_test), unit)
+    return FederatedData(tuple(clients), tuple(global_test), unit, tuple(global_val))
 
 
-def _mixture(scheme: str, n_units: int, alpha: float, k: int, sizes: np.ndarray,
+def _round_robin(by_task: dict[str, list[Example]], tasks: list[str], size: int) -> list[Example]:
+    """Pop ``size`` examples, one task at a time in turn (fewer if the pools run dry)."""
+    out: list[Example] = []
+    while len(out) < size and any(by_task.values()):
+        for task in tasks:
+            if by_task[task] and len(out) < size:
+                out.append(by_task[task].pop())
+    return out
+
+
+def _mixture(scheme: str, n_units: int, concentration: float, k: int, sizes: np.ndarray,
              rng: np.random.Generator) -> np.ndarray:
     if scheme == "iid":
         return sizes / sizes.sum()
     if scheme == "dirichlet":
-        return rng.dirichlet(np.full(n_units, alpha))
+        return rng.dirichlet(np.full(n_units, concentration))
     if scheme == "k_tasks":
         chosen = rng.choice(n_units, size=min(k, n_units), replace=False)
         weights = np.zeros(n_units)

@@ -53,6 +53,7 @@ def federated_data(cfg: ExperimentConfig) -> FederatedData:
     p = cfg.partition
     return partition(
         load_examples(cfg.data, cfg.seed), num_clients=p.num_clients, scheme=p.scheme, unit=p.unit,
-        alpha=p.alpha, units_per_client=p.units_per_client, train_examples=p.train_examples,
+        concentration=p.concentration, units_per_client=p.units_per_client, train_examples=p.train_examples,
         val_examples=p.val_examples, test_examples=p.test_examples,
-        global_test_examples=p.global_test_examples, seed=cfg.seed)
+        global_test_examples=p.global_test_examples, global_val_examples=p.global_val_examples,
+        seed=cfg.seed)

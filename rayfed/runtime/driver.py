@@ -2,14 +2,15 @@
 
 A round reads as a script: sample clients, dispatch local work, aggregate, step the server.
 Where the work runs is the executor's business (in-process here, Ray actors in
-``ray_backend``), so both give the same numbers.
+``ray_backend``), so both give the same numbers. The driver also forms the global/local
+interpolations during personalization.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -18,20 +19,25 @@ from rayfed.config import ExperimentConfig
 from rayfed.core.interpolation import interpolate
 from rayfed.core.sampling import sample_clients
 from rayfed.core.server_optimizer import ServerOptimizer
-from rayfed.metrics import distribution
+from rayfed.metrics import GLOBAL_SPLITS, LOCAL_SPLITS, summarize_clients
+from rayfed.personalization import PersonalizeSettings
 from rayfed.runtime.worker import ClientWorker
-from rayfed.types import ClientUpdate, EvalSums, RoundResult
+from rayfed.types import EvalSums, RoundResult
 
 
 class Executor(Protocol):
-    """Runs client work somewhere and returns plain results."""
+    """Runs client work somewhere and returns plain results; any ``ClientWorker`` method can be
+    dispatched, so a new phase adds a worker method, not an executor method."""
 
     def initial_prompt(self) -> torch.Tensor: ...
-    def fit(self, client_ids: Sequence[int], prompt: torch.Tensor, round_idx: int) -> list[ClientUpdate]: ...
-    def evaluate_global(self, prompt: torch.Tensor) -> EvalSums: ...
-    def evaluate_local(self, client_ids: Sequence[int], prompt: torch.Tensor) -> dict[int, EvalSums]: ...
-    def personalize(self, client_ids: Sequence[int], prompt: torch.Tensor) -> dict[int, tuple[torch.Tensor, float]]: ...
-    def evaluate_personalized(self, prompts: dict[int, torch.Tensor]) -> dict[int, tuple[EvalSums, EvalSums]]: ...
+
+    def each(self, method: str, args_by_client: dict[int, tuple]) -> dict[int, Any]:
+        """``worker.method(client_id, *args)`` for every client, on the worker hosting it."""
+        ...
+
+    def sharded(self, method: str, args: tuple) -> list[Any]:
+        """``worker.method(*args, shard, num_shards)`` once on each worker: a split of the work."""
+        ...
 
 
 class InProcessExecutor:
@@ -43,40 +49,40 @@ class InProcessExecutor:
     def initial_prompt(self) -> torch.Tensor:
         return self.worker.initial_prompt()
 
-    def fit(self, client_ids: Sequence[int], prompt: torch.Tensor, round_idx: int) -> list[ClientUpdate]:
-        return [self.worker.fit(cid, prompt, round_idx) for cid in client_ids]
+    def each(self, method: str, args_by_client: dict[int, tuple]) -> dict[int, Any]:
+        return {cid: getattr(self.worker, method)(cid, *args) for cid, args in sorted(args_by_client.items())}
 
-    def evaluate_global(self, prompt: torch.Tensor) -> EvalSums:
-        return self.worker.evaluate_global(prompt, 0, 1)
-
-    def evaluate_local(self, client_ids: Sequence[int], prompt: torch.Tensor) -> dict[int, EvalSums]:
-        return {cid: self.worker.evaluate_local(cid, prompt) for cid in client_ids}
-
-    def personalize(self, client_ids: Sequence[int], prompt: torch.Tensor) -> dict[int, tuple[torch.Tensor, float]]:
-        return {cid: self.worker.personalize(cid, prompt) for cid in client_ids}
-
-    def evaluate_personalized(self, prompts: dict[int, torch.Tensor]) -> dict[int, tuple[EvalSums, EvalSums]]:
-        return {cid: self.worker.evaluate_personalized(cid, p) for cid, p in prompts.items()}
+    def sharded(self, method: str, args: tuple) -> list[Any]:
+        return [getattr(self.worker, method)(*args, 0, 1)]
 
 
 class Driver:
-    """Federated training state and the round loop's body."""
+    """Federated training state, the round loop's body, and personalization's interpolation."""
 
     def __init__(self, cfg: ExperimentConfig, executor: Executor):
         self.cfg = cfg
         self.executor = executor
         self.algorithm = build_algorithm(cfg.algorithm)
         self.server = ServerOptimizer(executor.initial_prompt(), cfg.algorithm.server_optimizer)
+        p = cfg.partition
+        self.client_ids = list(range(p.num_clients))
+        self.local_splits = tuple(s for s in LOCAL_SPLITS if (p.val_examples if s == "local_val" else 1) > 0)
+        self.global_splits = tuple(s for s in GLOBAL_SPLITS if (p.global_val_examples if s == "global_val" else 1) > 0)
 
     def global_prompt(self) -> torch.Tensor:
         return self.server.global_prompt()
+
+    def splits(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The non-empty ``(local splits, global splits)`` of this run's data."""
+        return self.local_splits, self.global_splits
 
     def run_round(self, round_idx: int) -> RoundResult:
         """Sample, fit, aggregate, step. Returns the round's training metrics."""
         start = time.perf_counter()
         p, a = self.cfg.partition, self.cfg.algorithm
         client_ids = sample_clients(p.num_clients, a.clients_per_round, self.cfg.seed, round_idx)
-        updates = self.executor.fit(client_ids, self.server.global_prompt(), round_idx)
+        prompt = self.server.global_prompt()
+        updates = list(self.executor.each("fit", {cid: (prompt, round_idx) for cid in client_ids}).values())
         pseudo_gradient = self.algorithm.aggregate(updates)
         self.server.step(pseudo_gradient)
         weights = sum(u.num_examples for u in updates)
@@ -89,48 +95,41 @@ class Driver:
         return RoundResult(round_idx, metrics, {u.client_id: {"train/loss": u.train_loss} for u in updates})
 
     def evaluate(self, round_idx: int) -> RoundResult:
-        """The global prompt on the global test set and, if enabled, on every client's test split."""
+        """The global prompt on the global sets and, if enabled, on every client's own splits."""
         start = time.perf_counter()
         prompt = self.server.global_prompt()
-        metrics = {f"eval/global/{k}": v for k, v in self.executor.evaluate_global(prompt).means().items()}
+        metrics: dict[str, float] = {}
+        for split in self.global_splits:
+            metrics.update({f"eval/{split}/{k}": v for k, v in self.evaluate_global(prompt, split).means().items()})
         per_client: dict[int, dict[str, float]] = {}
         if self.cfg.eval.local:
-            local = self.executor.evaluate_local(range(self.cfg.partition.num_clients), prompt)
-            per_client = {cid: {f"eval/local/{k}": v for k, v in s.means().items()}
-                          for cid, s in sorted(local.items())}
-            metrics.update(summarize_clients(per_client, "eval/local"))
+            scores = self.evaluate_clients({cid: {"global": prompt} for cid in self.client_ids}, self.local_splits)
+            per_client = {cid: {f"eval/{split}/{k}": v for split, sums in s["global"].items()
+                                for k, v in sums.means().items()} for cid, s in scores.items()}
+            for split in self.local_splits:
+                metrics.update(summarize_clients(per_client, f"eval/{split}"))
         metrics["time/eval_s"] = time.perf_counter() - start
         return RoundResult(round_idx, metrics, per_client)
 
-    def personalize(self, round_idx: int) -> RoundResult:
-        """Every client personalizes the global prompt; each interpolation ratio alpha is scored
-        on the client's own test split (``local``) and on the global test set (``global``)."""
-        start = time.perf_counter()
-        global_prompt = self.server.global_prompt()
-        client_ids = range(self.cfg.partition.num_clients)
-        trained = self.executor.personalize(client_ids, global_prompt)
-        metrics = {"personalize/train_loss": sum(loss for _, loss in trained.values()) / len(trained)}
-        per_client: dict[int, dict[str, float]] = {cid: {} for cid in trained}
-        for alpha in self.cfg.personalize.alphas:
-            prompts = {cid: interpolate(global_prompt, local, alpha) for cid, (local, _) in trained.items()}
-            for cid, (own, robust) in self.executor.evaluate_personalized(prompts).items():
-                for split, sums in (("local", own), ("global", robust)):
-                    per_client[cid].update({f"{alpha_key(alpha)}/{split}/{k}": v for k, v in sums.means().items()})
-            for split in ("local", "global"):
-                metrics.update(summarize_clients(per_client, f"{alpha_key(alpha)}/{split}"))
-        metrics["time/personalize_s"] = time.perf_counter() - start
-        return RoundResult(round_idx, metrics, per_client)
+    def evaluate_global(self, prompt: torch.Tensor, split: str) -> EvalSums:
+        """One prompt on a whole global set, its examples spread over the workers."""
+        return sum(self.executor.sharded("evaluate_global", (prompt, split)), EvalSums())
 
+    def evaluate_clients(self, prompts: dict[int, dict[Any, torch.Tensor]], splits: Sequence[str],
+                         global_subsample: int | None = None) -> dict[int, dict[Any, dict[str, EvalSums]]]:
+        """Each client scores its own prompts (keyed by any label) on the given splits."""
+        return self.executor.each("evaluate_client", {cid: (p, tuple(splits), global_subsample)
+                                                      for cid, p in prompts.items()})
 
-def summarize_clients(per_client: dict[int, dict[str, float]], prefix: str) -> dict[str, float]:
-    """Mean, p10 and worst over clients of ``{prefix}/{loss,exact_match,rouge_l}``."""
-    out: dict[str, float] = {}
-    for name in ("loss", "exact_match", "rouge_l"):
-        key = f"{prefix}/{name}"
-        out.update(distribution([m[key] for m in per_client.values()], key))
-    return out
+    def personalize_train(self, global_prompt: torch.Tensor, settings: PersonalizeSettings,
+                          ) -> dict[int, tuple[dict[int, torch.Tensor], dict[int, float]]]:
+        """Every client fine-tunes ``global_prompt``: its local prompt and train loss per epoch."""
+        return self.executor.each("personalize", {cid: (global_prompt, settings) for cid in self.client_ids})
 
-
-def alpha_key(alpha: float) -> str:
-    """Metric prefix of an interpolation ratio, e.g. ``personalize/alpha_0.5``."""
-    return f"personalize/alpha_{alpha:g}"
+    def personalize_evaluate(self, global_prompt: torch.Tensor, local_prompts: dict[int, torch.Tensor],
+                             ratios: Sequence[float], splits: Sequence[str], global_subsample: int | None,
+                             ) -> dict[int, dict[float, dict[str, EvalSums]]]:
+        """Score ``(1 - r) * global + r * local`` for every client and ratio ``r`` on ``splits``."""
+        prompts = {cid: {r: interpolate(global_prompt, local, r) for r in ratios}
+                   for cid, local in local_prompts.items()}
+        return self.evaluate_clients(prompts, splits, global_subsample)

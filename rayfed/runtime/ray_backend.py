@@ -15,10 +15,9 @@ import ray
 import torch
 
 from rayfed.config import ConfigError, ExperimentConfig, RayConfig
-from rayfed.data.partition import FederatedData
+from rayfed.data.partition import FederatedData, global_sets_of
 from rayfed.runtime.driver import Driver
 from rayfed.runtime.worker import ClientWorker
-from rayfed.types import ClientUpdate, EvalSums
 
 
 def start_ray(cfg: RayConfig) -> None:
@@ -43,31 +42,24 @@ class RayExecutor:
     def initial_prompt(self) -> torch.Tensor:
         return ray.get(self.actors[0].initial_prompt.remote())
 
-    def fit(self, client_ids: Sequence[int], prompt: torch.Tensor, round_idx: int) -> list[ClientUpdate]:
-        ref = ray.put(prompt)
-        return ray.get([self.actors[cid].fit.remote(cid, ref, round_idx) for cid in client_ids])
+    def each(self, method: str, args_by_client: dict[int, tuple]) -> dict[int, Any]:
+        """Call ``method(client_id, *args)`` on every client's actor at once; gather by client id.
+        A tensor passed to many clients (the global prompt) goes into the object store once."""
+        ids = sorted(args_by_client)
+        shared: dict[int, Any] = {}
 
-    def evaluate_global(self, prompt: torch.Tensor) -> EvalSums:
-        ref, n = ray.put(prompt), len(self.actors)
-        parts = ray.get([a.evaluate_global.remote(ref, i, n) for i, a in enumerate(self.actors)])
-        return sum(parts, EvalSums())
+        def put(arg: Any) -> Any:
+            if isinstance(arg, torch.Tensor):
+                return shared.setdefault(id(arg), ray.put(arg))
+            return arg
 
-    def evaluate_local(self, client_ids: Sequence[int], prompt: torch.Tensor) -> dict[int, EvalSums]:
-        ref = ray.put(prompt)
-        return self._each("evaluate_local", {cid: ref for cid in client_ids})
-
-    def personalize(self, client_ids: Sequence[int], prompt: torch.Tensor) -> dict[int, tuple[torch.Tensor, float]]:
-        ref = ray.put(prompt)
-        return self._each("personalize", {cid: ref for cid in client_ids})
-
-    def evaluate_personalized(self, prompts: dict[int, torch.Tensor]) -> dict[int, tuple[EvalSums, EvalSums]]:
-        return self._each("evaluate_personalized", prompts)
-
-    def _each(self, method: str, arg_by_client: dict[int, Any]) -> dict[int, Any]:
-        """Call ``method(client_id, arg)`` on every client's actor at once; gather by client id."""
-        ids = sorted(arg_by_client)
-        refs = [getattr(self.actors[cid], method).remote(cid, arg_by_client[cid]) for cid in ids]
+        refs = [getattr(self.actors[cid], method).remote(cid, *map(put, args_by_client[cid])) for cid in ids]
         return dict(zip(ids, ray.get(refs)))
+
+    def sharded(self, method: str, args: tuple) -> list[Any]:
+        n = len(self.actors)
+        refs = [getattr(a, method).remote(*args, i, n) for i, a in enumerate(self.actors)]
+        return ray.get(refs)
 
 
 class RemoteDriver:
@@ -105,8 +97,8 @@ def launch(cfg: ExperimentConfig, data: FederatedData) -> tuple[RemoteDriver, li
     r = cfg.runtime
     check_resources(cfg, len(data.clients))
     client_actor = ray.remote(ClientWorker).options(num_cpus=r.num_cpus_per_client, num_gpus=r.num_gpus_per_client)
-    global_test = ray.put(list(data.global_test))  # stored once, not once per actor
-    actors = [client_actor.remote(cfg, [shard], global_test, r.torch_threads) for shard in data.clients]
+    global_sets = ray.put(global_sets_of(data))  # stored once, not once per actor
+    actors = [client_actor.remote(cfg, [shard], global_sets, r.torch_threads) for shard in data.clients]
     ray.get([a.ready.remote() for a in actors])  # surfaces load errors now, not mid-round
     driver = ray.remote(Driver).options(num_cpus=r.num_cpus_driver).remote(cfg, RayExecutor(actors))
     return RemoteDriver(driver), actors

@@ -7,7 +7,7 @@ POOL = generate_synthetic(40, seed=0)  # 12 tasks x 40 = 480 examples
 
 
 def split(**kw):
-    args = dict(num_clients=8, scheme="dirichlet", unit="category", alpha=0.5, units_per_client=2,
+    args = dict(num_clients=8, scheme="dirichlet", unit="category", concentration=0.5, units_per_client=2,
                 train_examples=40, val_examples=5, test_examples=10, global_test_examples=40, seed=0)
     args.update(kw)
     return partition(POOL, **args)
@@ -40,9 +40,9 @@ def test_same_seed_same_partition():
     assert split() != split(seed=1)
 
 
-def test_heterogeneity_shrinks_as_alpha_grows():
+def test_heterogeneity_shrinks_as_concentration_grows():
     kw = dict(train_examples=20, val_examples=0, test_examples=5)
-    values = [heterogeneity(split(alpha=a, **kw)) for a in (0.05, 1.0, 100.0)]
+    values = [heterogeneity(split(concentration=a, **kw)) for a in (0.05, 1.0, 100.0)]
     assert values[0] > values[1] > values[2]
     assert heterogeneity(split(scheme="iid", **kw)) < values[0]
 

@@ -13,13 +13,16 @@ pytestmark = pytest.mark.ray
 
 
 def test_ray_run_with_four_client_actors_lowers_global_loss_and_personalizes(ray_session, tiny_config):
-    cfg = tiny_config("runtime.executor=ray", "personalize.enabled=true", "personalize.alphas=[0,1]")
+    cfg = tiny_config("runtime.executor=ray", "personalize.enabled=true", "personalize.interp_ratios=[0,1]")
     summary = run_experiment(cfg, loggers=[])
     assert summary["final"]["loss"] < summary["initial"]["loss"]
     assert len(summary["clients"]) == 4
-    # Interpolation at alpha 0, computed by the driver actor, is exactly the global prompt.
-    alpha_0 = summary["personalization"]["alpha_0"]["global"]["loss"]
-    assert alpha_0 == pytest.approx(summary["final"]["loss"], rel=1e-5)
+    # Ratio 0 is exactly the global prompt: the driver actor's interpolation changes nothing.
+    last = [r for r in summary["personalization"]["curve"] if r["epoch"] == cfg.personalize.local_epochs]
+    ratio_0 = next(r for r in last if r["interp_ratio"] == 0)
+    assert ratio_0["global_test/loss_mean"] == pytest.approx(summary["final"]["loss"], rel=1e-5)
+    ratio_1 = next(r for r in last if r["interp_ratio"] == 1)
+    assert ratio_1["local_test/loss_mean"] < ratio_0["local_test/loss_mean"]
     wait_for_resources(ray_session, "CPU", 2.0)  # the actors were killed at the end
 
 

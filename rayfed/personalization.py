@@ -1,0 +1,169 @@
+"""Personalization as curves: each client fine-tunes the global prompt; every evaluated epoch
+and interpolation ratio is scored on the client's own splits and on the global sets.
+
+Plain functions over a driver (in-process or a Ray actor, the same methods): the driver forms
+the interpolations, workers train and score. The un-personalized global prompt (epoch 0, and
+ratio 0 at every epoch) is scored once and reused, since it is the same prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from rayfed.config import OptimizerConfig, PersonalizeConfig
+from rayfed.core.regularization import l2_penalty
+from rayfed.core.selection import select_best
+from rayfed.data.formatting import TokenizedExample
+from rayfed.local import batches, make_optimizer, per_example_loss
+from rayfed.metrics import summarize_clients
+from rayfed.model import PromptModel
+from rayfed.types import EvalSums
+
+Trained = dict[int, tuple[dict[int, torch.Tensor], dict[int, float]]]  # client -> (prompts, losses) by epoch
+
+
+@dataclass(frozen=True)
+class PersonalizeSettings:
+    """What one personalization run does; passed into every call (a Tune trial brings its own)."""
+
+    epochs: int
+    eval_every_epochs: int
+    batch_size: int
+    optimizer: OptimizerConfig
+    l2_strength: float
+    interp_ratios: tuple[float, ...]
+    global_eval_examples: int | None
+    global_tolerance: float
+
+    @classmethod
+    def from_config(cls, cfg: PersonalizeConfig) -> PersonalizeSettings:
+        return cls(cfg.local_epochs, cfg.eval_every_epochs, cfg.batch_size, cfg.optimizer, cfg.l2_strength,
+                   tuple(cfg.interp_ratios), cfg.global_eval_examples, cfg.global_tolerance)
+
+    def eval_epochs(self) -> list[int]:
+        """0, every ``eval_every_epochs``-th epoch, and the last one."""
+        return sorted(set(range(0, self.epochs + 1, self.eval_every_epochs)) | {self.epochs})
+
+    def training_key(self, seed: int) -> str:
+        """Identifies the local prompts: settings that differ only in how they are scored
+        (ratios, subsample, tolerance) share them."""
+        train = {k: v for k, v in asdict(self).items()
+                 if k not in ("interp_ratios", "global_eval_examples", "global_tolerance")}
+        return hashlib.sha256(json.dumps([seed, train], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train_prompt_by_epoch(model: PromptModel, data: list[TokenizedExample], init_prompt: torch.Tensor, *,
+                          optimizer: OptimizerConfig, epochs: int, keep_epochs: list[int], batch_size: int,
+                          seed: int, l2_strength: float = 0.0) -> tuple[dict[int, torch.Tensor], dict[int, float]]:
+    """Train from ``init_prompt`` for ``epochs`` passes with one optimizer; return the prompt after
+    each epoch in ``keep_epochs`` (0: the initial prompt) and each epoch's mean training loss.
+
+    The batches are those of ``train_prompt`` with ``epochs * ceil(n / batch_size)`` steps, so the
+    last prompt equals ``train_prompt``'s. With ``l2_strength > 0`` the objective adds
+    ``l2_strength / 2 * ||p - init_prompt||^2``.
+    """
+    steps_per_epoch = math.ceil(len(data) / batch_size)
+    plan = batches(len(data), batch_size, epochs * steps_per_epoch, np.random.default_rng(seed))
+    model.set_prompt(init_prompt)
+    param = model.prompt_parameter
+    param.requires_grad_(True)
+    opt = make_optimizer([param], optimizer)
+    ref = init_prompt.to(param.device)
+    prompts = {0: init_prompt.detach().clone().cpu()} if 0 in keep_epochs else {}
+    losses: dict[int, float] = {}
+    for epoch in range(1, epochs + 1):
+        epoch_losses = []
+        for idx in plan[(epoch - 1) * steps_per_epoch: epoch * steps_per_epoch]:
+            loss = per_example_loss(model, [data[i] for i in idx]).mean()
+            objective = loss + l2_penalty(param, ref, l2_strength) if l2_strength > 0 else loss
+            opt.zero_grad(set_to_none=True)
+            objective.backward()
+            opt.step()
+            epoch_losses.append(loss.item())
+        losses[epoch] = float(np.mean(epoch_losses))
+        if epoch in keep_epochs:
+            prompts[epoch] = model.get_prompt()
+    return prompts, losses
+
+
+@dataclass
+class PersonalizationResult:
+    """Per-client records, the curve over clients, the un-personalized reference, the choice."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)  # one per (client, epoch, ratio, split)
+    curve: list[dict[str, Any]] = field(default_factory=list)  # one per (epoch, ratio): mean/p10/min
+    reference: dict[str, float] = field(default_factory=dict)  # the global prompt, same keys
+    selected: dict[str, Any] | None = None
+
+
+EpochCallback = Callable[[int, list[dict[str, Any]]], None]
+
+
+def personalize(driver: Any, global_prompt: torch.Tensor, settings: PersonalizeSettings, *,
+                trained: Trained | None = None, on_epoch: EpochCallback | None = None,
+                ) -> tuple[PersonalizationResult, Trained]:
+    """Train every client's local prompt (unless ``trained`` is given), then score each evaluated
+    epoch; ``on_epoch(epoch, curve_rows)`` sees each epoch's rows as soon as they exist.
+
+    Returns the result and the trained local prompts (to share with runs that differ only in
+    how they score them).
+    """
+    trained = trained if trained is not None else driver.personalize_train(global_prompt, settings)
+    local_splits, global_splits = driver.splits()
+    subsample = settings.global_eval_examples
+    client_ids = sorted(trained)
+
+    # The global prompt, scored once: on each client's own splits, and on the global sets (once
+    # for everyone, or on each client's own subsample).
+    ref = {cid: s["ref"] for cid, s in driver.evaluate_clients(
+        {cid: {"ref": global_prompt} for cid in client_ids},
+        local_splits + (global_splits if subsample else ()), subsample).items()}
+    if not subsample:
+        shared = {split: driver.evaluate_global(global_prompt, split) for split in global_splits}
+        for cid in client_ids:
+            ref[cid].update(shared)
+
+    result = PersonalizationResult()
+    for epoch in settings.eval_epochs():
+        moved = [r for r in settings.interp_ratios if r > 0] if epoch > 0 else []
+        scores = driver.personalize_evaluate(global_prompt, {cid: trained[cid][0][epoch] for cid in client_ids},
+                                             moved, local_splits + global_splits, subsample) if moved else {}
+        rows = []
+        for ratio in settings.interp_ratios:
+            per_client = {cid: scores[cid][ratio] if ratio in moved else ref[cid] for cid in client_ids}
+            result.records += [_record(cid, epoch, ratio, split, sums)
+                               for cid, by_split in per_client.items() for split, sums in by_split.items()]
+            rows.append({"epoch": epoch, "interp_ratio": ratio, **_over_clients(per_client)})
+        if epoch > 0:
+            result.records += [{"client_id": cid, "epoch": epoch, "interp_ratio": None, "split": "train",
+                                "loss": trained[cid][1][epoch]} for cid in client_ids]
+        result.curve += rows
+        if on_epoch is not None:
+            on_epoch(epoch, rows)
+    result.reference = _over_clients(ref)
+    result.selected = select_best(result.curve, result.reference, settings.global_tolerance)
+    return result, trained
+
+
+def _record(cid: int, epoch: int, ratio: float, split: str, sums: EvalSums) -> dict[str, Any]:
+    return {"client_id": cid, "epoch": epoch, "interp_ratio": ratio, "split": split, **sums.means(),
+            "count": sums.count}
+
+
+def _over_clients(per_client: dict[int, dict[str, EvalSums]]) -> dict[str, float]:
+    """``{split}/{metric}_{mean,p10,min}`` over clients for every split they were scored on."""
+    flat = {cid: {f"{split}/{k}": v for split, sums in s.items() for k, v in sums.means().items()}
+            for cid, s in per_client.items()}
+    splits = sorted({split for s in per_client.values() for split in s})
+    out: dict[str, float] = {}
+    for split in splits:
+        out.update(summarize_clients(flat, split))
+    return out

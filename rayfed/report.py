@@ -1,0 +1,81 @@
+"""What the ``rayfed`` command prints at the end of each job: short tables read off the summaries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rayfed.config import ExperimentConfig
+
+SPLIT_COLUMNS = (("local_val", 11), ("global_val", 12), ("local_test", 12), ("global_test", 13))
+
+
+def print_partition(cfg: ExperimentConfig) -> None:
+    from rayfed.data.partition import heterogeneity, histograms
+    from rayfed.data.sources import federated_data
+
+    data = federated_data(cfg)
+    hists = histograms(data)
+    units = sorted(set().union(*hists))
+    width = max(len(u) for u in units)
+    print(f"{'client':<{width}} " + " ".join(f"{c:>5}" for c in range(len(hists))))
+    for unit in units:
+        print(f"{unit:<{width}} " + " ".join(f"{h[unit]:>5}" for h in hists))
+    print(f"\n{len(data.clients)} clients, {len(data.global_test)} global test and {len(data.global_val)} "
+          f"global validation examples, unit: {data.unit}, heterogeneity (mean TV distance to the pooled "
+          f"mix): {heterogeneity(data):.3f}")
+
+
+def print_run(summary: dict[str, Any], output_dir: str) -> None:
+    print(f"\n{'global test':<14}{'initial':>10}{'final':>10}")
+    for key in ("loss", "exact_match", "rouge_l"):
+        print(f"{key:<14}{summary['initial'][key]:>10.4f}{summary['final'][key]:>10.4f}")
+    if summary["clients"]:
+        print(f"\n{'client':<8}{'local loss':>12}{'local EM':>10}{'local rougeL':>14}")
+        for cid, m in sorted(summary["clients"].items(), key=lambda kv: int(kv[0])):
+            print(f"{cid:<8}{m['eval/local_test/loss']:>12.4f}{m['eval/local_test/exact_match']:>10.4f}"
+                  f"{m['eval/local_test/rouge_l']:>14.4f}")
+    if "personalization" in summary:
+        print_personalization(summary["personalization"], Path(output_dir))
+    print(f"\nresults in {output_dir}/ (summary.json, metrics.jsonl, global_prompt.safetensors, rounds.png), "
+          f"{summary['seconds']:.0f}s")
+
+
+def print_personalization(summary: dict[str, Any], run_dir: Path) -> None:
+    """ROUGE-L means over clients per (epoch, ratio), the reference and the selected setting."""
+    print(f"\npersonalization '{summary['name']}' (ROUGE-L, mean over clients)")
+    header = f"{'epoch':>5} {'ratio':>6}" + "".join(f"{name:>{w}}" for name, w in SPLIT_COLUMNS)
+    print(header)
+
+    def line(label: str, row: dict[str, Any]) -> str:
+        return label + "".join(f"{row[f'{s}/rouge_l_mean']:>{w}.4f}" if f"{s}/rouge_l_mean" in row else f"{'-':>{w}}"
+                               for s, w in SPLIT_COLUMNS)
+
+    print(line(f"{'global prompt':>12}", summary["reference"]))
+    for row in summary["curve"]:
+        if row["epoch"] > 0:
+            print(line(f"{row['epoch']:>5} {row['interp_ratio']:>6g}", row))
+    chosen = summary.get("selected")
+    if chosen:
+        print(f"selected on validation: epoch {chosen['epoch']}, ratio {chosen['interp_ratio']:g} ({chosen['rule']})")
+    else:
+        print("no selection: validation splits are empty (set partition.val_examples and global_val_examples)")
+    print(f"results in {run_dir}/personalize/{summary['name']}/ (summary.json, personalization.jsonl, *.png), "
+          f"{summary['seconds']:.0f}s")
+
+
+def print_search(summary: dict[str, Any], output_dir: Path) -> None:
+    """The Pareto trials and the selected one."""
+    rows = summary["rows"]
+    params = summary["params"]
+    print(f"\n{len(rows)} trials; Pareto set on (local_val, global_val) ROUGE-L:")
+    print("  ".join(params) + "   local_val  global_val  local_test  global_test")
+    for row in rows:
+        if row["pareto"]:
+            print("  ".join(f"{row[p]!s:>{len(p)}}" for p in params)
+                  + "".join(f"{row.get(k, float('nan')):>11.4f}" for k in
+                            ("local_val_rouge_l", "global_val_rouge_l", "local_test_rouge_l", "global_test_rouge_l")))
+    if summary.get("selected"):
+        s = summary["selected"]
+        print(f"selected ({summary['rule']}): " + ", ".join(f"{p}={s[p]}" for p in params))
+    print(f"results in {output_dir}/ (results.csv, pareto.csv, search.json, pareto.png, tune/)")

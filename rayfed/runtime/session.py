@@ -1,0 +1,33 @@
+"""One place that turns a config and its data into a driver, in-process or on Ray, and tears
+it down again: the federated run, ``rayfed personalize`` and Tune trials all start here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rayfed.config import ExperimentConfig
+from rayfed.data.partition import FederatedData, global_sets_of
+
+
+@contextmanager
+def open_driver(cfg: ExperimentConfig, data: FederatedData) -> Iterator[Any]:
+    """Yield a driver (``runtime.executor=local``: every client in this process; ``ray``: client
+    actors and a driver actor, killed on exit without stopping a shared Ray session)."""
+    if cfg.runtime.executor == "local":
+        from rayfed.runtime.driver import Driver, InProcessExecutor
+        from rayfed.runtime.worker import ClientWorker
+
+        yield Driver(cfg, InProcessExecutor(ClientWorker(cfg, list(data.clients), global_sets_of(data))))
+        return
+    from rayfed.builtin_models import resolve_model_path
+    from rayfed.runtime import ray_backend
+
+    resolve_model_path(cfg.model.name)  # convert a built-in model once, before actors load it
+    ray_backend.start_ray(cfg.ray)
+    driver, actors = ray_backend.launch(cfg, data)
+    try:
+        yield driver
+    finally:
+        ray_backend.shutdown(actors, driver)

@@ -1,0 +1,353 @@
+"""``rayfed tune``: a Ray Tune search over config keys. The only module that imports ``ray.tune``.
+
+Two kinds of trial:
+
+- ``personalize``: the federation is trained once (or taken from ``tune.base_run``) and every
+  trial personalizes that same global prompt with its own settings, reporting after each
+  evaluated epoch. Trained local prompts are kept in ``OUT/local_prompts/`` under a hash of the
+  settings that train them, so trials that differ only in the interpolation ratio (or in how
+  they are scored) load them instead of retraining.
+- ``federation``: each trial is a whole federated run (any key may be searched), reporting
+  after each evaluated round. Its driver and client actors are reserved as placement-group
+  bundles, so trials never wait on each other's actors.
+
+Every trial reports under the same names (``local_val_rouge_l``, ``global_val_rouge_l``, their
+test twins, and the structured metrics), so Tune's searchers and schedulers compare trials.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from rayfed.config import ConfigError, ExperimentConfig, SpaceParam, load_config, to_yaml
+from rayfed.core.selection import pareto_mask, rule_text, select_best
+from rayfed.experiment import load_finished_run, run_experiment, run_personalization
+
+# The design card's search: l2 strength on a log grid that includes 0, x interpolation ratio.
+DEFAULT_SPACE = {
+    "personalize.l2_strength": SpaceParam("grid", [0.0, 0.01, 0.1, 1.0]),
+    "personalize.interp_ratios": SpaceParam("grid", [0.25, 0.5, 0.75, 1.0]),
+}
+LOCAL, GLOBAL = "local_val_rouge_l", "global_val_rouge_l"
+OBJECTIVES = (LOCAL, GLOBAL, "local_test_rouge_l", "global_test_rouge_l")
+
+
+class SearchInterrupted(RuntimeError):
+    """The search was stopped (Ctrl-C) before every trial finished; ``--resume`` continues it."""
+
+
+def run_search(cfg: ExperimentConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) the search configured in ``cfg.tune``; write results.csv, pareto.csv,
+    search.json and pareto.png into ``cfg.output_dir`` and return search.json's content."""
+    import ray
+    from ray import tune
+
+    from rayfed.runtime.ray_backend import start_ray
+
+    t, out = cfg.tune, Path(cfg.output_dir).resolve()
+    space = dict(t.space) or DEFAULT_SPACE
+    check_space(cfg, space)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    start_ray(cfg.ray)
+    base_run = prepare_base_run(cfg, out) if t.kind == "personalize" else None
+    resources = trial_resources(cfg)
+    check_fits(cfg, resources, ray.cluster_resources())
+
+    trainable = tune.with_resources(_trainable(cfg, out, base_run), tune.PlacementGroupFactory(resources))
+    experiment = out / "tune"
+    if resume and tune.Tuner.can_restore(str(experiment)):
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+    else:
+        if resume:
+            print(f"rayfed: nothing to resume in {experiment}; starting the search")
+        tuner = tune.Tuner(trainable, param_space={k: _domain(p) for k, p in space.items()},
+                           tune_config=_tune_config(cfg), run_config=tune.RunConfig(
+                               name="tune", storage_path=str(out), verbose=1,
+                               failure_config=tune.FailureConfig(max_failures=0)))
+    grid = tuner.fit()
+    expected = t.num_samples * math.prod(len(p.values or []) for p in space.values() if p.type == "grid")
+    if len(grid) < expected or grid.num_terminated + grid.num_errors < len(grid):  # Ctrl-C: Tune saved its state
+        raise SearchInterrupted(f"the search stopped after {grid.num_terminated} of {expected} trials; its state "
+                                f"is in {experiment}: continue with `rayfed tune CONFIG --resume` (same overrides)")
+    return write_results(cfg, out, list(space), [(r.metrics or {}, r.config or {}, r.error) for r in grid])
+
+
+def check_space(cfg: ExperimentConfig, space: dict[str, SpaceParam]) -> None:
+    """Fail before any trial runs: every searched key must exist and accept the values, and a
+    personalize search needs validation splits, one ratio per trial, and personalize.* keys only."""
+    for key, param in space.items():
+        values = param.values if param.values else [param.low, param.high]
+        for value in values:
+            try:
+                load_config(None, [*_overrides(cfg), *_trial_overrides(cfg, {key: value})])
+            except ConfigError as err:
+                raise ConfigError(f"tune.space.{key}: value {value!r} does not apply: {err}") from None
+    if cfg.tune.kind == "personalize":
+        for key in space:
+            if not key.startswith(("personalize.", "eval.")):
+                raise ConfigError(f"tune.space.{key}: a personalize search varies only personalize.* and eval.* "
+                                  "keys; search it with tune.kind=federation")
+        if "personalize.interp_ratios" not in space and len(cfg.personalize.interp_ratios) != 1:
+            raise ConfigError("key 'personalize.interp_ratios': each trial scores one ratio; give one value or "
+                              "search it in tune.space")
+    p = cfg.partition
+    if p.val_examples < 1 or p.global_val_examples < 1:
+        raise ConfigError("key 'partition.val_examples': a search selects on validation data; set "
+                          "partition.val_examples and partition.global_val_examples above 0")
+
+
+def prepare_base_run(cfg: ExperimentConfig, out: Path) -> Path:
+    """The finished run every personalize trial starts from: ``tune.base_run``, or one trained
+    now into ``OUT/base`` (skipped when a finished one is already there, e.g. on resume)."""
+    if cfg.tune.base_run:
+        base = Path(cfg.tune.base_run).resolve()
+        load_finished_run(base, [])
+        return base
+    base = out / "base"
+    try:
+        load_finished_run(base, [])
+    except (FileNotFoundError, ConfigError):
+        base_cfg = load_config(None, [*_overrides(cfg), f"output_dir={base}", "personalize.enabled=false",
+                                      "logging.wandb.enabled=false"])
+        run_experiment(base_cfg)
+    return base
+
+
+def trial_resources(cfg: ExperimentConfig) -> list[dict[str, float]]:
+    """Placement-group bundles of one trial: the trial process, then (executor ray) the driver
+    actor and one bundle per client actor, so a trial's actors are reserved with it."""
+    r = cfg.runtime
+    bundles = [{"CPU": cfg.tune.cpus_per_trial}]
+    if r.executor == "ray":
+        client = {"CPU": r.num_cpus_per_client, **({"GPU": r.num_gpus_per_client} if r.num_gpus_per_client else {})}
+        bundles += [{"CPU": r.num_cpus_driver}] + [dict(client) for _ in range(cfg.partition.num_clients)]
+    return bundles
+
+
+def check_fits(cfg: ExperimentConfig, bundles: list[dict[str, float]], cluster: dict[str, float]) -> None:
+    """A search whose single trial cannot fit the cluster fails now, naming the keys."""
+    for resource in ("CPU", "GPU"):
+        need = sum(b.get(resource, 0.0) for b in bundles)
+        if need > cluster.get(resource, 0.0) + 1e-9:
+            raise ConfigError(
+                f"one trial needs {need:g} {resource}s (tune.cpus_per_trial + runtime.num_cpus_driver + "
+                f"partition.num_clients x runtime.num_{resource.lower()}s_per_client with runtime.executor="
+                f"{cfg.runtime.executor}), but the Ray cluster has {cluster.get(resource, 0.0):g}; lower them or "
+                f"use runtime.executor=local inside trials")
+
+
+def _trainable(cfg: ExperimentConfig, out: Path, base_run: Path | None):
+    """The function each trial runs; it reports through ``tune.report`` under fixed names."""
+    from rayfed.experiment import PERSONALIZE_OVERRIDABLE
+
+    base_overrides = _overrides(cfg)
+    search_name = cfg.name
+
+    def trial(params: dict[str, Any]) -> None:
+        from ray import tune
+
+        trial_id = tune.get_context().get_trial_id()
+        overrides = _trial_overrides(cfg, params)
+        if cfg.logging.wandb.enabled and cfg.logging.wandb.group is None:
+            overrides.append(f"logging.wandb.group={search_name}")
+        if base_run is None:  # federation: a whole run per trial
+            trial_cfg = load_config(None, [*base_overrides, *overrides, f"output_dir={out / 'trials' / trial_id}",
+                                           f"name={search_name}-{trial_id}"])
+            run_experiment(trial_cfg, loggers=[_RoundReporter(trial_cfg)])
+            return
+        reference: dict[str, float] = {}
+
+        def report(epoch: int, rows: list[dict[str, Any]]) -> None:
+            if epoch == 0:  # every ratio is still the global prompt: the un-personalized reference
+                reference.update({f"reference/{k}": v for k, v in _objectives(rows[0]).items()})
+            structured = {f"personalize/{k}": v for k, v in rows[0].items() if "/" in k}
+            tune.report({"epoch": epoch, **structured, **_objectives(rows[0]), **reference})
+
+        # The search config's personalization settings on top of the base run's, then the trial's.
+        inherited = [o for o in base_overrides if o.startswith(PERSONALIZE_OVERRIDABLE)]
+        run_personalization(base_run, [*inherited, *overrides, f"personalize.name={search_name}-{trial_id}"],
+                            loggers=[], prompt_cache=out / "local_prompts", on_epoch=report)
+
+    return trial
+
+
+class _RoundReporter:
+    """Reports each evaluated round (and a personalization's last row) of a federation trial."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+
+    def log(self, event: dict[str, Any]) -> None:
+        from ray import tune
+
+        if event.get("event") == "round" and "eval/global_val/rouge_l" in event:
+            tune.report({"round": event["round"], **{k: v for k, v in event.items() if k.startswith("eval/")},
+                         **_objectives(_round_row(event))})
+        elif (event.get("event") == "personalize" and event["epoch"] == self.cfg.personalize.local_epochs
+              and event["interp_ratio"] == self.cfg.personalize.interp_ratios[0]):
+            row = {k.removeprefix("personalize/"): v for k, v in event.items()}
+            tune.report({"round": self.cfg.algorithm.rounds, "epoch": event["epoch"], **_objectives(row)})
+
+    def close(self) -> None:
+        pass
+
+
+def _round_row(event: dict[str, Any]) -> dict[str, float]:
+    """A round event in the curve rows' terms: the global prompt's score per split."""
+    row = {}
+    for split in ("local_val", "local_test"):
+        row[f"{split}/rouge_l_mean"] = event.get(f"eval/{split}/rouge_l_mean", math.nan)
+    for split in ("global_val", "global_test"):
+        row[f"{split}/rouge_l_mean"] = event.get(f"eval/{split}/rouge_l", math.nan)
+    return row
+
+
+def _objectives(row: dict[str, Any]) -> dict[str, float]:
+    """The fixed report names from a curve row: ``local_val/rouge_l_mean`` -> ``local_val_rouge_l``."""
+    out = {}
+    for name in OBJECTIVES:
+        key = f"{name.removesuffix('_rouge_l')}/rouge_l_mean"
+        if key in row:
+            out[name] = float(row[key])
+    return out
+
+
+def _domain(p: SpaceParam):
+    from ray import tune
+
+    if p.type == "grid":
+        return tune.grid_search(list(p.values or []))
+    if p.type == "choice":
+        return tune.choice(list(p.values or []))
+    if p.type == "uniform":
+        return tune.uniform(p.low, p.high)
+    return tune.loguniform(p.low, p.high)
+
+
+def _tune_config(cfg: ExperimentConfig):
+    from ray import tune
+
+    t = cfg.tune
+    scheduler = None
+    if t.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(metric=LOCAL, mode="max", grace_period=t.grace_period,
+                                  max_t=max(cfg.personalize.local_epochs, cfg.algorithm.rounds) + 1)
+    if t.searcher.startswith("optuna"):
+        from ray.tune.search.optuna import OptunaSearch
+
+        multi = t.searcher == "optuna_multi"
+        search = OptunaSearch(metric=[LOCAL, GLOBAL] if multi else LOCAL, mode=["max", "max"] if multi else "max",
+                              seed=cfg.seed)
+        return tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=t.num_samples,
+                               max_concurrent_trials=t.max_concurrent_trials)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    # The basic generator limits concurrency itself (Tune ignores max_concurrent_trials for it).
+    search = BasicVariantGenerator(max_concurrent=t.max_concurrent_trials, random_state=cfg.seed)
+    return tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=t.num_samples)
+
+
+def _overrides(cfg: ExperimentConfig) -> list[str]:
+    """The whole resolved config as dotlist overrides (trials rebuild it in their own process)."""
+    container = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    container.pop("tune", None)  # type: ignore[union-attr]
+    return [f"{k}={json.dumps(v)}" for k, v in _flatten(container).items()]  # type: ignore[arg-type]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _trial_overrides(cfg: ExperimentConfig, params: dict[str, Any]) -> list[str]:
+    """``key=value`` for a trial's sampled values; a scalar for a list key is a one-element list."""
+    schema = OmegaConf.structured(cfg)
+    out = []
+    for key, value in params.items():
+        current = OmegaConf.select(schema, key, default=None)
+        if OmegaConf.is_list(current) and not isinstance(value, list | tuple):
+            value = [value]
+        out.append(f"{key}={json.dumps(value)}")
+    return out
+
+
+def write_results(cfg: ExperimentConfig, out: Path, params: list[str],
+                  trials: list[tuple[dict[str, Any], dict[str, Any], Any]]) -> dict[str, Any]:
+    """results.csv (one row per trial), pareto.csv, search.json and pareto.png from the trials'
+    last reports; the Pareto set and the choice read validation scores only."""
+    rows = []
+    for metrics, config, error in trials:
+        row = {"trial_id": metrics.get("trial_id", ""), "status": "error" if error else "done"}
+        row.update({p: config.get(p) for p in params})
+        row["epoch"] = metrics.get("epoch", metrics.get("round"))
+        row.update({k: metrics.get(k, math.nan) for k in OBJECTIVES})
+        rows.append(row)
+    rows.sort(key=lambda r: r["trial_id"])
+    scored = [r for r in rows if not (math.isnan(r[LOCAL]) or math.isnan(r[GLOBAL]))]
+    for row, on_front in zip(scored, pareto_mask([(r[LOCAL], r[GLOBAL]) for r in scored])):
+        row["pareto"] = int(on_front)
+    reference = _search_reference(trials)
+    tolerance = cfg.personalize.global_tolerance
+    if reference is None and scored:  # federation: no shared un-personalized prompt; best global instead
+        floor_ref = {GLOBAL: max(r[GLOBAL] for r in scored)}
+        rule = f"max {LOCAL} subject to {GLOBAL} >= best trial's - {tolerance:g}"
+    else:
+        floor_ref = reference or {}
+        rule = rule_text(tolerance, LOCAL, GLOBAL)
+    selected = select_best(scored, floor_ref, tolerance, LOCAL, GLOBAL) if scored else None
+    for row in rows:
+        row.setdefault("pareto", 0)
+        row["selected"] = int(selected is not None and row["trial_id"] == selected["trial_id"])
+    columns = ["trial_id", "status", *params, "epoch", *OBJECTIVES, "pareto", "selected"]
+    for name, subset in (("results.csv", rows), ("pareto.csv", [r for r in rows if r["pareto"]])):
+        with open(out / name, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(subset)
+    if selected is not None:
+        selected = {k: v for k, v in selected.items() if k in columns}
+    summary = {"name": cfg.name, "kind": cfg.tune.kind, "params": params, "reference": reference, "rule": rule,
+               "selected": selected, "rows": rows}
+    (out / "search.json").write_text(json.dumps(summary, indent=2, default=str))
+    _publish(cfg, out, summary, columns)
+    return summary
+
+
+def _search_reference(trials: list[tuple[dict[str, Any], dict[str, Any], Any]]) -> dict[str, float] | None:
+    for metrics, _, _ in trials:
+        ref = {k.removeprefix("reference/"): v for k, v in metrics.items() if k.startswith("reference/")}
+        if ref:
+            return ref
+    return None
+
+
+def _publish(cfg: ExperimentConfig, out: Path, summary: dict[str, Any], columns: list[str]) -> None:
+    """Draw pareto.png; with W&B on, log it and the results table once for the whole search."""
+    from rayfed.plots import plot_search
+
+    pngs = plot_search(out)
+    if not cfg.logging.wandb.enabled:
+        return
+    from rayfed.loggers import build_loggers
+
+    for logger in build_loggers(cfg, out, [], job_type="search"):
+        logger.log({"event": "table", "key": "tune/results", "columns": columns,
+                    "rows": [[row.get(c) for c in columns] for row in summary["rows"]]})
+        for png in pngs:
+            logger.log({"event": "image", "key": f"tune/{png.stem}", "path": str(png)})
+        logger.log({"event": "summary", **{f"tune/selected/{k}": v for k, v in (summary["selected"] or {}).items()}})
+        logger.close()

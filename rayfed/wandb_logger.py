@@ -1,0 +1,251 @@
+"""Weights & Biases as a :class:`~rayfed.loggers.MetricLogger`.
+
+``wandb`` is imported only when a :class:`WandbLogger` is built, so runs without W&B never pay for it.
+The API key is never read here: W&B picks ``WANDB_API_KEY`` up from the environment itself. Without
+a key (and without ``cfg.mode`` or ``WANDB_MODE``) the run is written offline under ``directory/wandb``
+and can be uploaded later with ``wandb sync <run_dir>``.
+
+Events (flat dicts with an ``event`` kind):
+
+- ``round``: numeric metrics (``train/*``, ``eval/*``, ``time/*``) logged against ``round``.
+- ``client``: per-client metrics, gathered into one ``eval/clients`` table per round, logged when a
+  later round starts or at close.
+- ``personalize``: metrics logged against ``personalize/epoch`` (with ``personalize/interp_ratio``),
+  and a ``personalize/curve`` table of all of them at close.
+- ``image`` (``key``, ``path``), ``table`` (``key``, ``columns``, ``rows``), ``summary`` (any keys).
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import struct
+import time
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rayfed.config import WandbConfig
+
+ROUND_PREFIXES = ("train/*", "eval/*", "time/*")
+CLIENT_TABLE = "eval/clients"
+PERSONALIZE_TABLE = "personalize/curve"
+PERSONALIZE_STEP = "personalize/epoch"
+PERSONALIZE_RATIO = "personalize/interp_ratio"
+
+
+def resolve_mode(cfg_mode: str | None) -> str:
+    """``cfg.mode``, else ``WANDB_MODE``, else online with ``WANDB_API_KEY`` in the environment, else offline."""
+    if cfg_mode:
+        return cfg_mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real)
+
+
+_LOG_MAGIC = b":W&B" + struct.pack("<HB", 0xBEE1, 0)  # ident, magic, version
+_LOG_BLOCK = 32 * 1024
+_CHUNK_HEADER = 7  # crc32 (seeded with the chunk type), length, type
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def read_transaction_log(path: Path) -> list[Any]:
+    """The records of a run's ``run-*.wandb`` file as ``wandb_internal_pb2.Record`` protos.
+
+    The file is a LevelDB-style log (32 KiB blocks of checksummed chunks) behind a 7-byte W&B header.
+    wandb 0.31 has no Python reader for it (the Go core writes it), hence these lines. A truncated or
+    half-written tail ends the list instead of raising, so a file still being written reads as a prefix.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    if not data.startswith(_LOG_MAGIC):
+        return []
+    pos, pending, payloads = len(_LOG_MAGIC), b"", []
+    while pos + _CHUNK_HEADER <= len(data):
+        left = _LOG_BLOCK - pos % _LOG_BLOCK
+        if left < _CHUNK_HEADER:  # block trailer too small for a chunk: padding
+            pos += left
+            continue
+        checksum, length, kind = struct.unpack("<IHB", data[pos:pos + _CHUNK_HEADER])
+        if kind == 0 and length == 0:  # zero padding to the end of the block
+            pos += left
+            continue
+        chunk = data[pos + _CHUNK_HEADER:pos + _CHUNK_HEADER + length]
+        if len(chunk) < length or zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != checksum:
+            break  # still being written
+        pos += _CHUNK_HEADER + length
+        if kind == _FULL:
+            payloads.append(chunk)
+        elif kind == _FIRST:
+            pending = chunk
+        elif kind == _MIDDLE:
+            pending += chunk
+        elif kind == _LAST:
+            payloads.append(pending + chunk)
+    records = []
+    for payload in payloads:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(payload)
+        records.append(record)
+    return records
+
+
+def transaction_log_complete(path: Path) -> bool:
+    """Whether a run's ``.wandb`` file ends with its exit record, i.e. wandb-core has written all of it."""
+    try:
+        records = read_transaction_log(path)
+    except (OSError, ValueError):
+        return False
+    return bool(records) and records[-1].WhichOneof("record_type") == "exit"
+
+
+class WandbLogger:
+    """One W&B run; methods are called on its own ``Run`` so several loggers in one process don't mix."""
+
+    def __init__(self, cfg: WandbConfig, *, name: str, config: dict[str, Any], directory: Path,
+                 group: str | None = None, job_type: str = "run"):
+        import wandb
+
+        self._wandb = wandb
+        self.mode = resolve_mode(cfg.mode)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        offline = self.mode in ("offline", "dryrun")
+        settings = wandb.Settings(
+            silent=True,
+            console="off",  # our own console lines are not run output worth uploading
+            x_save_requirements=False,
+            save_code=False,
+            # Offline: no system-metrics sampler (its collectors may query cloud metadata endpoints such as
+            # 169.254.169.254) and no machine-info probing; nothing then attempts the network.
+            x_disable_stats=offline,
+            x_disable_machine_info=offline,
+        )
+        self._run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity,
+            group=group or cfg.group,
+            tags=list(cfg.tags) or None,
+            name=name,
+            config=config,
+            job_type=job_type,
+            dir=str(directory),
+            mode=self.mode,
+            reinit="create_new",
+            settings=settings,
+        )
+        self._run.define_metric("round")
+        for pattern in ROUND_PREFIXES:
+            self._run.define_metric(pattern, step_metric="round")
+        self._run.define_metric(PERSONALIZE_STEP)
+        self._run.define_metric("personalize/*", step_metric=PERSONALIZE_STEP)
+        self._clients: dict[int, list[dict[str, Any]]] = {}  # round -> client events not yet logged
+        self._personalize: list[dict[str, Any]] = []
+        self._closed = False
+        try:
+            self._log_file: Path | None = Path(self._run.settings.sync_file) if offline else None
+        except AttributeError:
+            self._log_file = None
+
+    @property
+    def run_dir(self) -> Path | None:
+        """Local run directory (``.../wandb/offline-run-*`` offline), or None when W&B is disabled."""
+        if self._run is None or self.mode == "disabled":
+            return None
+        try:
+            return Path(self._run.settings.sync_dir)
+        except AttributeError:
+            return Path(self._run.dir).parent
+
+    def log(self, event: dict[str, Any]) -> None:
+        if self._closed:
+            return
+        kind = event.get("event")
+        if kind == "round":
+            self._log_round(event)
+        elif kind == "client":
+            self._clients.setdefault(int(event["round"]), []).append(event)
+        elif kind == "personalize":
+            self._log_personalize(event)
+        elif kind == "image":
+            self._run.log({event["key"]: self._wandb.Image(str(event["path"]))})
+        elif kind == "table":
+            self._run.log({event["key"]: self._wandb.Table(columns=list(event["columns"]),
+                                                            data=[list(row) for row in event["rows"]])})
+        elif kind == "summary":
+            self._run.summary.update({k: v for k, v in event.items() if k != "event"})
+
+    def _log_round(self, event: dict[str, Any]) -> None:
+        round_ = int(event["round"])
+        self._flush_clients(before=round_)
+        data = {k: v for k, v in event.items() if k not in ("event", "round") and _is_number(v)}
+        data["round"] = round_
+        self._run.log(data)
+
+    def _flush_clients(self, before: int | None = None) -> None:
+        """Log one ``eval/clients`` table for every gathered round earlier than ``before`` (all if None)."""
+        for round_ in sorted(self._clients):
+            if before is not None and round_ >= before:
+                continue
+            events = self._clients.pop(round_)
+            metrics = sorted({k for e in events for k in e if k not in ("event", "round", "client_id")})
+            rows = [[round_, e.get("client_id"), *(e.get(m) for m in metrics)]
+                    for e in sorted(events, key=lambda e: str(e.get("client_id")))]
+            table = self._wandb.Table(columns=["round", "client_id", *metrics], data=rows)
+            self._run.log({CLIENT_TABLE: table, "round": round_})
+
+    def _log_personalize(self, event: dict[str, Any]) -> None:
+        row = {k: v for k, v in event.items() if k != "event"}
+        self._personalize.append(row)
+        data = {k: v for k, v in row.items() if k not in ("epoch", "interp_ratio") and _is_number(v)}
+        if "epoch" in row:
+            data[PERSONALIZE_STEP] = row["epoch"]
+        if "interp_ratio" in row:
+            data[PERSONALIZE_RATIO] = row["interp_ratio"]
+        self._run.log(data)
+
+    def _flush_personalize(self) -> None:
+        if not self._personalize:
+            return
+        metrics = sorted({k for row in self._personalize for k in row if k not in ("epoch", "interp_ratio")})
+        rows = [[row.get("epoch"), row.get("interp_ratio"), *(row.get(m) for m in metrics)]
+                for row in self._personalize]
+        self._run.log({PERSONALIZE_TABLE: self._wandb.Table(columns=["epoch", "interp_ratio", *metrics], data=rows)})
+        self._personalize = []
+
+    def close(self, wait_s: float = 10.0) -> None:
+        """Log pending tables and finish the run; safe to call twice.
+
+        ``run.finish()`` returns before wandb-core has flushed an offline run's ``.wandb`` file (it is told
+        to close the run's stream without waiting), so offline this waits up to ``wait_s`` seconds for the
+        file's exit record: the run is then complete on disk, ready to read or ``wandb sync``.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._flush_clients()
+            self._flush_personalize()
+        finally:
+            self._run.finish()
+        if self._log_file is not None:
+            self._wait_for_log(self._log_file, wait_s)
+
+    @staticmethod
+    def _wait_for_log(path: Path, wait_s: float) -> bool:
+        deadline, checked_size = time.monotonic() + wait_s, -1
+        while True:
+            size = path.stat().st_size if path.exists() else -1
+            if size != checked_size:  # parse again only once the file has grown
+                if transaction_log_complete(path):
+                    return True
+                checked_size = size
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)

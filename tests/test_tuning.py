@@ -1,0 +1,113 @@
+"""``rayfed tune`` on a 2-CPU Ray cluster with the tiny model: both kinds of trial, results,
+the Pareto set, a search that cannot fit, and resuming an interrupted search."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rayfed.config import ConfigError, load_config
+from rayfed.tuning import run_search
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[1]
+TINY_SEARCH = ROOT / "configs" / "tune" / "tiny.yaml"
+
+
+def rows_of(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_personalize_search_shares_local_prompts_and_writes_the_pareto_set(ray_session, tmp_path):
+    cfg = load_config(TINY_SEARCH, [f"output_dir={tmp_path}"])
+    summary = run_search(cfg)
+    rows = rows_of(tmp_path / "results.csv")
+    assert len(rows) == 8 and all(r["status"] == "done" and r["epoch"] == "2" for r in rows)
+    assert {(r["personalize.l2_strength"], r["personalize.interp_ratios"]) for r in rows} == {
+        (str(l2), str(ratio)) for l2 in (0.0, 0.1, 1.0, 10.0) for ratio in (0.5, 1.0)}
+    # Trials that differ only in the ratio trained their local prompts once: 4 l2 strengths, 4 files.
+    assert len(list((tmp_path / "local_prompts").glob("*.safetensors"))) == 4
+    pareto = rows_of(tmp_path / "pareto.csv")
+    assert pareto and {r["trial_id"] for r in pareto} == {r["trial_id"] for r in rows if r["pareto"] == "1"}
+    # No Pareto trial is beaten on both validation scores by any trial.
+    for p in pareto:
+        assert not any(float(r["local_val_rouge_l"]) > float(p["local_val_rouge_l"])
+                       and float(r["global_val_rouge_l"]) > float(p["global_val_rouge_l"]) for r in rows)
+    assert summary["reference"] is not None and summary["selected"] is not None
+    assert sum(r["selected"] == "1" for r in rows) == 1
+    assert (tmp_path / "pareto.png").stat().st_size > 0
+    assert (tmp_path / "tune").is_dir()  # Tune's own experiment directory, for Tuner.restore
+    # Each trial's curves are under the base run, like any `rayfed personalize`.
+    assert len(list((tmp_path / "base" / "personalize").glob("*/personalization.jsonl"))) == 8
+
+
+def test_federation_search_reserves_actor_bundles_and_never_hangs(ray_session, tmp_path):
+    from rayfed.config import SpaceParam
+
+    cfg = load_config(TINY_SEARCH, [f"output_dir={tmp_path / 'out'}", "runtime.executor=ray",
+                                    "runtime.num_cpus_per_client=0.25", "partition.num_clients=2",
+                                    "algorithm.clients_per_round=2", "tune.kind=federation",
+                                    "tune.cpus_per_trial=0.25"])
+    # One trial: 0.25 (trial) + 0.1 (driver actor) + 2 x 0.25 (client actors) of the 2 CPUs.
+    cfg.tune.space = {"algorithm.client_optimizer.lr": SpaceParam("grid", [0.01, 0.1]),
+                      "partition.concentration": SpaceParam("grid", [0.1, 10.0])}
+    summary = run_search(cfg)
+    rows = rows_of(tmp_path / "out" / "results.csv")
+    assert len(rows) == 4 and all(r["status"] == "done" and r["epoch"] == "2" for r in rows)  # last round
+    for row in rows:
+        assert (tmp_path / "out" / "trials" / row["trial_id"] / "global_prompt.safetensors").is_file()
+    assert summary["reference"] is None and "best trial's" in summary["rule"]
+
+
+def test_a_search_whose_trial_cannot_fit_fails_at_once_naming_the_keys(ray_session, tmp_path):
+    cfg = load_config(TINY_SEARCH, [f"output_dir={tmp_path}", "tune.kind=federation", "runtime.executor=ray",
+                                    "runtime.num_cpus_per_client=0.5"])  # 1 + 0.1 + 4 x 0.5 > 2 CPUs
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="runtime.num_cpus_per_client"):
+        run_search(cfg)
+    assert time.monotonic() - started < 60
+
+
+def test_an_interrupted_search_resumes_where_it_stopped(tmp_path):
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [sys.executable, "-m", "rayfed.cli", "tune", str(TINY_SEARCH), f"output_dir={tmp_path}",
+           "tune.max_concurrent_trials=1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(finished_trials(tmp_path)) < 2:  # interrupt after two of the eight trials
+            assert proc.poll() is None and time.monotonic() < deadline, "search ended before it was interrupted"
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: Tune saves its state and exits
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not (tmp_path / "results.csv").exists()
+    before = finished_trials(tmp_path)
+
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = rows_of(tmp_path / "results.csv")
+    assert len(rows) == 8 and all(r["status"] == "done" for r in rows)
+    after = finished_trials(tmp_path)
+    # The trials finished before the interrupt were kept, not run again.
+    assert all(after[name] == lines for name, lines in before.items())
+
+
+def finished_trials(out: Path) -> dict[str, int]:
+    """Trial directory -> reports in its result.json, for trials that reported their last epoch."""
+    done = {}
+    for result in (out / "tune").glob("*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if lines and lines[-1].get("epoch") == 2:
+            done[result.parent.name] = len(lines)
+    return done
