@@ -52,3 +52,51 @@ def load_local_prompts(path: Path) -> dict[int, tuple[dict[int, torch.Tensor], d
             client, epoch = key.split("/")
             out[int(client.removeprefix("client_"))][0][int(epoch.removeprefix("epoch_"))] = f.get_tensor(key)
     return out
+
+
+class PromptCache:
+    """Shares personalization work between runs (Tune trials) that differ only in how they score:
+    trained local prompts under a hash of their training settings, and the global prompt's
+    reference scores. A file lock per entry makes a concurrent run wait for the one computing
+    it instead of computing it again.
+
+    Args:
+        root: The cache directory (e.g. a search's ``OUT/local_prompts``).
+        seed: The run's seed (part of every key).
+    """
+
+    def __init__(self, root: Path, seed: int):
+        self.root = Path(root)
+        self.seed = seed
+
+    def local_prompts(self, settings, train):
+        """``(trained, reused)``: the cached local prompts for ``settings``, or ``train()``'s, saved."""
+        path = self.root / f"{settings.training_key(self.seed)}.safetensors"
+        with self._lock(path):
+            if path.exists():
+                return load_local_prompts(path), True
+            trained = train()
+            save_local_prompts(path, trained)
+            return trained, False
+
+    def reference(self, settings, score):
+        """The global prompt's scores per client and split (cached by the global subsample size)."""
+        from rayfed.types import EvalSums
+
+        path = self.root / f"reference-{settings.global_eval_examples or 'all'}.json"
+        with self._lock(path):
+            if path.exists():
+                raw = json.loads(path.read_text())
+                return {int(c): {s: EvalSums(**v) for s, v in by_split.items()} for c, by_split in raw.items()}
+            scores = score()
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({str(c): {s: vars(v) for s, v in by_split.items()}
+                                       for c, by_split in scores.items()}))
+            os.replace(tmp, path)
+            return scores
+
+    def _lock(self, path: Path):
+        from filelock import FileLock
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(path) + ".lock")

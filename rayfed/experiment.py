@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from rayfed.checkpoint import load_local_prompts, load_prompt, save_local_prompts, save_prompt
+from rayfed.checkpoint import PromptCache, load_prompt, save_prompt
 from rayfed.config import ConfigError, ExperimentConfig, load_config, to_yaml
 from rayfed.data.sources import federated_data
 from rayfed.loggers import MetricLogger, build_loggers, log_round
 from rayfed.metrics import METRICS
-from rayfed.personalization import EpochCallback, PersonalizeSettings, personalize
+from rayfed.personalization import EpochCallback, PersonalizeSettings, personalize, score_reference
 from rayfed.runtime.session import open_driver
 from rayfed.types import RoundResult
 
@@ -121,8 +121,7 @@ def personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.T
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     settings = PersonalizeSettings.from_config(cfg.personalize)
-    cached = prompt_cache / f"{settings.training_key(cfg.seed)}.safetensors" if prompt_cache else None
-    trained = load_local_prompts(cached) if cached is not None and cached.exists() else None
+    cache = PromptCache(prompt_cache, cfg.seed) if prompt_cache is not None else None
 
     def epoch_done(epoch: int, rows: list[dict[str, Any]]) -> None:
         for row in rows:
@@ -132,13 +131,22 @@ def personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.T
         if on_epoch is not None:
             on_epoch(epoch, rows)
 
-    result, trained_now = personalize(driver, global_prompt, settings, trained=trained, on_epoch=epoch_done)
-    if cached is not None and trained is None:
-        save_local_prompts(cached, trained_now)
+    # Local prompts depend only on how they are trained, and the reference only on the global
+    # prompt: with a cache, runs that differ in how they score (ratios) compute each once.
+    def train():
+        return driver.personalize_train(global_prompt, settings)
+
+    def score():
+        return score_reference(driver, global_prompt, list(range(cfg.partition.num_clients)),
+                               settings.global_eval_examples)
+
+    trained, reused = cache.local_prompts(settings, train) if cache else (train(), False)
+    reference = cache.reference(settings, score) if cache else None
+    result = personalize(driver, global_prompt, settings, trained, reference=reference, on_epoch=epoch_done)
     with open(out / "personalization.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in result.records)
     summary = {"name": out.name, "settings": asdict(settings), "reference": result.reference,
-               "curve": result.curve, "selected": result.selected, "local_prompts_reused": trained is not None,
+               "curve": result.curve, "selected": result.selected, "local_prompts_reused": reused,
                "seconds": time.perf_counter() - started}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     for logger in loggers:

@@ -28,6 +28,7 @@ from rayfed.model import PromptModel
 from rayfed.types import EvalSums
 
 Trained = dict[int, tuple[dict[int, torch.Tensor], dict[int, float]]]  # client -> (prompts, losses) by epoch
+Scores = dict[int, dict[str, EvalSums]]  # client -> split -> sums
 
 
 @dataclass(frozen=True)
@@ -107,29 +108,15 @@ class PersonalizationResult:
 EpochCallback = Callable[[int, list[dict[str, Any]]], None]
 
 
-def personalize(driver: Any, global_prompt: torch.Tensor, settings: PersonalizeSettings, *,
-                trained: Trained | None = None, on_epoch: EpochCallback | None = None,
-                ) -> tuple[PersonalizationResult, Trained]:
-    """Train every client's local prompt (unless ``trained`` is given), then score each evaluated
-    epoch; ``on_epoch(epoch, curve_rows)`` sees each epoch's rows as soon as they exist.
-
-    Returns the result and the trained local prompts (to share with runs that differ only in
-    how they score them).
-    """
-    trained = trained if trained is not None else driver.personalize_train(global_prompt, settings)
+def personalize(driver: Any, global_prompt: torch.Tensor, settings: PersonalizeSettings, trained: Trained, *,
+                reference: Scores | None = None, on_epoch: EpochCallback | None = None) -> PersonalizationResult:
+    """Score each evaluated epoch of the trained local prompts (``driver.personalize_train``);
+    ``on_epoch(epoch, curve_rows)`` sees each epoch's rows as soon as they exist. ``reference``:
+    the global prompt's scores (``score_reference``), if already known."""
     local_splits, global_splits = driver.splits()
     subsample = settings.global_eval_examples
     client_ids = sorted(trained)
-
-    # The global prompt, scored once: on each client's own splits, and on the global sets (once
-    # for everyone, or on each client's own subsample).
-    ref = {cid: s["ref"] for cid, s in driver.evaluate_clients(
-        {cid: {"ref": global_prompt} for cid in client_ids},
-        local_splits + (global_splits if subsample else ()), subsample).items()}
-    if not subsample:
-        shared = {split: driver.evaluate_global(global_prompt, split) for split in global_splits}
-        for cid in client_ids:
-            ref[cid].update(shared)
+    ref = reference if reference is not None else score_reference(driver, global_prompt, client_ids, subsample)
 
     result = PersonalizationResult()
     for epoch in settings.eval_epochs():
@@ -150,7 +137,22 @@ def personalize(driver: Any, global_prompt: torch.Tensor, settings: PersonalizeS
             on_epoch(epoch, rows)
     result.reference = _over_clients(ref)
     result.selected = select_best(result.curve, result.reference, settings.global_tolerance)
-    return result, trained
+    return result
+
+
+def score_reference(driver: Any, global_prompt: torch.Tensor, client_ids: list[int],
+                    subsample: int | None) -> Scores:
+    """The un-personalized global prompt's scores per client and split: on each client's own
+    splits, and on the global sets (scored once for everyone, or on each client's subsample)."""
+    local_splits, global_splits = driver.splits()
+    ref = {cid: s["ref"] for cid, s in driver.evaluate_clients(
+        {cid: {"ref": global_prompt} for cid in client_ids},
+        local_splits + (global_splits if subsample else ()), subsample).items()}
+    if not subsample:
+        shared = {split: driver.evaluate_global(global_prompt, split) for split in global_splits}
+        for cid in client_ids:
+            ref[cid].update(shared)
+    return ref
 
 
 def _record(cid: int, epoch: int, ratio: float, split: str, sums: EvalSums) -> dict[str, Any]:

@@ -34,6 +34,7 @@ DEFAULT_SPACE = {
     "personalize.l2_strength": SpaceParam("grid", [0.0, 0.01, 0.1, 1.0]),
     "personalize.interp_ratios": SpaceParam("grid", [0.25, 0.5, 0.75, 1.0]),
 }
+RATIO_KEY = "personalize.interp_ratios"
 LOCAL, GLOBAL = "local_val_rouge_l", "global_val_rouge_l"
 OBJECTIVES = (LOCAL, GLOBAL, "local_test_rouge_l", "global_test_rouge_l")
 
@@ -51,7 +52,9 @@ def run_search(cfg: ExperimentConfig, *, resume: bool = False) -> dict[str, Any]
     from rayfed.runtime.ray_backend import start_ray
 
     t, out = cfg.tune, Path(cfg.output_dir).resolve()
-    space = dict(t.space) or DEFAULT_SPACE
+    # The ratio varies slowest, so concurrent trials train different local prompts and the later
+    # trials (other ratios) find them in the cache instead of waiting on each other.
+    space = dict(sorted((dict(t.space) or DEFAULT_SPACE).items(), key=lambda kv: kv[0] != RATIO_KEY))
     check_space(cfg, space)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
@@ -94,7 +97,7 @@ def check_space(cfg: ExperimentConfig, space: dict[str, SpaceParam]) -> None:
             if not key.startswith(("personalize.", "eval.")):
                 raise ConfigError(f"tune.space.{key}: a personalize search varies only personalize.* and eval.* "
                                   "keys; search it with tune.kind=federation")
-        if "personalize.interp_ratios" not in space and len(cfg.personalize.interp_ratios) != 1:
+        if RATIO_KEY not in space and len(cfg.personalize.interp_ratios) != 1:
             raise ConfigError("key 'personalize.interp_ratios': each trial scores one ratio; give one value or "
                               "search it in tune.space")
     p = cfg.partition
