@@ -16,3 +16,25 @@ def test_partition_prints_histogram_and_heterogeneity(capsys):
     assert main(["partition", "configs/smoke.yaml"]) == 0
     out = capsys.readouterr().out
     assert "heterogeneity" in out and "strings" in out
+
+
+def test_plot_redraws_a_run_from_its_files_and_names_a_directory_without_any(tiny_config, tmp_path, capsys):
+    from pathlib import Path
+
+    from rayfed.experiment import run_experiment
+
+    cfg = tiny_config("runtime.executor=local", "algorithm.rounds=1", "eval.local=false")
+    run_experiment(cfg, loggers=[])
+    (Path(cfg.output_dir) / "rounds.png").unlink()
+    assert main(["plot", cfg.output_dir]) == 0
+    assert capsys.readouterr().out.strip().endswith("rounds.png")
+    assert (Path(cfg.output_dir) / "rounds.png").stat().st_size > 0
+    assert main(["plot", str(tmp_path / "empty")]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_tune_with_a_key_that_does_not_exist_fails_before_starting_ray(tmp_path, capsys):
+    bad = tmp_path / "search.yaml"
+    bad.write_text("tune:\n  space:\n    personalize.l2_strenght: {type: grid, values: [0.1]}\n")
+    assert main(["tune", str(bad), f"output_dir={tmp_path / 'out'}"]) == 2
+    assert "tune.space.personalize.l2_strenght" in capsys.readouterr().err
