@@ -72,10 +72,14 @@ def print_search(summary: dict[str, Any], output_dir: Path) -> None:
     print("  ".join(params) + "   local_val  global_val  local_test  global_test")
     for row in rows:
         if row["pareto"]:
-            print("  ".join(f"{row[p]!s:>{len(p)}}" for p in params)
+            print("  ".join(f"{_short(row[p]):>{len(p)}}" for p in params)
                   + "".join(f"{row.get(k, float('nan')):>11.4f}" for k in
                             ("local_val_rouge_l", "global_val_rouge_l", "local_test_rouge_l", "global_test_rouge_l")))
     if summary.get("selected"):
         s = summary["selected"]
-        print(f"selected ({summary['rule']}): " + ", ".join(f"{p}={s[p]}" for p in params))
+        print(f"selected ({summary['rule']}): " + ", ".join(f"{p}={_short(s[p])}" for p in params))
     print(f"results in {output_dir}/ (results.csv, pareto.csv, search.json, pareto.png, tune/)")
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -163,7 +163,10 @@ def _trainable(cfg: ExperimentConfig, out: Path, base_run: Path | None):
         if base_run is None:  # federation: a whole run per trial
             trial_cfg = load_config(None, [*base_overrides, *overrides, f"output_dir={out / 'trials' / trial_id}",
                                            f"name={search_name}-{trial_id}"])
-            run_experiment(trial_cfg, loggers=[_RoundReporter(trial_cfg)])
+            try:
+                run_experiment(trial_cfg, loggers=[_RoundReporter(trial_cfg)])
+            finally:
+                _end_wandb(cfg)
             return
         reference: dict[str, float] = {}
 
@@ -175,10 +178,22 @@ def _trainable(cfg: ExperimentConfig, out: Path, base_run: Path | None):
 
         # The search config's personalization settings on top of the base run's, then the trial's.
         inherited = [o for o in base_overrides if o.startswith(PERSONALIZE_OVERRIDABLE)]
-        run_personalization(base_run, [*inherited, *overrides, f"personalize.name={search_name}-{trial_id}"],
-                            loggers=[], prompt_cache=out / "local_prompts", on_epoch=report)
+        try:
+            run_personalization(base_run, [*inherited, *overrides, f"personalize.name={search_name}-{trial_id}"],
+                                loggers=[], prompt_cache=out / "local_prompts", on_epoch=report)
+        finally:
+            _end_wandb(cfg)
 
     return trial
+
+
+def _end_wandb(cfg: ExperimentConfig) -> None:
+    """Stop this trial process's W&B service now: Ray ends trial processes without running
+    W&B's exit hook cleanly, which would print a broken-connection traceback per trial."""
+    if cfg.logging.wandb.enabled:
+        import wandb
+
+        wandb.teardown()
 
 
 class _RoundReporter:
