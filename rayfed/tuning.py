@@ -18,6 +18,7 @@ test twins, and the structured metrics), so Tune's searchers and schedulers comp
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 from pathlib import Path
@@ -70,7 +71,7 @@ def run_search(cfg: ExperimentConfig, *, resume: bool = False) -> dict[str, Any]
     else:
         if resume:
             print(f"rayfed: nothing to resume in {experiment}; starting the search")
-        tuner = tune.Tuner(trainable, param_space={k: _domain(p) for k, p in space.items()},
+        tuner = tune.Tuner(trainable, param_space=param_space(space),
                            tune_config=_tune_config(cfg), run_config=tune.RunConfig(
                                name="tune", storage_path=str(out), verbose=1,
                                failure_config=tune.FailureConfig(max_failures=0)))
@@ -153,9 +154,10 @@ def _trainable(cfg: ExperimentConfig, out: Path, base_run: Path | None):
     base_overrides = _overrides(cfg)
     search_name = cfg.name
 
-    def trial(params: dict[str, Any]) -> None:
+    def trial(config: dict[str, Any]) -> None:
         from ray import tune
 
+        params = trial_params(config)
         trial_id = tune.get_context().get_trial_id()
         overrides = _trial_overrides(cfg, params)
         if cfg.logging.wandb.enabled and cfg.logging.wandb.group is None:
@@ -237,6 +239,28 @@ def _objectives(row: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+GRID = "grid"  # the one Tune key holding every grid point, in rayfed's order
+
+
+def param_space(space: dict[str, SpaceParam]) -> dict[str, Any]:
+    """Tune's param space. Grid keys become one ``grid_search`` over their product in the order of
+    ``space`` (the first key varies slowest; Tune itself would order keys alphabetically), so
+    consecutive trials differ in how they train and concurrent trials do not wait on each other."""
+    from ray import tune
+
+    grid_keys = [k for k, p in space.items() if p.type == "grid"]
+    out: dict[str, Any] = {k: _domain(p) for k, p in space.items() if p.type != "grid"}
+    if grid_keys:
+        points = itertools.product(*(space[k].values or [] for k in grid_keys))
+        out[GRID] = tune.grid_search([dict(zip(grid_keys, point)) for point in points])
+    return out
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's searched keys and values from its Tune config."""
+    return {**{k: v for k, v in config.items() if k != GRID}, **config.get(GRID, {})}
+
+
 def _domain(p: SpaceParam):
     from ray import tune
 
@@ -310,7 +334,7 @@ def write_results(cfg: ExperimentConfig, out: Path, params: list[str],
     rows = []
     for metrics, config, error in trials:
         row = {"trial_id": metrics.get("trial_id", ""), "status": "error" if error else "done"}
-        row.update({p: config.get(p) for p in params})
+        row.update({p: trial_params(config).get(p) for p in params})
         row["epoch"] = metrics.get("epoch", metrics.get("round"))
         row.update({k: metrics.get(k, math.nan) for k in OBJECTIVES})
         rows.append(row)

@@ -76,14 +76,17 @@ def test_a_search_whose_trial_cannot_fit_fails_at_once_naming_the_keys(ray_sessi
 
 
 def test_an_interrupted_search_resumes_where_it_stopped(tmp_path):
+    search = tmp_path / "search.yaml"  # the tiny search with four trials
+    search.write_text(TINY_SEARCH.read_text().replace("values: [0.0, 0.1, 1.0, 10.0]", "values: [0.0, 1.0]"))
+    out = tmp_path / "out"
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
-    cmd = [sys.executable, "-m", "rayfed.cli", "tune", str(TINY_SEARCH), f"output_dir={tmp_path}",
+    cmd = [sys.executable, "-m", "rayfed.cli", "tune", str(search), f"output_dir={out}",
            "tune.max_concurrent_trials=1"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while len(finished_trials(tmp_path)) < 2:  # interrupt after two of the eight trials
+        while len(finished_trials(out)) < 1:  # interrupt after the first of the four trials
             assert proc.poll() is None and time.monotonic() < deadline, "search ended before it was interrupted"
             time.sleep(0.5)
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: Tune saves its state and exits
@@ -91,14 +94,14 @@ def test_an_interrupted_search_resumes_where_it_stopped(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert not (tmp_path / "results.csv").exists()
-    before = finished_trials(tmp_path)
+    assert proc.returncode == 130 and not (out / "results.csv").exists()
+    before = finished_trials(out)
 
     done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = rows_of(tmp_path / "results.csv")
-    assert len(rows) == 8 and all(r["status"] == "done" for r in rows)
-    after = finished_trials(tmp_path)
+    rows = rows_of(out / "results.csv")
+    assert len(rows) == 4 and all(r["status"] == "done" for r in rows)
+    after = finished_trials(out)
     # The trials finished before the interrupt were kept, not run again.
     assert all(after[name] == lines for name, lines in before.items())
 
