@@ -9,10 +9,12 @@ union of their data.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
 from rayfed.config import OptimizerConfig
 from rayfed.core.regularization import l2_penalty
@@ -109,22 +111,49 @@ def prompt_gradient(model: PromptModel, data: list[TokenizedExample], prompt: to
     return grad, loss.item()
 
 
-@torch.no_grad()
 def evaluate(model: PromptModel, data: list[TokenizedExample], prompt: torch.Tensor, *,
              batch_size: int, max_new_tokens: int) -> EvalSums:
-    """Teacher-forced loss plus exact match and ROUGE-L of greedy generations, as sums."""
+    """Teacher-forced loss plus exact match and ROUGE-L of greedy generations, as sums.
+
+    The numbers are those of :func:`per_example_loss` plus :func:`generate` on length-sorted
+    batches of ``batch_size`` (each batch generating up to its longest target), computed with
+    less work: one forward per example serves both the loss and the start of generation, the
+    soft prompt's states are computed once, greedy tokens that the teacher-forced pass already
+    predicted are not decoded again, and the batches of one call decode together.
+
+    Args:
+        model: The prompt model; its prompt is set to ``prompt``.
+        data: Tokenized examples, each with at least one target token.
+        prompt: The soft prompt to evaluate, ``[num_virtual_tokens, hidden]``.
+        batch_size: Examples per batch; fixes each example's generation limit, as in
+            :func:`generate`, and bounds the rows of one forward pass.
+        max_new_tokens: Upper bound on generated tokens per example.
+
+    Returns:
+        Sums over ``data`` of the loss, exact match and ROUGE-L, and the example count.
+    """
     model.set_prompt(prompt)
     total = EvalSums()
     # Length-sorted batches waste little compute on padding; the sums do not depend on order.
     data = sorted(data, key=lambda ex: (len(ex.source_ids), len(ex.target_ids)))
+    # Each example may generate up to the longest target of its batch, exactly as generate().
+    limits = []
     for start in range(0, len(data), batch_size):
         batch = data[start:start + batch_size]
-        losses = per_example_loss(model, batch)
-        predictions = generate(model, batch, max_new_tokens)
-        total = total + EvalSums(
-            len(batch), float(losses.sum()),
-            sum(exact_match(p, b.target_text) for p, b in zip(predictions, batch)),
-            sum(rouge_l(p, b.target_text) for p, b in zip(predictions, batch)))
+        limits += [min(max_new_tokens, max(len(b.target_ids) for b in batch))] * len(batch)
+    # Whole batches decode together: a decode step reads every weight once however many rows it
+    # has, so fewer, fuller steps are cheaper. The bound keeps the KV cache's memory modest.
+    chunk = max(1, _DECODE_ROWS // batch_size) * batch_size
+    with torch.inference_mode():
+        prompt_states = _prompt_states(model)
+        for start in range(0, len(data), chunk):
+            rows = data[start:start + chunk]
+            losses, predictions = _score_and_generate(model, rows, limits[start:start + chunk], prompt_states,
+                                                      max_group_rows=batch_size)
+            total = total + EvalSums(
+                len(rows), float(losses.sum()),
+                sum(exact_match(p, b.target_text) for p, b in zip(predictions, rows)),
+                sum(rouge_l(p, b.target_text) for p, b in zip(predictions, rows)))
     return total
 
 
@@ -158,3 +187,224 @@ def generate(model: PromptModel, batch: list[TokenizedExample], max_new_tokens: 
                        cache=out.cache, use_cache=True)
     texts = model.tokenizer.batch_decode(torch.stack(generated, 1), skip_special_tokens=True)
     return [t.strip() for t in texts]
+
+
+# --- Fused evaluation -------------------------------------------------------------------------
+# evaluate() gets the numbers of per_example_loss() + generate() from one forward per example
+# over [soft prompt | left-padded source | right-padded target]. Position ids count real tokens
+# only, so every real token sits at the position both reference functions give it: the prompt at
+# 0..V-1, then the source, then the target. Causal attention means the source states do not see
+# the target, so they are the states generate() prefills, and the target positions give the
+# teacher-forced logits of the loss.
+
+# Rows decoded together in one evaluate() chunk (rounded down to whole batches, at least one).
+_DECODE_ROWS = 64
+
+
+@dataclass
+class _Continuation:
+    """Rows whose greedy generation must go on token by token, with their KV cache.
+
+    Attributes:
+        rows: Index of each row in the chunk, ``[n]``.
+        layers: Keys and values per layer, ``[n, kv_heads, width, head_dim]`` each.
+        mask: Which cached columns a row attends to, ``[n, width]`` (gaps are fine: the
+            positions are explicit).
+        next_ids: The last greedy token of each row, the next input, ``[n]``.
+        positions: The position of that token, ``[n]``.
+    """
+
+    rows: torch.Tensor
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    mask: torch.Tensor
+    next_ids: torch.Tensor
+    positions: torch.Tensor
+
+
+def _prompt_states(model: PromptModel) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Keys and values of the soft prompt alone, one row, per layer.
+
+    Every example starts with the same prompt at positions ``0..V-1`` and causal attention keeps
+    those states independent of what follows, so they are computed once per call, not per row.
+    """
+    prompt = model.prompt_parameter.unsqueeze(0)
+    n_virtual = prompt.shape[1]
+    out = model.peft.get_base_model().base_model(
+        inputs_embeds=prompt, attention_mask=torch.ones(1, n_virtual, dtype=torch.long, device=model.device),
+        position_ids=torch.arange(n_virtual, device=model.device)[None], use_cache=True)
+    return [(layer.keys, layer.values) for layer in out.cache.layers]
+
+
+def _call_overhead_tokens(device: torch.device) -> int:
+    """What one more forward call costs, in padded tokens' worth of compute.
+
+    On a CPU a call costs about as much as 50 tokens of SmolLM2-135M, so splitting a batch where
+    lengths jump pays; on an accelerator small batches are launch-bound and padding nearly free.
+    """
+    return 48 if device.type == "cpu" else 4096
+
+
+def _length_groups(rows: list[TokenizedExample], max_rows: int, overhead: int) -> list[tuple[int, int]]:
+    """Split length-sorted rows into contiguous ``[start, stop)`` groups of at most ``max_rows``,
+    minimising the padded tokens of one forward per group plus ``overhead`` per group (an exact
+    dynamic programme; a few dozen rows at most)."""
+    n = len(rows)
+    best = [0.0] + [math.inf] * n
+    cut = [0] * (n + 1)
+    for stop in range(1, n + 1):
+        src = tgt = 0
+        for start in range(stop - 1, max(stop - max_rows, 0) - 1, -1):
+            src = max(src, len(rows[start].source_ids))
+            tgt = max(tgt, len(rows[start].target_ids) - 1)  # the last target token is not input
+            cost = best[start] + overhead + (stop - start) * (src + tgt)
+            if cost < best[stop]:
+                best[stop], cut[stop] = cost, start
+    groups, stop = [], n
+    while stop > 0:
+        groups.append((cut[stop], stop))
+        stop = cut[stop]
+    return groups[::-1]
+
+
+def _teacher_forced(model: PromptModel, rows: list[TokenizedExample], limits: list[int],
+                    prompt_states: list[tuple[torch.Tensor, torch.Tensor]],
+                    ) -> tuple[torch.Tensor, list[list[int]], _Continuation]:
+    """One forward over the rows' sources and targets: their losses, the greedy tokens it already
+    determines, and the state to continue generating from.
+
+    Greedy token ``j`` is the argmax at target position ``j`` (teacher forcing) as long as greedy
+    tokens ``0..j-1`` equal the target's: the model saw exactly that prefix. So a row's first
+    greedy token is always known, and after a trained prompt often its whole answer.
+
+    Returns:
+        ``(losses [n], tokens, continuation)``: ``tokens[i]`` are row ``i``'s known greedy tokens
+        (cut at EOS and at its limit); the continuation holds every row, finished or not.
+    """
+    device, n = model.device, len(rows)
+    backbone = model.peft.get_base_model()
+    n_virtual = prompt_states[0][0].shape[2]
+    src_width = max(len(r.source_ids) for r in rows)
+    tgt_width = max(len(r.target_ids) for r in rows)
+    # Layout [left-padded source | right-padded target]: the last source token of every row sits
+    # in one column, so a common crop keeps exactly the sources. The last target token predicts
+    # nothing, so it is not fed.
+    input_ids = torch.full((n, src_width + tgt_width - 1), model.pad_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    targets = torch.full((n, tgt_width), -100, dtype=torch.long)
+    for i, r in enumerate(rows):
+        src, tgt = len(r.source_ids), len(r.target_ids)
+        input_ids[i, src_width - src:src_width] = torch.tensor(r.source_ids)
+        input_ids[i, src_width:src_width + tgt - 1] = torch.tensor(r.target_ids[:-1])
+        mask[i, src_width - src:src_width + tgt - 1] = 1
+        targets[i, :tgt] = torch.tensor(r.target_ids)
+    input_ids, targets = input_ids.to(device), targets.to(device)
+    mask = torch.cat([torch.ones(n, n_virtual, dtype=torch.long), mask], 1).to(device)
+    positions = (mask.cumsum(1) - 1)[:, n_virtual:]
+    cache = DynamicCache([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prompt_states])
+    hidden = backbone.base_model(inputs_embeds=backbone.get_input_embeddings()(input_ids), attention_mask=mask,
+                                 position_ids=positions, cache=cache, use_cache=True).last_hidden_state
+    # Target token j is predicted at column src_width - 1 + j; the LM head runs only there.
+    rows_idx, cols = (targets != -100).nonzero(as_tuple=True)
+    logits = backbone.get_output_embeddings()(hidden[rows_idx, src_width - 1 + cols])
+    token_loss = F.cross_entropy(logits.float(), targets[rows_idx, cols], reduction="none")
+    sums = torch.zeros(n, device=device).index_add(0, rows_idx, token_loss)
+    counts = torch.zeros(n, device=device).index_add(0, rows_idx, torch.ones_like(token_loss))
+    predicted = torch.full_like(targets, -1)
+    predicted[rows_idx, cols] = logits.argmax(-1)
+    # Leading agreement with the target; the last target token's state was not computed, so at
+    # most tgt - 1 target tokens are reused.
+    agreed = (predicted == targets).long().cumprod(1).sum(1)
+    lengths = (targets != -100).sum(1)
+    accepted = torch.minimum(agreed, lengths - 1)
+    eos = model.tokenizer.eos_token_id
+    tokens = []
+    for known, n_accepted, limit in zip(predicted.tolist(), accepted.tolist(), limits):
+        out: list[int] = []
+        for token in known[:n_accepted + 1]:
+            out.append(token)
+            if token == eos or len(out) == limit:
+                break
+        tokens.append(out)
+    # Keep the prompt, the sources and the accepted target prefixes; mask what a row did not accept.
+    keep = n_virtual + src_width + int(accepted.max())
+    cache.crop(keep - cache.get_seq_length())
+    mask = mask[:, :keep].clone()
+    mask[:, n_virtual + src_width:] = torch.arange(keep - n_virtual - src_width, device=device) < accepted[:, None]
+    next_ids = torch.tensor([t[-1] for t in tokens], device=device)
+    return sums / counts.clamp(min=1), tokens, _Continuation(
+        torch.arange(n, device=device), [(layer.keys, layer.values) for layer in cache.layers], mask, next_ids,
+        positions[:, src_width - 1] + 1 + accepted)
+
+
+def _select(cont: _Continuation, keep: torch.Tensor, width: int) -> _Continuation:
+    """The ``keep`` rows of ``cont``, left-padded with masked columns to ``width``."""
+    pad = width - cont.mask.shape[1]
+
+    def widen(x: torch.Tensor, dim: int) -> torch.Tensor:
+        x = x[keep]
+        if pad == 0:
+            return x
+        shape = list(x.shape)
+        shape[dim] = pad
+        return torch.cat([x.new_zeros(shape), x], dim)
+
+    return _Continuation(cont.rows[keep], [(widen(k, 2), widen(v, 2)) for k, v in cont.layers],
+                         widen(cont.mask, 1), cont.next_ids[keep], cont.positions[keep])
+
+
+def _greedy_continue(model: PromptModel, cont: _Continuation, tokens: list[list[int]], limits: list[int]) -> None:
+    """Extend ``tokens[row]`` greedily, one token per step, until EOS or the row's limit.
+
+    The same loop as :func:`generate` (attention mask grown by one, positions by one), except
+    that a finished row leaves the batch instead of being fed EOS: rows never interact, so the
+    others' tokens are unchanged.
+    """
+    backbone = model.peft.get_base_model()
+    eos = model.tokenizer.eos_token_id
+    cache = DynamicCache(cont.layers)
+    rows, mask, next_ids, positions = cont.rows.tolist(), cont.mask, cont.next_ids, cont.positions
+    while rows:
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
+        out = backbone(input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions[:, None],
+                       cache=cache, use_cache=True)
+        next_ids, positions = out.logits[:, -1].argmax(-1), positions + 1
+        live = []
+        for i, (row, token) in enumerate(zip(rows, next_ids.tolist())):
+            tokens[row].append(token)
+            if token != eos and len(tokens[row]) < limits[row]:
+                live.append(i)
+        if len(live) < len(rows):
+            index = torch.tensor(live, dtype=torch.long, device=mask.device)
+            cache.batch_select_indices(index)
+            rows, mask, next_ids, positions = [rows[i] for i in live], mask[index], next_ids[index], positions[index]
+
+
+def _score_and_generate(model: PromptModel, rows: list[TokenizedExample], limits: list[int],
+                        prompt_states: list[tuple[torch.Tensor, torch.Tensor]], *, max_group_rows: int,
+                        ) -> tuple[torch.Tensor, list[str]]:
+    """Losses and greedy texts of length-sorted ``rows``, ``rows[i]`` generating up to ``limits[i]``
+    tokens: teacher-forced forwards over groups of similar length, then one decode of every
+    unfinished row."""
+    eos = model.tokenizer.eos_token_id
+    groups = _length_groups(rows, max_group_rows, _call_overhead_tokens(model.device))
+    losses, tokens, pending = [], [], []
+    for start, stop in groups:
+        loss, known, cont = _teacher_forced(model, rows[start:stop], limits[start:stop], prompt_states)
+        live = [i for i, t in enumerate(known) if t[-1] != eos and len(t) < limits[start + i]]
+        losses.append(loss)
+        tokens += known
+        if live:
+            cont.rows += start
+            pending.append((cont, torch.tensor(live, dtype=torch.long, device=model.device)))
+    if pending:
+        width = max(cont.mask.shape[1] for cont, _ in pending)
+        parts = [_select(cont, live, width) for cont, live in pending]
+        merged = parts[0] if len(parts) == 1 else _Continuation(
+            torch.cat([p.rows for p in parts]),
+            [(torch.cat([p.layers[i][0] for p in parts]), torch.cat([p.layers[i][1] for p in parts]))
+             for i in range(len(parts[0].layers))],
+            torch.cat([p.mask for p in parts]), torch.cat([p.next_ids for p in parts]),
+            torch.cat([p.positions for p in parts]))
+        _greedy_continue(model, merged, tokens, limits)
+    texts = model.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    return torch.cat(losses), [t.strip() for t in texts]

@@ -71,7 +71,13 @@ def test_evaluate_reports_perfect_scores_when_generations_match(tiny_config, mon
     _, model, data = setup(tiny_config, n=6)
     import rayfed.local as local
 
-    monkeypatch.setattr(local, "generate", lambda m, batch, n: [b.target_text for b in batch])
+    scored = local._score_and_generate
+
+    def perfect(model, rows, *args, **kwargs):  # the real losses, generations equal to the targets
+        losses, _ = scored(model, rows, *args, **kwargs)
+        return losses, [r.target_text for r in rows]
+
+    monkeypatch.setattr(local, "_score_and_generate", perfect)
     sums = evaluate(model, data, model.get_prompt(), batch_size=4, max_new_tokens=8)
     means = sums.means()
     assert sums.count == 6 and means["exact_match"] == 1.0 and means["rouge_l"] == 1.0

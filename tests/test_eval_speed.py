@@ -1,0 +1,84 @@
+"""The fused evaluate reports exactly what the two-pass reference (loss, then generate) reports."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import rayfed.local as local
+from rayfed.config import OptimizerConfig
+from rayfed.data.formatting import TokenizedExample, tokenize
+from rayfed.data.synthetic import generate_synthetic
+from rayfed.local import evaluate, generate, per_example_loss, train_prompt
+from rayfed.metrics import exact_match, rouge_l
+from rayfed.model import PromptModel, build_prompt_model
+from rayfed.types import EvalSums
+
+
+def reference(model: PromptModel, data: list[TokenizedExample], batch_size: int, max_new_tokens: int,
+              ) -> tuple[EvalSums, list[str]]:
+    """The previous evaluate: per length-sorted batch, per_example_loss then generate."""
+    data = sorted(data, key=lambda ex: (len(ex.source_ids), len(ex.target_ids)))
+    total, texts = EvalSums(), []
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            batch = data[start:start + batch_size]
+            losses, predictions = per_example_loss(model, batch), generate(model, batch, max_new_tokens)
+            texts += predictions
+            total = total + EvalSums(len(batch), float(losses.sum()),
+                                     sum(exact_match(p, b.target_text) for p, b in zip(predictions, batch)),
+                                     sum(rouge_l(p, b.target_text) for p, b in zip(predictions, batch)))
+    return total, texts
+
+
+def examples(model: PromptModel) -> list[TokenizedExample]:
+    """12 examples of three tasks: sources of 39-64 tokens, targets of 4-16."""
+    return tokenize(generate_synthetic(4, seed=0, tasks=["copy", "add", "topic"]), model.tokenizer, 64, 16)
+
+
+@pytest.mark.parametrize("trained", [False, True], ids=["initial-prompt", "trained-prompt"])
+@pytest.mark.parametrize("batch_size", [16, 5], ids=["one-batch", "three-batches"])
+def test_fused_evaluate_matches_the_reference(tiny_config, monkeypatch, trained, batch_size):
+    model = build_prompt_model(tiny_config().model, seed=0)
+    data = examples(model)
+    assert len({len(d.source_ids) for d in data}) > 1 and len({len(d.target_ids) for d in data}) > 1
+    prompt = model.get_prompt()
+    if trained:  # some greedy tokens then match the targets, and some rows stop at EOS
+        prompt, _ = train_prompt(model, data, prompt, optimizer=OptimizerConfig("adam", 0.05), num_steps=30,
+                                 batch_size=8, seed=0)
+
+    texts = []
+    score_and_generate = local._score_and_generate
+
+    def spy(*args, **kwargs):
+        losses, predictions = score_and_generate(*args, **kwargs)
+        texts.extend(predictions)
+        return losses, predictions
+
+    monkeypatch.setattr(local, "_score_and_generate", spy)
+    new = evaluate(model, data, prompt, batch_size=batch_size, max_new_tokens=8)
+    model.set_prompt(prompt)
+    old, old_texts = reference(model, data, batch_size, max_new_tokens=8)
+
+    assert texts == old_texts  # same order: both walk the same length-sorted rows
+    assert any(texts)
+    assert (new.count, new.exact_match, new.rouge_l) == (old.count, old.exact_match, old.rouge_l)
+    assert math.isclose(new.loss, old.loss, rel_tol=1e-4)
+
+
+def test_evaluate_reports_perfect_scores_when_generations_match(tiny_config, monkeypatch):
+    model = build_prompt_model(tiny_config().model, seed=0)
+    data = examples(model)[:6]
+    score_and_generate = local._score_and_generate
+
+    def perfect(model, rows, *args, **kwargs):
+        losses, _ = score_and_generate(model, rows, *args, **kwargs)
+        return losses, [r.target_text for r in rows]
+
+    monkeypatch.setattr(local, "_score_and_generate", perfect)
+    sums = evaluate(model, data, model.get_prompt(), batch_size=4, max_new_tokens=8)
+    means = sums.means()
+    assert sums.count == 6 and means["exact_match"] == 1.0 and means["rouge_l"] == 1.0
+    assert means["loss"] > 0
