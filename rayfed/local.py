@@ -123,7 +123,7 @@ def evaluate(model: PromptModel, data: list[TokenizedExample], prompt: torch.Ten
 
     Args:
         model: The prompt model; its prompt is set to ``prompt``.
-        data: Tokenized examples, each with at least one target token.
+        data: Tokenized examples, each with a non-empty source and target.
         prompt: The soft prompt to evaluate, ``[num_virtual_tokens, hidden]``.
         batch_size: Examples per batch; fixes each example's generation limit, as in
             :func:`generate`, and bounds the rows of one forward pass.
@@ -131,7 +131,12 @@ def evaluate(model: PromptModel, data: list[TokenizedExample], prompt: torch.Ten
 
     Returns:
         Sums over ``data`` of the loss, exact match and ROUGE-L, and the example count.
+
+    Raises:
+        ValueError: If an example has no source or no target tokens.
     """
+    if any(not ex.source_ids or not ex.target_ids for ex in data):
+        raise ValueError("evaluate needs a non-empty source and target in every example")
     model.set_prompt(prompt)
     total = EvalSums()
     # Length-sorted batches waste little compute on padding; the sums do not depend on order.

@@ -230,9 +230,10 @@ def plot_search(search_dir: Path) -> list[Path]:
     ax.set(xlabel=f"local {split} ROUGE-L (client's own data, mean)", ylabel=f"global {split} ROUGE-L (mean)",
            title=f"{title} ({meta.get('kind', 'trials')}): {len(pts)} trials")
     ax.margins(0.06)
-    ax.legend(fontsize=8, loc="upper right")  # a trade-off leaves the upper right empty
+    # Outside the axes: wherever a trade-off leaves room depends on the search.
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     if meta.get("rule"):
-        fig.text(0.5, -0.01, "\n".join(textwrap.wrap(f"selection rule: {meta['rule']}", 95)), ha="center", va="top",
+        fig.text(0.5, -0.09, "\n".join(textwrap.wrap(f"selection rule: {meta['rule']}", 95)), ha="center", va="top",
                  fontsize=8, color="0.3")
     return [_save(fig, search_dir / "pareto.png")]
 
