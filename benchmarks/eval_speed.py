@@ -98,6 +98,7 @@ def main() -> None:
             seconds, sums[name] = run_all(paths[name], model, splits, prompt, e.batch_size, e.max_new_tokens)
             if rep > 0:  # the first pass is a warm-up
                 times[name].append(seconds)
+            print(f"pass {rep}{' (warm-up)' if rep == 0 else ''}: {name} {seconds:.2f} s", flush=True)
 
     old, new = (sums[name] for name in paths)
     ok = all(agree(a, b) for a, b in zip(old, new))

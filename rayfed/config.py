@@ -119,9 +119,16 @@ class PersonalizeConfig:
 
 @dataclass
 class RuntimeConfig:
-    executor: str = "ray"  # ray: one actor per client; local: in-process, for debugging
-    num_cpus_per_client: float = 0.25  # always explicit: an actor without it can hang Ray
-    num_gpus_per_client: float = 0.0  # fractional GPU per client actor
+    executor: str = "ray"  # ray: client worker actors; local: every client in this process, for debugging
+    # Worker actors, each holding one backbone and the shards of many clients; client i lives on
+    # worker i % num_workers. None: one worker per client.
+    num_workers: int | None = None
+    num_cpus_per_worker: float = 0.25  # always explicit: an actor without it can hang Ray
+    num_gpus_per_worker: float = 0.0  # fractional GPU per worker actor (0.125: 8 workers share a card)
+    # Train (and evaluate) the clients a worker hosts in lockstep, one backbone pass for all of
+    # them, each row with its own client's prompt; allclose to one client at a time, not bitwise.
+    batch_clients: bool = False
+    max_batch_rows: int = 256  # batch_clients: rows in one pass at most (bounds activation memory)
     num_cpus_driver: float = 0.1
     torch_threads: int = 1  # torch threads in each client actor (local executor: all cores)
 
@@ -200,6 +207,10 @@ class ExperimentConfig:
 RENAMED = {
     "partition.alpha": "partition.concentration (the Dirichlet concentration)",
     "personalize.alphas": "personalize.interp_ratios (the global/local interpolation ratios)",
+    "runtime.num_cpus_per_client": "runtime.num_cpus_per_worker (a worker actor hosts runtime.num_workers' "
+                                   "share of the clients)",
+    "runtime.num_gpus_per_client": "runtime.num_gpus_per_worker (a worker actor hosts runtime.num_workers' "
+                                   "share of the clients)",
 }
 
 
@@ -329,9 +340,12 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(len(set(z.interp_ratios)) == len(z.interp_ratios), "personalize.interp_ratios", "has duplicates")
 
     _choice("runtime.executor", r.executor, EXECUTORS)
-    _check(r.num_cpus_per_client > 0, "runtime.num_cpus_per_client",
+    _check(r.num_workers is None or 1 <= r.num_workers <= p.num_clients, "runtime.num_workers",
+           f"must be between 1 and partition.num_clients ({p.num_clients}), or null (one per client)")
+    _check(r.num_cpus_per_worker > 0, "runtime.num_cpus_per_worker",
            "must be > 0 (Ray actors need an explicit CPU share)")
-    _check(r.num_gpus_per_client >= 0, "runtime.num_gpus_per_client", "must be >= 0")
+    _check(r.num_gpus_per_worker >= 0, "runtime.num_gpus_per_worker", "must be >= 0")
+    _check(r.max_batch_rows >= 1, "runtime.max_batch_rows", "must be >= 1")
     _check(r.num_cpus_driver > 0, "runtime.num_cpus_driver", "must be > 0")
     _check(r.torch_threads >= 1, "runtime.torch_threads", "must be >= 1")
 

@@ -1,4 +1,4 @@
-"""Local work on one client's data: prompt training, one batch gradient, and evaluation.
+"""Local work on one client's data: the per-example loss, batching, and evaluation.
 
 Plain functions over a :class:`~rayfed.model.PromptModel` and tokenized examples; no Ray here.
 The loss of a batch is the mean over examples of each example's mean target-token
@@ -17,22 +17,23 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from rayfed.config import OptimizerConfig
-from rayfed.core.regularization import l2_penalty
 from rayfed.data.formatting import TokenizedExample, collate_generate, collate_train
 from rayfed.metrics import exact_match, rouge_l
 from rayfed.model import PromptModel
 from rayfed.types import EvalSums
 
 
-def per_example_loss(model: PromptModel, batch: list[TokenizedExample]) -> torch.Tensor:
+def per_example_loss(model: PromptModel, batch: list[TokenizedExample],
+                     prompts: torch.Tensor | None = None) -> torch.Tensor:
     """Teacher-forced loss of each example, ``[len(batch)]``.
 
     The same computation as PEFT's prompt-tuning forward (prompt embeddings prepended, mask
     extended), except that the LM head runs only where a target token is predicted: with a 49k
-    vocabulary that saves about a fifth of the compute of a training step.
+    vocabulary that saves about a fifth of the compute of a training step. ``prompts``
+    (``[len(batch), virtual, hidden]``) gives each example its own prompt; by default the model's.
     """
     inputs = collate_train(batch, model.pad_id)
-    embeds, mask = model.prompted_inputs(inputs["input_ids"], inputs["attention_mask"])
+    embeds, mask = model.prompted_inputs(inputs["input_ids"], inputs["attention_mask"], prompts)
     backbone = model.peft.get_base_model()
     hidden = backbone.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
     hidden = hidden[:, -inputs["input_ids"].shape[1]:]  # drop the virtual-token positions
@@ -70,45 +71,6 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerConfig) -> to
     if cfg.name == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.name!r}")
-
-
-def train_prompt(model: PromptModel, data: list[TokenizedExample], init_prompt: torch.Tensor, *,
-                 optimizer: OptimizerConfig, num_steps: int, batch_size: int, seed: int,
-                 l2_reference: torch.Tensor | None = None, l2_strength: float = 0.0,
-                 ) -> tuple[torch.Tensor, float]:
-    """Train the prompt from ``init_prompt`` with a fresh optimizer; return it and the mean loss.
-
-    With ``l2_strength > 0`` the objective adds ``l2_strength / 2 * ||p - l2_reference||^2``.
-    """
-    model.set_prompt(init_prompt)
-    param = model.prompt_parameter
-    param.requires_grad_(True)
-    opt = make_optimizer([param], optimizer)
-    ref = l2_reference.to(param.device) if l2_reference is not None else None
-    losses = []
-    for idx in batches(len(data), batch_size, num_steps, np.random.default_rng(seed)):
-        loss = per_example_loss(model, [data[i] for i in idx]).mean()
-        objective = loss + l2_penalty(param, ref, l2_strength) if ref is not None else loss
-        opt.zero_grad(set_to_none=True)
-        objective.backward()
-        opt.step()
-        losses.append(loss.item())
-    return model.get_prompt(), float(np.mean(losses))
-
-
-def prompt_gradient(model: PromptModel, data: list[TokenizedExample], prompt: torch.Tensor, *,
-                    batch_size: int, seed: int) -> tuple[torch.Tensor, float]:
-    """Gradient of the loss at ``prompt`` on one batch (the whole split if it fits)."""
-    model.set_prompt(prompt)
-    param = model.prompt_parameter
-    param.requires_grad_(True)
-    param.grad = None
-    idx = batches(len(data), min(batch_size, len(data)), 1, np.random.default_rng(seed))[0]
-    loss = per_example_loss(model, [data[i] for i in idx]).mean()
-    loss.backward()
-    grad = param.grad.detach().to("cpu", copy=True)
-    param.grad = None
-    return grad, loss.item()
 
 
 def evaluate(model: PromptModel, data: list[TokenizedExample], prompt: torch.Tensor, *,

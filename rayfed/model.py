@@ -44,15 +44,20 @@ class PromptModel:
             self.prompt_parameter.copy_(prompt.to(self.prompt_parameter.device))
 
     def prompted_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The backbone's inputs with the soft prompt in front, as PEFT's prompt tuning builds them:
-        ``(inputs_embeds [rows, virtual + len, hidden], attention_mask [rows, virtual + len])``."""
+                        prompts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's inputs with a soft prompt in front, as PEFT's prompt tuning builds them:
+        ``(inputs_embeds [rows, virtual + len, hidden], attention_mask [rows, virtual + len])``.
+
+        ``prompts`` gives each row its own prompt, ``[rows, virtual, hidden]`` (many clients in
+        one pass); by default every row gets this model's prompt."""
         backbone = self.peft.get_base_model()
         tokens = backbone.get_input_embeddings()(input_ids.to(self.device))
-        rows, n_virtual = tokens.shape[0], self.prompt_parameter.shape[0]
-        prompt = self.prompt_parameter.unsqueeze(0).expand(rows, -1, -1).to(tokens.dtype)
+        rows = tokens.shape[0]
+        if prompts is None:
+            prompts = self.prompt_parameter.unsqueeze(0).expand(rows, -1, -1)
+        prompts = prompts.to(tokens.dtype)
         mask = attention_mask.to(self.device)
-        return torch.cat([prompt, tokens], 1), torch.cat([mask.new_ones(rows, n_virtual), mask], 1)
+        return torch.cat([prompts, tokens], 1), torch.cat([mask.new_ones(rows, prompts.shape[1]), mask], 1)
 
     @property
     def pad_id(self) -> int:

@@ -19,10 +19,8 @@ import numpy as np
 import torch
 
 from rayfed.config import OptimizerConfig, PersonalizeConfig
-from rayfed.core.regularization import l2_penalty
 from rayfed.core.selection import select_best
 from rayfed.data.formatting import TokenizedExample
-from rayfed.local import batches, make_optimizer, per_example_loss
 from rayfed.metrics import summarize_clients
 from rayfed.model import PromptModel
 from rayfed.types import EvalSums
@@ -59,40 +57,6 @@ class PersonalizeSettings:
         train = {k: v for k, v in asdict(self).items()
                  if k not in ("interp_ratios", "global_eval_examples", "global_tolerance")}
         return hashlib.sha256(json.dumps([seed, train], sort_keys=True).encode()).hexdigest()[:16]
-
-
-def train_prompt_by_epoch(model: PromptModel, data: list[TokenizedExample], init_prompt: torch.Tensor, *,
-                          optimizer: OptimizerConfig, epochs: int, keep_epochs: list[int], batch_size: int,
-                          seed: int, l2_strength: float = 0.0) -> tuple[dict[int, torch.Tensor], dict[int, float]]:
-    """Train from ``init_prompt`` for ``epochs`` passes with one optimizer; return the prompt after
-    each epoch in ``keep_epochs`` (0: the initial prompt) and each epoch's mean training loss.
-
-    The batches are those of ``train_prompt`` with ``epochs * ceil(n / batch_size)`` steps, so the
-    last prompt equals ``train_prompt``'s. With ``l2_strength > 0`` the objective adds
-    ``l2_strength / 2 * ||p - init_prompt||^2``.
-    """
-    steps_per_epoch = math.ceil(len(data) / batch_size)
-    plan = batches(len(data), batch_size, epochs * steps_per_epoch, np.random.default_rng(seed))
-    model.set_prompt(init_prompt)
-    param = model.prompt_parameter
-    param.requires_grad_(True)
-    opt = make_optimizer([param], optimizer)
-    ref = init_prompt.to(param.device)
-    prompts = {0: init_prompt.detach().clone().cpu()} if 0 in keep_epochs else {}
-    losses: dict[int, float] = {}
-    for epoch in range(1, epochs + 1):
-        epoch_losses = []
-        for idx in plan[(epoch - 1) * steps_per_epoch: epoch * steps_per_epoch]:
-            loss = per_example_loss(model, [data[i] for i in idx]).mean()
-            objective = loss + l2_penalty(param, ref, l2_strength) if l2_strength > 0 else loss
-            opt.zero_grad(set_to_none=True)
-            objective.backward()
-            opt.step()
-            epoch_losses.append(loss.item())
-        losses[epoch] = float(np.mean(epoch_losses))
-        if epoch in keep_epochs:
-            prompts[epoch] = model.get_prompt()
-    return prompts, losses
 
 
 @dataclass

@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from rayfed.config import ConfigError, ExperimentConfig, SpaceParam, load_config, to_yaml
 from rayfed.core.selection import pareto_mask, rule_text, select_best
 from rayfed.experiment import load_finished_run, run_experiment, run_personalization
+from rayfed.runtime.placement import num_workers
 
 # The design card's search: l2 strength on a log grid that includes 0, x interpolation ratio.
 DEFAULT_SPACE = {
@@ -126,12 +127,12 @@ def prepare_base_run(cfg: ExperimentConfig, out: Path) -> Path:
 
 def trial_resources(cfg: ExperimentConfig) -> list[dict[str, float]]:
     """Placement-group bundles of one trial: the trial process, then (executor ray) the driver
-    actor and one bundle per client actor, so a trial's actors are reserved with it."""
+    actor and one bundle per worker actor, so a trial's actors are reserved with it."""
     r = cfg.runtime
     bundles = [{"CPU": cfg.tune.cpus_per_trial}]
     if r.executor == "ray":
-        client = {"CPU": r.num_cpus_per_client, **({"GPU": r.num_gpus_per_client} if r.num_gpus_per_client else {})}
-        bundles += [{"CPU": r.num_cpus_driver}] + [dict(client) for _ in range(cfg.partition.num_clients)]
+        worker = {"CPU": r.num_cpus_per_worker, **({"GPU": r.num_gpus_per_worker} if r.num_gpus_per_worker else {})}
+        bundles += [{"CPU": r.num_cpus_driver}] + [dict(worker) for _ in range(num_workers(cfg))]
     return bundles
 
 
@@ -142,7 +143,7 @@ def check_fits(cfg: ExperimentConfig, bundles: list[dict[str, float]], cluster: 
         if need > cluster.get(resource, 0.0) + 1e-9:
             raise ConfigError(
                 f"one trial needs {need:g} {resource}s (tune.cpus_per_trial + runtime.num_cpus_driver + "
-                f"partition.num_clients x runtime.num_{resource.lower()}s_per_client with runtime.executor="
+                f"runtime.num_workers x runtime.num_{resource.lower()}s_per_worker with runtime.executor="
                 f"{cfg.runtime.executor}), but the Ray cluster has {cluster.get(resource, 0.0):g}; lower them or "
                 f"use runtime.executor=local inside trials")
 

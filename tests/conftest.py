@@ -21,7 +21,7 @@ TINY = [
     "algorithm.rounds=2", "algorithm.clients_per_round=4", "algorithm.local_steps=4",
     "algorithm.batch_size=8", "algorithm.client_optimizer.name=adam",
     "algorithm.client_optimizer.lr=0.05", "eval.batch_size=16", "eval.max_new_tokens=8",
-    "runtime.num_cpus_per_client=0.25",
+    "runtime.num_cpus_per_worker=0.25",
 ]
 
 

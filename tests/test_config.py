@@ -26,6 +26,7 @@ def test_every_shipped_config_validates(path):
 @pytest.mark.parametrize("override, message", [
     ("partition.alpha=0.1", "'partition.alpha' was renamed to partition.concentration"),
     ("personalize.alphas=[0.5]", "'personalize.alphas' was renamed to personalize.interp_ratios"),
+    ("runtime.num_cpus_per_client=0.5", "'runtime.num_cpus_per_client' was renamed to runtime.num_cpus_per_worker"),
     ("personalize.interp_ratios=[0.5,1.5]", "personalize.interp_ratios"),
     ("personalize.eval_every_epochs=0", "personalize.eval_every_epochs"),
     ("tune.searcher=bayes", "tune.searcher"),
@@ -75,7 +76,10 @@ def test_unknown_key_in_file_names_the_key(tmp_path):
     ("algorithm.name=fedprox", "algorithm.name"),
     ("partition.concentration=0", "partition.concentration"),
     ("algorithm.local_epochs=2", "algorithm.local_steps"),
-    ("runtime.num_cpus_per_client=0", "runtime.num_cpus_per_client"),
+    ("runtime.num_cpus_per_worker=0", "runtime.num_cpus_per_worker"),
+    ("runtime.num_workers=0", "runtime.num_workers"),
+    ("runtime.num_workers=9", "runtime.num_workers"),
+    ("runtime.max_batch_rows=0", "runtime.max_batch_rows"),
     ("data.source=sni", "data.path"),
 ])
 def test_bad_override_names_the_key(override, key):

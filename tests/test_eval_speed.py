@@ -11,7 +11,8 @@ import rayfed.local as local
 from rayfed.config import OptimizerConfig
 from rayfed.data.formatting import TokenizedExample, tokenize
 from rayfed.data.synthetic import generate_synthetic
-from rayfed.local import evaluate, generate, per_example_loss, train_prompt
+from rayfed.local import evaluate, generate, per_example_loss
+from rayfed.training import train_prompt
 from rayfed.metrics import exact_match, rouge_l
 from rayfed.model import PromptModel, build_prompt_model
 from rayfed.types import EvalSums

@@ -7,7 +7,8 @@ from rayfed.config import OptimizerConfig
 from rayfed.core.aggregation import aggregate_updates
 from rayfed.data.formatting import tokenize
 from rayfed.data.synthetic import generate_synthetic
-from rayfed.local import evaluate, per_example_loss, prompt_gradient, train_prompt
+from rayfed.local import evaluate, per_example_loss
+from rayfed.training import prompt_gradient, train_prompt
 from rayfed.model import build_prompt_model
 from rayfed.types import ClientUpdate
 
@@ -59,12 +60,11 @@ def test_fedsgd_full_batch_equals_one_centralized_step_on_the_union(tiny_config)
     toks = [tokenize(s, model.tokenizer, 64, 16) for s in shards]
     prompt = model.get_prompt()
     algo = FedSGD(batch_size=1000)  # larger than any shard: full-batch gradients
-    ups = []
-    for cid, t in enumerate(toks):
-        grad, loss = algo.client_update(model, t, prompt, seed=cid)
-        ups.append(ClientUpdate(cid, grad, len(t), loss))
     union_grad, _ = prompt_gradient(model, [x for t in toks for x in t], prompt, batch_size=1000, seed=0)
-    assert torch.allclose(aggregate_updates(ups), union_grad, atol=1e-6, rtol=1e-4)
+    for max_rows in (1, None):  # one client per pass, then all three in one pass
+        updates = algo.client_updates(model, toks, [prompt] * 3, seeds=[0, 1, 2], max_rows=max_rows)
+        ups = [ClientUpdate(cid, grad, len(t), loss) for cid, (t, (grad, loss)) in enumerate(zip(toks, updates))]
+        assert torch.allclose(aggregate_updates(ups), union_grad, atol=1e-6, rtol=1e-4)
 
 
 def test_evaluate_reports_perfect_scores_when_generations_match(tiny_config, monkeypatch):
@@ -95,7 +95,8 @@ def test_generation_is_bounded_by_the_target_length(tiny_config):
 
 def test_a_row_generates_the_same_text_alone_and_in_a_padded_batch(tiny_config):
     cfg, model, _ = setup(tiny_config)
-    from rayfed.local import generate, train_prompt
+    from rayfed.local import generate
+    from rayfed.training import train_prompt
 
     examples = generate_synthetic(4, seed=0, tasks=["copy", "add", "topic"])
     data = tokenize(examples, model.tokenizer, 64, 16)  # sources of different lengths

@@ -52,7 +52,7 @@ def test_federation_search_reserves_actor_bundles_and_never_hangs(ray_session, t
     from rayfed.config import SpaceParam
 
     cfg = load_config(TINY_SEARCH, [f"output_dir={tmp_path / 'out'}", "runtime.executor=ray",
-                                    "runtime.num_cpus_per_client=0.25", "partition.num_clients=2",
+                                    "runtime.num_cpus_per_worker=0.25", "partition.num_clients=2",
                                     "algorithm.clients_per_round=2", "tune.kind=federation",
                                     "tune.cpus_per_trial=0.25"])
     # One trial: 0.25 (trial) + 0.1 (driver actor) + 2 x 0.25 (client actors) of the 2 CPUs.
@@ -68,9 +68,9 @@ def test_federation_search_reserves_actor_bundles_and_never_hangs(ray_session, t
 
 def test_a_search_whose_trial_cannot_fit_fails_at_once_naming_the_keys(ray_session, tmp_path):
     cfg = load_config(TINY_SEARCH, [f"output_dir={tmp_path}", "tune.kind=federation", "runtime.executor=ray",
-                                    "runtime.num_cpus_per_client=0.5"])  # 1 + 0.1 + 4 x 0.5 > 2 CPUs
+                                    "runtime.num_cpus_per_worker=0.5"])  # 1 + 0.1 + 4 x 0.5 > 2 CPUs
     started = time.monotonic()
-    with pytest.raises(ConfigError, match="runtime.num_cpus_per_client"):
+    with pytest.raises(ConfigError, match="runtime.num_cpus_per_worker"):
         run_search(cfg)
     assert time.monotonic() - started < 60
 

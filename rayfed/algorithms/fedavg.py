@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from rayfed.config import AlgorithmConfig, OptimizerConfig
 from rayfed.core.aggregation import aggregate_updates
 from rayfed.data.formatting import TokenizedExample
-from rayfed.local import steps_for, train_prompt
+from rayfed.local import steps_for
 from rayfed.model import PromptModel
+from rayfed.training import step_job, train_lockstep
 from rayfed.types import ClientUpdate
 
 
@@ -30,12 +32,13 @@ class FedAvg:
     def from_config(cls, cfg: AlgorithmConfig) -> FedAvg:
         return cls(cfg.client_optimizer, cfg.batch_size, cfg.local_steps, cfg.local_epochs)
 
-    def client_update(self, model: PromptModel, train: list[TokenizedExample],
-                      global_prompt: torch.Tensor, seed: int) -> tuple[torch.Tensor, float]:
-        steps = steps_for(len(train), self.batch_size, self.local_steps, self.local_epochs)
-        local, loss = train_prompt(model, train, global_prompt, optimizer=self.optimizer,
-                                   num_steps=steps, batch_size=self.batch_size, seed=seed)
-        return global_prompt - local, loss
+    def client_updates(self, model: PromptModel, trains: Sequence[list[TokenizedExample]],
+                       prompts: Sequence[torch.Tensor], seeds: Sequence[int], max_rows: int | None = None,
+                       ) -> list[tuple[torch.Tensor, float]]:
+        jobs = [step_job(train, prompt, steps_for(len(train), self.batch_size, self.local_steps, self.local_epochs),
+                         self.batch_size, seed) for train, prompt, seed in zip(trains, prompts, seeds)]
+        results = train_lockstep(model, jobs, optimizer=self.optimizer, max_rows=max_rows)
+        return [(job.init_prompt - r.prompts[len(job.plan)], float(np.mean(r.losses))) for r, job in zip(results, jobs)]
 
     def aggregate(self, updates: Sequence[ClientUpdate]) -> torch.Tensor:
         return aggregate_updates(updates)

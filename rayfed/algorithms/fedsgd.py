@@ -14,8 +14,8 @@ import torch
 from rayfed.config import AlgorithmConfig
 from rayfed.core.aggregation import aggregate_updates
 from rayfed.data.formatting import TokenizedExample
-from rayfed.local import prompt_gradient
 from rayfed.model import PromptModel
+from rayfed.training import gradient_batch, gradients_lockstep
 from rayfed.types import ClientUpdate
 
 
@@ -27,9 +27,11 @@ class FedSGD:
     def from_config(cls, cfg: AlgorithmConfig) -> FedSGD:
         return cls(cfg.batch_size)
 
-    def client_update(self, model: PromptModel, train: list[TokenizedExample],
-                      global_prompt: torch.Tensor, seed: int) -> tuple[torch.Tensor, float]:
-        return prompt_gradient(model, train, global_prompt, batch_size=self.batch_size, seed=seed)
+    def client_updates(self, model: PromptModel, trains: Sequence[list[TokenizedExample]],
+                       prompts: Sequence[torch.Tensor], seeds: Sequence[int], max_rows: int | None = None,
+                       ) -> list[tuple[torch.Tensor, float]]:
+        batches = [gradient_batch(train, self.batch_size, seed) for train, seed in zip(trains, seeds)]
+        return gradients_lockstep(model, batches, prompts, max_rows)
 
     def aggregate(self, updates: Sequence[ClientUpdate]) -> torch.Tensor:
         return aggregate_updates(updates)

@@ -50,7 +50,7 @@ class InProcessExecutor:
         return self.worker.initial_prompt()
 
     def each(self, method: str, args_by_client: dict[int, tuple]) -> dict[int, Any]:
-        return {cid: getattr(self.worker, method)(cid, *args) for cid, args in sorted(args_by_client.items())}
+        return self.worker.each(method, args_by_client)
 
     def sharded(self, method: str, args: tuple) -> list[Any]:
         return [getattr(self.worker, method)(*args, 0, 1)]
@@ -112,8 +112,11 @@ class Driver:
         return RoundResult(round_idx, metrics, per_client)
 
     def evaluate_global(self, prompt: torch.Tensor, split: str) -> EvalSums:
-        """One prompt on a whole global set, its examples spread over the workers."""
-        return sum(self.executor.sharded("evaluate_global", (prompt, split)), EvalSums())
+        """One prompt on a whole global set, its pieces spread over the workers."""
+        pieces: dict[int, EvalSums] = {}
+        for part in self.executor.sharded("evaluate_global", (prompt, split)):
+            pieces.update(part)
+        return sum((pieces[i] for i in sorted(pieces)), EvalSums())
 
     def evaluate_clients(self, prompts: dict[int, dict[Any, torch.Tensor]], splits: Sequence[str],
                          global_subsample: int | None = None) -> dict[int, dict[Any, dict[str, EvalSums]]]:

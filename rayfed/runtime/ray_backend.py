@@ -1,7 +1,8 @@
 """Ray at the edge: client actors, the driver actor, and the executor that connects them.
 
-Each client is an actor with an explicit CPU share and a (fractional) GPU share; it loads the
-frozen backbone once and keeps its shard for the whole run. The driver actor owns the global
+Client work runs on worker actors, each with an explicit CPU share and a (fractional) GPU
+share; a worker loads the frozen backbone once and keeps its clients' shards for the whole run
+(``runtime.num_workers`` workers; one per client when unset). The driver actor owns the global
 prompt. Only prompts, counts and metrics cross process boundaries.
 """
 
@@ -17,6 +18,7 @@ import torch
 from rayfed.config import ConfigError, ExperimentConfig, RayConfig
 from rayfed.data.partition import FederatedData, global_sets_of
 from rayfed.runtime.driver import Driver
+from rayfed.runtime.placement import by_worker, num_workers
 from rayfed.runtime.worker import ClientWorker
 
 
@@ -34,7 +36,8 @@ def start_ray(cfg: RayConfig) -> None:
 
 
 class RayExecutor:
-    """Dispatches client work to actors; client ``i`` lives on actor ``i``."""
+    """Dispatches client work to worker actors; client ``i`` lives on actor ``i % len(actors)``
+    (``rayfed.runtime.placement``), and each actor gets one call per phase for all its clients."""
 
     def __init__(self, actors: Sequence[Any]):
         self.actors = list(actors)
@@ -43,18 +46,13 @@ class RayExecutor:
         return ray.get(self.actors[0].initial_prompt.remote())
 
     def each(self, method: str, args_by_client: dict[int, tuple]) -> dict[int, Any]:
-        """Call ``method(client_id, *args)`` on every client's actor at once; gather by client id.
-        A tensor passed to many clients (the global prompt) goes into the object store once."""
-        ids = sorted(args_by_client)
-        shared: dict[int, Any] = {}
-
-        def put(arg: Any) -> Any:
-            if isinstance(arg, torch.Tensor):
-                return shared.setdefault(id(arg), ray.put(arg))
-            return arg
-
-        refs = [getattr(self.actors[cid], method).remote(cid, *map(put, args_by_client[cid])) for cid in ids]
-        return dict(zip(ids, ray.get(refs)))
+        """``method(client_id, *args)`` for every client, all workers at once; gathered by id."""
+        groups = by_worker(args_by_client.items(), len(self.actors))
+        refs = [self.actors[w].each.remote(method, group) for w, group in enumerate(groups) if group]
+        results: dict[int, Any] = {}
+        for part in ray.get(refs):
+            results.update(part)
+        return dict(sorted(results.items()))
 
     def sharded(self, method: str, args: tuple) -> list[Any]:
         n = len(self.actors)
@@ -74,31 +72,35 @@ class RemoteDriver:
         return lambda *args: ray.get(method.remote(*args))
 
 
-def check_resources(cfg: ExperimentConfig, num_clients: int) -> None:
+def check_resources(cfg: ExperimentConfig, workers: int) -> None:
     """Fail fast, naming the keys, when the actors cannot all be placed at once: Ray would
     otherwise leave the last ones pending and the run would hang without an error."""
     r, total = cfg.runtime, ray.cluster_resources()
-    need_cpu = num_clients * r.num_cpus_per_client + r.num_cpus_driver
-    need_gpu = num_clients * r.num_gpus_per_client
+    need_cpu = workers * r.num_cpus_per_worker + r.num_cpus_driver
+    need_gpu = workers * r.num_gpus_per_worker
+    fewer = " or runtime.num_workers" if workers > 1 else ""
     if need_cpu > total.get("CPU", 0) + 1e-9:
         raise ConfigError(
-            f"{num_clients} client actors x runtime.num_cpus_per_client ({r.num_cpus_per_client}) + "
+            f"{workers} worker actors x runtime.num_cpus_per_worker ({r.num_cpus_per_worker}) + "
             f"runtime.num_cpus_driver ({r.num_cpus_driver}) = {need_cpu:g} CPUs, but the Ray cluster has "
-            f"{total.get('CPU', 0):g}; lower runtime.num_cpus_per_client (fractions are fine)")
+            f"{total.get('CPU', 0):g}; lower runtime.num_cpus_per_worker (fractions are fine){fewer}")
     if need_gpu > total.get("GPU", 0) + 1e-9:
         raise ConfigError(
-            f"{num_clients} client actors x runtime.num_gpus_per_client ({r.num_gpus_per_client}) = "
+            f"{workers} worker actors x runtime.num_gpus_per_worker ({r.num_gpus_per_worker}) = "
             f"{need_gpu:g} GPUs, but the Ray cluster has {total.get('GPU', 0):g}; lower "
-            f"runtime.num_gpus_per_client or set it to 0 to run on CPUs")
+            f"runtime.num_gpus_per_worker{fewer}, or set it to 0 to run on CPUs")
 
 
 def launch(cfg: ExperimentConfig, data: FederatedData) -> tuple[RemoteDriver, list[Any]]:
-    """Start one client actor per client and the driver actor; wait until all are ready."""
+    """Start the worker actors (each with its clients' shards) and the driver actor; wait until
+    all are ready."""
     r = cfg.runtime
-    check_resources(cfg, len(data.clients))
-    client_actor = ray.remote(ClientWorker).options(num_cpus=r.num_cpus_per_client, num_gpus=r.num_gpus_per_client)
+    workers = num_workers(cfg)
+    check_resources(cfg, workers)
+    worker_actor = ray.remote(ClientWorker).options(num_cpus=r.num_cpus_per_worker, num_gpus=r.num_gpus_per_worker)
     global_sets = ray.put(global_sets_of(data))  # stored once, not once per actor
-    actors = [client_actor.remote(cfg, [shard], global_sets, r.torch_threads) for shard in data.clients]
+    shards = by_worker(((c.client_id, c) for c in data.clients), workers)
+    actors = [worker_actor.remote(cfg, list(group.values()), global_sets, r.torch_threads) for group in shards]
     ray.get([a.ready.remote() for a in actors])  # surfaces load errors now, not mid-round
     driver = ray.remote(Driver).options(num_cpus=r.num_cpus_driver).remote(cfg, RayExecutor(actors))
     return RemoteDriver(driver), actors

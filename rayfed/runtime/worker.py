@@ -1,12 +1,15 @@
-"""A client worker: holds client shards and a resident frozen backbone; runs local work.
+"""A client worker: holds the shards of many clients and one resident frozen backbone.
 
-Plain Python: the Ray backend wraps it as an actor (one client per actor by default); the
-in-process executor uses one worker for every client. Only prompts, counts and metrics go in
-and out; the model never leaves. Every method that concerns one client takes its id first, so
-executors can dispatch any of them the same way.
+Plain Python: the Ray backend wraps it as an actor (``runtime.num_workers`` of them, each
+hosting the clients ``rayfed.runtime.placement`` assigns it); the in-process executor uses one
+worker for every client. Only prompts, counts and metrics go in and out; the model never
+leaves. Every method that concerns one client takes its id first, and :meth:`ClientWorker.each`
+runs one of them for many clients in one call, so executors dispatch them all the same way.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +22,8 @@ from rayfed.data.partition import ClientData
 from rayfed.local import evaluate
 from rayfed.metrics import GLOBAL_SPLITS
 from rayfed.model import build_prompt_model
-from rayfed.personalization import PersonalizeSettings, train_prompt_by_epoch
+from rayfed.personalization import PersonalizeSettings
+from rayfed.training import by_epoch, epoch_job, train_lockstep
 from rayfed.types import ClientUpdate, EvalSums, Example
 
 
@@ -37,7 +41,7 @@ class ClientWorker:
                  torch_threads: int | None = None):
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
-        use_gpu = cfg.runtime.num_gpus_per_client > 0 and torch.cuda.is_available()
+        use_gpu = cfg.runtime.num_gpus_per_worker > 0 and torch.cuda.is_available()
         self.cfg = cfg
         self.model = build_prompt_model(cfg.model, "cuda" if use_gpu else "cpu", seed=cfg.seed)
         self.algorithm = build_algorithm(cfg.algorithm)
@@ -50,6 +54,16 @@ class ClientWorker:
         d = self.cfg.data
         return tokenize(examples, self.model.tokenizer, d.max_source_tokens, d.max_target_tokens)
 
+    def each(self, method: str, args_by_client: dict[int, tuple]) -> dict[int, Any]:
+        """``self.method(client_id, *args)`` for each hosted client, ids ascending: one call per
+        worker per phase, however many clients it hosts. With ``runtime.batch_clients`` the
+        methods that have a batched twin (``_many_<method>``) run every client in lockstep."""
+        args_by_client = dict(sorted(args_by_client.items()))
+        many = getattr(self, f"_many_{method}", None)
+        if many is not None and self.cfg.runtime.batch_clients and len(args_by_client) > 1:
+            return many(args_by_client)
+        return {cid: getattr(self, method)(cid, *args) for cid, args in args_by_client.items()}
+
     def ready(self) -> list[int]:
         """The client ids hosted here (also a cheap readiness probe)."""
         return sorted(self.train)
@@ -59,19 +73,34 @@ class ClientWorker:
 
     def fit(self, client_id: int, global_prompt: torch.Tensor, round_idx: int) -> ClientUpdate:
         """One round of local work for ``client_id`` starting from ``global_prompt``."""
-        seed = derive_seed(self.cfg.seed, "client", round_idx, client_id)
-        delta, loss = self.algorithm.client_update(self.model, self.train[client_id], global_prompt, seed)
-        return ClientUpdate(client_id, delta, len(self.train[client_id]), loss)
+        return self._many_fit({client_id: (global_prompt, round_idx)})[client_id]
+
+    def _many_fit(self, args_by_client: dict[int, tuple[torch.Tensor, int]]) -> dict[int, ClientUpdate]:
+        ids = list(args_by_client)
+        updates = self.algorithm.client_updates(
+            self.model, [self.train[cid] for cid in ids], [args_by_client[cid][0] for cid in ids],
+            [derive_seed(self.cfg.seed, "client", args_by_client[cid][1], cid) for cid in ids],
+            self.cfg.runtime.max_batch_rows)
+        return {cid: ClientUpdate(cid, delta, len(self.train[cid]), loss) for cid, (delta, loss) in zip(ids, updates)}
 
     def personalize(self, client_id: int, global_prompt: torch.Tensor, settings: PersonalizeSettings,
                     ) -> tuple[dict[int, torch.Tensor], dict[int, float]]:
         """Fine-tune the global prompt on the client's train split (with the l2 pull toward it, if
         set). Returns the local prompt after each evaluated epoch and the mean train loss of each
         epoch; the batches depend only on (seed, client), not on which settings are searched."""
-        return train_prompt_by_epoch(
-            self.model, self.train[client_id], global_prompt, optimizer=settings.optimizer,
-            epochs=settings.epochs, keep_epochs=settings.eval_epochs(), batch_size=settings.batch_size,
-            seed=derive_seed(self.cfg.seed, "personalize", client_id), l2_strength=settings.l2_strength)
+        return self._many_personalize({client_id: (global_prompt, settings)})[client_id]
+
+    def _many_personalize(self, args_by_client: dict[int, tuple[torch.Tensor, PersonalizeSettings]],
+                          ) -> dict[int, tuple[dict[int, torch.Tensor], dict[int, float]]]:
+        z = next(iter(args_by_client.values()))[1]
+        if any(s != z for _, s in args_by_client.values()):  # one optimizer per lockstep; not so in a phase
+            return {cid: self._many_personalize({cid: args})[cid] for cid, args in args_by_client.items()}
+        jobs = {cid: epoch_job(self.train[cid], prompt, epochs=z.epochs, keep_epochs=z.eval_epochs(),
+                               batch_size=z.batch_size, seed=derive_seed(self.cfg.seed, "personalize", cid))
+                for cid, (prompt, _) in args_by_client.items()}
+        results = train_lockstep(self.model, list(jobs.values()), optimizer=z.optimizer, l2_strength=z.l2_strength,
+                                 max_rows=self.cfg.runtime.max_batch_rows)
+        return {cid: by_epoch(result, job, z.epochs) for (cid, job), result in zip(jobs.items(), results)}
 
     def evaluate_client(self, client_id: int, prompts: dict[str, torch.Tensor], splits: tuple[str, ...],
                         global_subsample: int | None = None) -> dict[str, dict[str, EvalSums]]:
@@ -82,9 +111,15 @@ class ClientWorker:
         return {key: {split: self._evaluate(data[split], prompt) for split in splits if data[split]}
                 for key, prompt in prompts.items()}
 
-    def evaluate_global(self, prompt: torch.Tensor, split: str, shard: int, num_shards: int) -> EvalSums:
-        """Evaluate every ``num_shards``-th example of a global set starting at ``shard``."""
-        return self._evaluate(self.global_sets[split][shard::num_shards], prompt)
+    def evaluate_global(self, prompt: torch.Tensor, split: str, shard: int, num_shards: int) -> dict[int, EvalSums]:
+        """Evaluate pieces ``shard, shard + num_shards, ...`` of a global set, by piece index.
+
+        A piece is ``eval.batch_size`` consecutive examples whatever the number of workers, so
+        each piece's numbers, and their sum in piece order, do not depend on how many share them.
+        """
+        data, size = self.global_sets[split], self.cfg.eval.batch_size
+        return {piece: self._evaluate(data[piece * size:(piece + 1) * size], prompt)
+                for piece in range(shard, -(-len(data) // size), num_shards)}
 
     def _client_split(self, client_id: int, split: str, global_subsample: int | None) -> list[TokenizedExample]:
         if split in self.local:

@@ -26,15 +26,25 @@ def test_ray_run_with_four_client_actors_lowers_global_loss_and_personalizes(ray
     wait_for_resources(ray_session, "CPU", 2.0)  # the actors were killed at the end
 
 
-def test_ray_and_in_process_executors_give_the_same_prompt(ray_session, tiny_config, tmp_path):
+def test_ray_and_in_process_executors_give_the_same_prompt_whatever_the_number_of_workers(
+        ray_session, tiny_config, tmp_path):
+    """One worker for all four clients, two workers of two, one per client: the same numbers,
+    bit for bit (every actor runs one torch thread); the in-process executor agrees, and so do
+    two workers that each train their clients in one batched pass (up to rounding)."""
     prompts, summaries = {}, {}
-    for executor in ("ray", "local"):
-        cfg = tiny_config(f"runtime.executor={executor}", "algorithm.clients_per_round=3",
-                          f"output_dir={tmp_path / executor}")
-        summaries[executor] = run_experiment(cfg, loggers=[])
-        prompts[executor] = load_prompt(Path(cfg.output_dir) / "global_prompt.safetensors")[0]
-    assert torch.allclose(prompts["ray"], prompts["local"], atol=1e-5)
-    assert summaries["ray"]["final"]["loss"] == pytest.approx(summaries["local"]["final"]["loss"], rel=1e-5)
+    for name, overrides in {"ray-1": ["runtime.num_workers=1"], "ray-2": ["runtime.num_workers=2"],
+                            "ray-4": ["runtime.num_workers=null"], "local": ["runtime.executor=local"],
+                            "ray-2-batched": ["runtime.num_workers=2", "runtime.batch_clients=true"]}.items():
+        cfg = tiny_config("algorithm.clients_per_round=3", f"output_dir={tmp_path / name}", *overrides)
+        summaries[name] = run_experiment(cfg, loggers=[])
+        prompts[name] = load_prompt(Path(cfg.output_dir) / "global_prompt.safetensors")[0]
+    for name in ("ray-1", "ray-2"):
+        assert torch.equal(prompts[name], prompts["ray-4"]), name
+        assert summaries[name]["final"] == summaries["ray-4"]["final"], name
+        assert summaries[name]["clients"] == summaries["ray-4"]["clients"], name
+    for name in ("local", "ray-2-batched"):
+        assert torch.allclose(prompts["ray-4"], prompts[name], atol=1e-5), name
+        assert summaries["ray-4"]["final"]["loss"] == pytest.approx(summaries[name]["final"]["loss"], rel=1e-5)
 
 
 def test_fractional_gpu_client_actors_schedule_and_train(ray_session, tiny_config):
@@ -42,7 +52,7 @@ def test_fractional_gpu_client_actors_schedule_and_train(ray_session, tiny_confi
     from rayfed.data.sources import federated_data
     from rayfed.runtime import ray_backend
 
-    cfg = tiny_config("runtime.num_gpus_per_client=0.25", "eval.local=false")
+    cfg = tiny_config("runtime.num_gpus_per_worker=0.25", "eval.local=false")
     driver, actors = ray_backend.launch(cfg, federated_data(cfg))
     try:
         assert ray_session.available_resources().get("GPU", 0) == pytest.approx(0.0)
@@ -64,9 +74,10 @@ def test_actors_that_cannot_all_fit_fail_fast_naming_the_key(ray_session, tiny_c
     from rayfed.config import ConfigError
     from rayfed.runtime.ray_backend import check_resources
 
-    cfg = tiny_config("runtime.num_cpus_per_client=0.5")  # 4 x 0.5 + 0.1 driver > 2 CPUs
-    with pytest.raises(ConfigError, match="runtime.num_cpus_per_client"):
+    cfg = tiny_config("runtime.num_cpus_per_worker=0.5")  # 4 x 0.5 + 0.1 driver > 2 CPUs
+    with pytest.raises(ConfigError, match="runtime.num_cpus_per_worker.*runtime.num_workers"):
         check_resources(cfg, 4)
-    with pytest.raises(ConfigError, match="runtime.num_gpus_per_client"):
-        check_resources(tiny_config("runtime.num_gpus_per_client=0.5"), 4)
+    check_resources(cfg, 2)  # two workers of two clients fit
+    with pytest.raises(ConfigError, match="runtime.num_gpus_per_worker"):
+        check_resources(tiny_config("runtime.num_gpus_per_worker=0.5"), 4)
     check_resources(tiny_config(), 4)  # 4 x 0.25 + 0.1 fits

@@ -1,0 +1,196 @@
+"""Local prompt training: one client, or many clients in lockstep with one backbone pass per step.
+
+The backbone is frozen and a client owns only its soft prompt, so the clients a worker hosts can
+share a forward/backward: each row carries its own client's prompt, and the objective is the sum
+of the clients' own objectives (mean loss over the client's batch, plus its l2 pull). A client's
+gradient is then exactly its own, and since every prompt is a separate parameter of one
+elementwise optimizer (SGD, Adam, AdamW), each is updated as its own optimizer would. A client
+with fewer steps than the others stops taking part: its parameter gets no gradient, and torch
+optimizers skip a parameter without one (no momentum, no step count, no weight decay).
+
+One client alone is the ordinary local training path (``rayfed.local.train_prompt`` and
+personalization call this with a single job), so batched and per-client training run the same
+code and differ only by floating-point rounding in the shared matrix products.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rayfed.config import OptimizerConfig
+from rayfed.core.regularization import l2_penalty
+from rayfed.data.formatting import TokenizedExample
+from rayfed.local import batches, make_optimizer, per_example_loss
+from rayfed.model import PromptModel
+
+
+@dataclass(frozen=True)
+class PromptJob:
+    """One client's local training.
+
+    Attributes:
+        data: The client's tokenized training examples.
+        init_prompt: The prompt it starts from, ``[virtual, hidden]``.
+        plan: Index batches into ``data``, one per step (``rayfed.local.batches``).
+        keep_steps: Step counts after which to return the prompt (0: the initial prompt).
+        l2_reference: The prompt the l2 pull is toward (None: no pull).
+    """
+
+    data: Sequence[TokenizedExample]
+    init_prompt: torch.Tensor
+    plan: Sequence[np.ndarray]
+    keep_steps: frozenset[int]
+    l2_reference: torch.Tensor | None = None
+
+
+@dataclass
+class JobResult:
+    prompts: dict[int, torch.Tensor]  # step count -> detached CPU prompt
+    losses: list[float]  # mean batch loss of every step
+
+
+def groups(jobs: Sequence[PromptJob], max_rows: int) -> Iterator[list[int]]:
+    """Consecutive job indices whose widest batches together stay within ``max_rows`` rows
+    (a job wider than that forms a group alone)."""
+    group: list[int] = []
+    rows = 0
+    for i, job in enumerate(jobs):
+        width = max((len(b) for b in job.plan), default=0)
+        if group and rows + width > max_rows:
+            yield group
+            group, rows = [], 0
+        group.append(i)
+        rows += width
+    if group:
+        yield group
+
+
+def train_lockstep(model: PromptModel, jobs: Sequence[PromptJob], *, optimizer: OptimizerConfig,
+                   l2_strength: float = 0.0, max_rows: int | None = None) -> list[JobResult]:
+    """Train every job's prompt; jobs run together in groups of at most ``max_rows`` rows per pass
+    (None: all together). Returns each job's kept prompts and per-step losses, in job order."""
+    results: list[JobResult | None] = [None] * len(jobs)
+    for group in groups(jobs, max_rows) if max_rows else [list(range(len(jobs)))]:
+        for i, result in zip(group, _train_group(model, [jobs[i] for i in group], optimizer, l2_strength)):
+            results[i] = result
+    return results  # type: ignore[return-value]
+
+
+def _train_group(model: PromptModel, jobs: Sequence[PromptJob], optimizer: OptimizerConfig,
+                 l2_strength: float) -> list[JobResult]:
+    device = model.device
+    params = [torch.nn.Parameter(job.init_prompt.detach().to(device, torch.float32, copy=True)) for job in jobs]
+    refs = [job.l2_reference.to(device) if job.l2_reference is not None and l2_strength > 0 else None
+            for job in jobs]
+    opt = make_optimizer(params, optimizer)
+    results = [JobResult({0: job.init_prompt.detach().to("cpu", copy=True)} if 0 in job.keep_steps else {}, [])
+               for job in jobs]
+    for step in range(max(len(job.plan) for job in jobs)):
+        active = [j for j, job in enumerate(jobs) if step < len(job.plan)]
+        rows = [[jobs[j].data[i] for i in jobs[j].plan[step]] for j in active]
+        prompts = torch.cat([params[j].unsqueeze(0).expand(len(r), -1, -1) for j, r in zip(active, rows)])
+        losses = per_example_loss(model, [ex for r in rows for ex in r], prompts)
+        objective = losses.new_zeros(())
+        means = []
+        for j, part in zip(active, losses.split([len(r) for r in rows])):
+            mean = part.mean()
+            means.append(mean)
+            objective = objective + mean
+            if refs[j] is not None:
+                objective = objective + l2_penalty(params[j], refs[j], l2_strength)
+        opt.zero_grad(set_to_none=True)
+        objective.backward()
+        opt.step()
+        for j, mean in zip(active, torch.stack(means).tolist()):
+            results[j].losses.append(mean)
+            if step + 1 in jobs[j].keep_steps:
+                results[j].prompts[step + 1] = params[j].detach().to("cpu", copy=True)
+    return results
+
+
+def gradients_lockstep(model: PromptModel, batches: Sequence[Sequence[TokenizedExample]],
+                       prompts: Sequence[torch.Tensor], max_rows: int | None = None,
+                       ) -> list[tuple[torch.Tensor, float]]:
+    """Each client's gradient of its mean batch loss at its prompt, and that loss: one pass per
+    group of at most ``max_rows`` rows."""
+    jobs = [PromptJob(b, p, [np.arange(len(b))], frozenset()) for b, p in zip(batches, prompts)]
+    out: list[tuple[torch.Tensor, float]] = []
+    for group in groups(jobs, max_rows) if max_rows else [list(range(len(jobs)))]:
+        params = [torch.nn.Parameter(prompts[i].detach().to(model.device, torch.float32, copy=True)) for i in group]
+        rows = [list(batches[i]) for i in group]
+        stacked = torch.cat([p.unsqueeze(0).expand(len(r), -1, -1) for p, r in zip(params, rows)])
+        losses = per_example_loss(model, [ex for r in rows for ex in r], stacked)
+        means = [part.mean() for part in losses.split([len(r) for r in rows])]
+        torch.stack(means).sum().backward()
+        out += [(p.grad.detach().to("cpu", copy=True), m.item()) for p, m in zip(params, means)]
+    return out
+
+
+# --- One client: the ordinary local training path, a lockstep of one ---------------------------
+
+
+def train_prompt(model: PromptModel, data: Sequence[TokenizedExample], init_prompt: torch.Tensor, *,
+                 optimizer: OptimizerConfig, num_steps: int, batch_size: int, seed: int,
+                 l2_reference: torch.Tensor | None = None, l2_strength: float = 0.0,
+                 ) -> tuple[torch.Tensor, float]:
+    """Train the prompt from ``init_prompt`` with a fresh optimizer; return it and the mean loss.
+
+    With ``l2_strength > 0`` the objective adds ``l2_strength / 2 * ||p - l2_reference||^2``.
+    """
+    [result] = train_lockstep(model, [step_job(data, init_prompt, num_steps, batch_size, seed, l2_reference)],
+                              optimizer=optimizer, l2_strength=l2_strength)
+    return result.prompts[num_steps], float(np.mean(result.losses))
+
+
+def step_job(data: Sequence[TokenizedExample], init_prompt: torch.Tensor, num_steps: int, batch_size: int,
+             seed: int, l2_reference: torch.Tensor | None = None) -> PromptJob:
+    """``num_steps`` steps over fresh permutations drawn from ``seed``; the last prompt kept."""
+    plan = batches(len(data), batch_size, num_steps, np.random.default_rng(seed))
+    return PromptJob(data, init_prompt, plan, frozenset({num_steps}), l2_reference)
+
+
+def epoch_job(data: Sequence[TokenizedExample], init_prompt: torch.Tensor, *, epochs: int,
+              keep_epochs: Sequence[int], batch_size: int, seed: int) -> PromptJob:
+    """``epochs`` passes, keeping the prompt after each epoch in ``keep_epochs``; the l2 pull (if
+    any) is toward ``init_prompt``. The batches are those of :func:`step_job` with
+    ``epochs * ceil(n / batch_size)`` steps, so the last prompt equals :func:`train_prompt`'s."""
+    per_epoch = math.ceil(len(data) / batch_size)
+    plan = batches(len(data), batch_size, epochs * per_epoch, np.random.default_rng(seed))
+    return PromptJob(data, init_prompt, plan, frozenset(e * per_epoch for e in keep_epochs), init_prompt)
+
+
+def by_epoch(result: JobResult, job: PromptJob, epochs: int) -> tuple[dict[int, torch.Tensor], dict[int, float]]:
+    """An :func:`epoch_job`'s result as (prompt after each kept epoch, mean loss of every epoch)."""
+    per_epoch = len(job.plan) // epochs
+    prompts = {step // per_epoch: prompt for step, prompt in result.prompts.items()}
+    losses = {e: float(np.mean(result.losses[(e - 1) * per_epoch: e * per_epoch])) for e in range(1, epochs + 1)}
+    return prompts, losses
+
+
+def train_prompt_by_epoch(model: PromptModel, data: Sequence[TokenizedExample], init_prompt: torch.Tensor, *,
+                          optimizer: OptimizerConfig, epochs: int, keep_epochs: Sequence[int], batch_size: int,
+                          seed: int, l2_strength: float = 0.0) -> tuple[dict[int, torch.Tensor], dict[int, float]]:
+    """Train from ``init_prompt`` for ``epochs`` passes with one optimizer (:func:`epoch_job`);
+    return the prompt after each epoch in ``keep_epochs`` (0: the initial prompt) and each
+    epoch's mean training loss."""
+    job = epoch_job(data, init_prompt, epochs=epochs, keep_epochs=keep_epochs, batch_size=batch_size, seed=seed)
+    [result] = train_lockstep(model, [job], optimizer=optimizer, l2_strength=l2_strength)
+    return by_epoch(result, job, epochs)
+
+
+def prompt_gradient(model: PromptModel, data: Sequence[TokenizedExample], prompt: torch.Tensor, *,
+                    batch_size: int, seed: int) -> tuple[torch.Tensor, float]:
+    """Gradient of the loss at ``prompt`` on one batch (the whole split if it fits)."""
+    [result] = gradients_lockstep(model, [gradient_batch(data, batch_size, seed)], [prompt])
+    return result
+
+
+def gradient_batch(data: Sequence[TokenizedExample], batch_size: int, seed: int) -> list[TokenizedExample]:
+    """FedSGD's one batch: ``batch_size`` examples drawn from ``seed`` (all if they fit)."""
+    idx = batches(len(data), min(batch_size, len(data)), 1, np.random.default_rng(seed))[0]
+    return [data[i] for i in idx]

@@ -1,0 +1,59 @@
+"""Many clients in lockstep (one backbone pass per step) train exactly as one client at a time."""
+
+import pytest
+import torch
+
+from rayfed.algorithms.fedavg import FedAvg
+from rayfed.config import OptimizerConfig
+from rayfed.data.formatting import tokenize
+from rayfed.data.synthetic import generate_synthetic
+from rayfed.model import build_prompt_model
+from rayfed.training import epoch_job, by_epoch, train_lockstep
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_overrides):
+    from rayfed.config import load_config
+
+    cfg = load_config(None, tiny_overrides)
+    model = build_prompt_model(cfg.model, seed=0)
+    examples = generate_synthetic(12, seed=3, tasks=["copy", "add", "topic", "reverse_words"])
+    sizes = [3, 7, 12, 5]  # unequal shards: with local epochs the clients take 1 to 3 steps
+    shards, start = [], 0
+    for n in sizes:
+        shards.append(tokenize(examples[start:start + n], model.tokenizer, 64, 16))
+        start += n
+    torch.manual_seed(0)
+    prompts = [model.get_prompt() + 0.05 * torch.randn_like(model.get_prompt()) for _ in sizes]
+    return model, shards, prompts
+
+
+@pytest.mark.parametrize("optimizer", [OptimizerConfig("sgd", 0.3, momentum=0.9), OptimizerConfig("adam", 0.05),
+                                       OptimizerConfig("adamw", 0.05, weight_decay=0.1)])
+def test_fedavg_clients_in_lockstep_equal_one_at_a_time(setup, optimizer):
+    model, shards, prompts = setup
+    algo = FedAvg(optimizer, batch_size=4, local_steps=None, local_epochs=1)
+    seeds = [11, 12, 13, 14]
+    alone = [algo.client_updates(model, [s], [p], [seed])[0] for s, p, seed in zip(shards, prompts, seeds)]
+    for max_rows in (None, 8):  # all four clients in one pass; groups of two
+        together = algo.client_updates(model, shards, prompts, seeds, max_rows=max_rows)
+        for (d1, l1), (d2, l2) in zip(alone, together):
+            assert torch.allclose(d1, d2, atol=1e-6, rtol=1e-5)
+            assert l1 == pytest.approx(l2, rel=1e-5)
+    assert not torch.allclose(alone[0][0], alone[1][0])  # the clients did train differently
+
+
+def test_personalization_in_lockstep_equals_one_at_a_time_with_the_l2_pull(setup):
+    model, shards, prompts = setup
+    kw = dict(epochs=3, keep_epochs=[0, 2, 3], batch_size=4)
+    jobs = [epoch_job(s, p, seed=i, **kw) for i, (s, p) in enumerate(zip(shards, prompts))]
+    opt = OptimizerConfig("sgd", 0.3)
+    alone = [train_lockstep(model, [job], optimizer=opt, l2_strength=0.5)[0] for job in jobs]
+    together = train_lockstep(model, jobs, optimizer=opt, l2_strength=0.5)
+    for job, a, b in zip(jobs, alone, together):
+        (pa, la), (pb, lb) = by_epoch(a, job, 3), by_epoch(b, job, 3)
+        assert sorted(pa) == sorted(pb) == [0, 2, 3] and sorted(la) == [1, 2, 3]
+        for epoch in pa:
+            assert torch.allclose(pa[epoch], pb[epoch], atol=1e-4, rtol=1e-4), (pa[epoch] - pb[epoch]).abs().max()
+        assert la == pytest.approx(lb, rel=1e-5)
+        assert (pa[3] - pa[0]).abs().max() > 1e-2  # far more than the rounding allowed above
