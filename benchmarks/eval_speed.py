@@ -1,10 +1,16 @@
-"""Evaluation speed: rayfed's fused evaluate against the two-pass reference, in one run.
+"""Evaluation speed: rayfed's fused, pooled evaluation against the two-pass reference, in one run.
 
-``rayfed.local.evaluate`` used to run, per batch, a teacher-forced forward for the loss and then
-``generate`` (a second prefill of the same sources, then a KV-cache greedy loop). It now gets
-both from one forward per example. This times both paths on the quickstart evaluation workload
-(the initial prompt on the global test set and on every client's test split, the config's
-eval.batch_size and eval.max_new_tokens) and checks that they report the same numbers.
+Evaluation used to run, per batch, a teacher-forced forward for the loss and then ``generate``
+(a second prefill of the same sources, then a KV-cache greedy loop). ``rayfed.evaluation`` gets
+both from one forward per example, and ``evaluate_many`` pools the rows of many (split, prompt)
+pairs into full passes. This times three paths on the quickstart evaluation workload (the
+initial prompt on the global test set and on every client's test split, the config's
+eval.batch_size and eval.max_new_tokens) and checks that they report the same numbers:
+
+- old: per batch, ``per_example_loss`` then ``generate``;
+- fused: ``evaluate`` on one split at a time (a worker hosting one client);
+- pooled: as a worker hosting every client evaluates (``runtime.num_workers=1``,
+  ``runtime.batch_clients=true``): the global set in its fixed pieces, the clients' splits pooled.
 
     .venv/bin/python benchmarks/eval_speed.py                        # SmolLM2-135M, a few minutes
     .venv/bin/python benchmarks/eval_speed.py --model tiny-llama     # synthetic data, seconds
@@ -26,7 +32,8 @@ import torch
 from rayfed.config import load_config
 from rayfed.data.formatting import TokenizedExample, tokenize
 from rayfed.data.sources import federated_data
-from rayfed.local import evaluate, generate, per_example_loss
+from rayfed.evaluation import evaluate, evaluate_many, generate
+from rayfed.local import per_example_loss
 from rayfed.metrics import exact_match, rouge_l
 from rayfed.model import TINY_LLAMA, PromptModel, build_prompt_model
 from rayfed.types import EvalSums
@@ -52,11 +59,31 @@ def reference_evaluate(model: PromptModel, data: list[TokenizedExample], prompt:
     return total
 
 
-def run_all(fn: Evaluate, model: PromptModel, splits: list[list[TokenizedExample]], prompt: torch.Tensor,
+Path = Callable[[PromptModel, list[list[TokenizedExample]], torch.Tensor, int, int], list[EvalSums]]
+
+
+def one_at_a_time(fn: Evaluate) -> Path:
+    def run(model, splits, prompt, batch_size, max_new_tokens):
+        return [fn(model, s, prompt, batch_size=batch_size, max_new_tokens=max_new_tokens) for s in splits]
+    return run
+
+
+def pooled(n_pieces: int) -> Path:
+    """The first ``n_pieces`` splits are the global set's pieces, each alone (as
+    ClientWorker.evaluate_global); the clients' splits go in one evaluate_many (as
+    ClientWorker.each("evaluate_client") with batch_clients)."""
+    def run(model, splits, prompt, batch_size, max_new_tokens):
+        kw = dict(batch_size=batch_size, max_new_tokens=max_new_tokens)
+        return ([evaluate(model, piece, prompt, **kw) for piece in splits[:n_pieces]]
+                + evaluate_many(model, [(s, prompt) for s in splits[n_pieces:]], **kw))
+    return run
+
+
+def run_all(fn: Path, model: PromptModel, splits: list[list[TokenizedExample]], prompt: torch.Tensor,
             batch_size: int, max_new_tokens: int) -> tuple[float, list[EvalSums]]:
     """Evaluate ``prompt`` on every split with ``fn``; return the seconds taken and the sums."""
     start = time.perf_counter()
-    sums = [fn(model, s, prompt, batch_size=batch_size, max_new_tokens=max_new_tokens) for s in splits]
+    sums = fn(model, splits, prompt, batch_size, max_new_tokens)
     return time.perf_counter() - start, sums
 
 
@@ -87,9 +114,13 @@ def main() -> None:
         # As rayfed/runtime/worker.py tokenizes each split.
         return tokenize(examples, model.tokenizer, d.max_source_tokens, d.max_target_tokens)
 
-    splits = [tok(data.global_test)] + [tok(c.test) for c in data.clients]
+    # The global set in its pieces of eval.batch_size, as every path evaluates it in a run.
+    glob = tok(data.global_test)
+    pieces = [glob[i:i + e.batch_size] for i in range(0, len(glob), e.batch_size)]
+    splits = pieces + [tok(c.test) for c in data.clients]
     prompt = model.get_prompt()
-    paths: dict[str, Evaluate] = {"old (loss + generate)": reference_evaluate, "new (fused)": evaluate}
+    paths: dict[str, Path] = {"old (loss + generate)": one_at_a_time(reference_evaluate),
+                              "fused (split by split)": one_at_a_time(evaluate), "fused + pooled": pooled(len(pieces))}
     times: dict[str, list[float]] = {name: [] for name in paths}
     sums: dict[str, list[EvalSums]] = {}
     for rep in range(args.repeats + 1):
@@ -100,21 +131,22 @@ def main() -> None:
                 times[name].append(seconds)
             print(f"pass {rep}{' (warm-up)' if rep == 0 else ''}: {name} {seconds:.2f} s", flush=True)
 
-    old, new = (sums[name] for name in paths)
-    ok = all(agree(a, b) for a, b in zip(old, new))
+    old = sums[next(iter(paths))]
+    ok = all(agree(a, b) for name in paths for a, b in zip(old, sums[name]))
     n_examples = sum(len(s) for s in splits)
-    print(f"model {cfg.model.name} ({config}), {len(splits)} splits / {n_examples} examples, "
+    print(f"model {cfg.model.name} ({config}), {len(pieces)} global pieces + {len(splits) - len(pieces)} client "
+          f"splits / {n_examples} examples, "
           f"eval batch {e.batch_size}, max_new_tokens {e.max_new_tokens}, {args.threads} threads, "
           f"{args.repeats} timed passes")
     best_old = min(times[next(iter(paths))])
-    print(f"{'path':<24}{'best (s)':>10}{'mean (s)':>10}{'old/new':>9}")
+    print(f"{"path":<26}{'best (s)':>10}{'mean (s)':>10}{'speed-up':>9}")
     for name, ts in times.items():
-        print(f"{name:<24}{min(ts):>10.2f}{statistics.mean(ts):>10.2f}{best_old / min(ts):>8.2f}x")
+        print(f"{name:<26}{min(ts):>10.2f}{statistics.mean(ts):>10.2f}{best_old / min(ts):>8.2f}x")
     for name, s in sums.items():
         t = sum(s, EvalSums())
-        print(f"{name:<24}count {t.count}  loss {t.loss:.6f}  exact_match {t.exact_match:g}  rouge_l {t.rouge_l:.6f}")
-    print("EvalSums agree on every split (counts, exact match, ROUGE-L equal; loss rtol 1e-4):", ok)
-    assert ok, list(zip(old, new))
+        print(f"{name:<26}count {t.count}  loss {t.loss:.6f}  exact_match {t.exact_match:g}  rouge_l {t.rouge_l:.6f}")
+    print("EvalSums agree on every piece and split (counts, exact match, ROUGE-L equal; loss rtol 1e-4):", ok)
+    assert ok, sums
 
 
 if __name__ == "__main__":

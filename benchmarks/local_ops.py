@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from rayfed.config import load_config
 from rayfed.data.formatting import collate_generate, collate_train, tokenize
 from rayfed.data.synthetic import generate_synthetic
-from rayfed.local import generate, per_example_loss
+from rayfed.evaluation import generate
+from rayfed.local import per_example_loss
 from rayfed.model import build_prompt_model
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
 
-import rayfed.local as local
+import rayfed.evaluation as local
 from rayfed.config import OptimizerConfig
 from rayfed.data.formatting import TokenizedExample, tokenize
 from rayfed.data.synthetic import generate_synthetic
-from rayfed.local import evaluate, generate, per_example_loss
+from rayfed.evaluation import evaluate, evaluate_many, generate
+from rayfed.local import per_example_loss
 from rayfed.training import train_prompt
 from rayfed.metrics import exact_match, rouge_l
 from rayfed.model import PromptModel, build_prompt_model
@@ -67,3 +69,33 @@ def test_fused_evaluate_matches_the_reference(tiny_config, monkeypatch, trained,
     assert any(texts)
     assert (new.count, new.exact_match, new.rouge_l) == (old.count, old.exact_match, old.rouge_l)
     assert math.isclose(new.loss, old.loss, rel_tol=1e-4)
+
+
+def test_pooled_evaluation_of_many_prompts_and_datasets_matches_each_alone(tiny_config, monkeypatch):
+    """A client's splits x its prompts (and other clients') share passes, with each pair's numbers
+    and each row's generated text."""
+    model = build_prompt_model(tiny_config().model, seed=0)
+    data = examples(model)
+    trained, _ = train_prompt(model, data, model.get_prompt(), optimizer=OptimizerConfig("adam", 0.05),
+                              num_steps=30, batch_size=8, seed=0)
+    prompts = [model.get_prompt(), trained, 0.5 * (model.get_prompt() + trained)]
+    datasets = [data[:5], data[5:], data]
+    jobs = [(d, p) for p in prompts for d in datasets]
+    generated: list[tuple[tuple[int, ...], str]] = []
+    score_and_generate = local._score_and_generate
+
+    def spy(model, rows, *args, **kwargs):
+        losses, predictions = score_and_generate(model, rows, *args, **kwargs)
+        generated.extend((r.source_ids, p) for r, p in zip(rows, predictions))
+        return losses, predictions
+
+    monkeypatch.setattr(local, "_score_and_generate", spy)
+    pooled = evaluate_many(model, jobs, batch_size=4, max_new_tokens=8)
+    together, generated[:] = list(generated), []
+    for (d, p), result in zip(jobs, pooled):
+        alone = evaluate(model, d, p, batch_size=4, max_new_tokens=8)
+        assert (result.count, result.exact_match, result.rouge_l) == (alone.count, alone.exact_match, alone.rouge_l)
+        assert math.isclose(result.loss, alone.loss, rel_tol=1e-5)
+    assert Counter(together) == Counter(generated)  # the same text for every (row, prompt)
+    assert len({text for _, text in together}) > 3
+    assert len({round(r.loss, 3) for r in pooled}) == len(pooled)  # the pairs do score differently

@@ -77,7 +77,9 @@ def test_trials_that_differ_only_in_the_ratio_share_the_local_prompts(finished_r
     assert not first["local_prompts_reused"] and second["local_prompts_reused"]
     assert len(list(tmp_path.glob("*.safetensors"))) == 1
     row = {r["epoch"]: r for r in first["curve"]}
-    assert all(row[r["epoch"]]["local_val/loss_mean"] == r["local_val/loss_mean"]
+    # The same prompts; scored beside the ratio-0.5 prompts their passes are shared, so the
+    # numbers agree to rounding.
+    assert all(row[r["epoch"]]["local_val/loss_mean"] == pytest.approx(r["local_val/loss_mean"], rel=1e-6)
                for r in second["curve"] if r["interp_ratio"] == 1)
 
 

@@ -19,7 +19,7 @@ from rayfed.config import ExperimentConfig
 from rayfed.core.sampling import derive_seed
 from rayfed.data.formatting import TokenizedExample, tokenize
 from rayfed.data.partition import ClientData
-from rayfed.local import evaluate
+from rayfed.evaluation import evaluate_many
 from rayfed.metrics import GLOBAL_SPLITS
 from rayfed.model import build_prompt_model
 from rayfed.personalization import PersonalizeSettings
@@ -102,14 +102,32 @@ class ClientWorker:
                                  max_rows=self.cfg.runtime.max_batch_rows)
         return {cid: by_epoch(result, job, z.epochs) for (cid, job), result in zip(jobs.items(), results)}
 
-    def evaluate_client(self, client_id: int, prompts: dict[str, torch.Tensor], splits: tuple[str, ...],
-                        global_subsample: int | None = None) -> dict[str, dict[str, EvalSums]]:
+    def evaluate_client(self, client_id: int, prompts: dict[Any, torch.Tensor], splits: tuple[str, ...],
+                        global_subsample: int | None = None) -> dict[Any, dict[str, EvalSums]]:
         """Score each of a client's prompts (keyed by any label) on the given splits: its own
         ``local_val``/``local_test`` and the ``global_val``/``global_test`` sets, the latter on a
-        seeded per-client subsample of ``global_subsample`` examples if set."""
-        data = {split: self._client_split(client_id, split, global_subsample) for split in splits}
-        return {key: {split: self._evaluate(data[split], prompt) for split in splits if data[split]}
-                for key, prompt in prompts.items()}
+        seeded per-client subsample of ``global_subsample`` examples if set. Every (prompt,
+        split) pair shares the evaluation passes."""
+        return self._many_evaluate_client({client_id: (prompts, splits, global_subsample)})[client_id]
+
+    def _many_evaluate_client(self, args_by_client: dict[int, tuple[dict[Any, torch.Tensor], tuple[str, ...],
+                                                                      int | None]],
+                              ) -> dict[int, dict[Any, dict[str, EvalSums]]]:
+        keys, jobs = [], []
+        for cid, (prompts, splits, subsample) in args_by_client.items():
+            data = {split: self._client_split(cid, split, subsample) for split in splits}
+            for key, prompt in prompts.items():
+                for split in splits:
+                    if data[split]:
+                        keys.append((cid, key, split))
+                        jobs.append((data[split], prompt))
+        e = self.cfg.eval
+        sums = evaluate_many(self.model, jobs, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens)
+        out: dict[int, dict[Any, dict[str, EvalSums]]] = {
+            cid: {key: {} for key in prompts} for cid, (prompts, _, _) in args_by_client.items()}
+        for (cid, key, split), result in zip(keys, sums):
+            out[cid][key][split] = result
+        return out
 
     def evaluate_global(self, prompt: torch.Tensor, split: str, shard: int, num_shards: int) -> dict[int, EvalSums]:
         """Evaluate pieces ``shard, shard + num_shards, ...`` of a global set, by piece index.
@@ -132,4 +150,5 @@ class ClientWorker:
 
     def _evaluate(self, data: list[TokenizedExample], prompt: torch.Tensor) -> EvalSums:
         e = self.cfg.eval
-        return evaluate(self.model, data, prompt, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens)
+        return evaluate_many(self.model, [(data, prompt)], batch_size=e.batch_size,
+                             max_new_tokens=e.max_new_tokens)[0]
