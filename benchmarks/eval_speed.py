@@ -139,7 +139,7 @@ def main() -> None:
           f"eval batch {e.batch_size}, max_new_tokens {e.max_new_tokens}, {args.threads} threads, "
           f"{args.repeats} timed passes")
     best_old = min(times[next(iter(paths))])
-    print(f"{"path":<26}{'best (s)':>10}{'mean (s)':>10}{'speed-up':>9}")
+    print(f"{'path':<26}{'best (s)':>10}{'mean (s)':>10}{'speed-up':>9}")
     for name, ts in times.items():
         print(f"{name:<26}{min(ts):>10.2f}{statistics.mean(ts):>10.2f}{best_old / min(ts):>8.2f}x")
     for name, s in sums.items():
