@@ -68,6 +68,16 @@ class ClientWorker:
         """The client ids hosted here (also a cheap readiness probe)."""
         return sorted(self.train)
 
+    def device_stats(self) -> dict[str, Any]:
+        """Where this worker's backbone lives and, on a GPU, the memory it has used (MiB)."""
+        device = self.model.device
+        stats: dict[str, Any] = {"device": str(device), "clients": len(self.train)}
+        if device.type == "cuda":
+            stats.update(gpu=torch.cuda.get_device_name(device),
+                         max_allocated_mib=torch.cuda.max_memory_allocated(device) / 2**20,
+                         reserved_mib=torch.cuda.memory_reserved(device) / 2**20)
+        return stats
+
     def initial_prompt(self) -> torch.Tensor:
         return self.model.get_prompt()
 
