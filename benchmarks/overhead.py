@@ -12,11 +12,13 @@ Paths, each from a cold start (its own Ray instance, model loads and data shippi
   local steps with the same code (``algorithm.client_updates``, one client at a time) and no
   framework; the parent aggregates and steps the server optimizer.
 
-Every path runs the same sampled clients from the same seed; the table says whether each ends
-on the bound's prompt (``equal``: bit for bit; ``close``: within rounding, the batched pass).
-Training time per round is the median over rounds after the first; memory is the machine's
-used memory above what it was before the path started, sampled every 0.2 s (all processes:
-actors, Ray's own daemons, this one).
+Each path runs in a fresh process, so its start-up and memory are its own. Every path runs the
+same sampled clients from the same seed; the table gives how far each final prompt is from the
+bound's (bit-identical, except the batched pass, whose rounding differs).
+Training time per round is the median over rounds after the first; memory is the peak
+proportional set size (PSS) of the path's process tree, sampled every 0.25 s: the process, the
+Ray daemons and actors it starts, the bound's two workers (shared pages are split between the
+processes that map them, not counted twice).
 
     .venv/bin/python benchmarks/overhead.py --workload tiny-100      # overhead-dominated, ~3 min
     .venv/bin/python benchmarks/overhead.py --workload smollm2       # compute-bound, ~6 min
@@ -26,15 +28,21 @@ actors, Ray's own daemons, this one).
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
+from safetensors.torch import load_file, save_file
 
 from rayfed.algorithms import build_algorithm
 from rayfed.config import ExperimentConfig, load_config
@@ -54,17 +62,49 @@ WORKLOADS: dict[str, tuple[str, list[str]]] = {
     "tiny-100": ("configs/smoke.yaml", [
         "partition.num_clients=100", "partition.train_examples=8", "partition.test_examples=2",
         "data.max_examples_per_task=100", "algorithm.clients_per_round=50", "algorithm.local_steps=1",
-        "algorithm.batch_size=4", "algorithm.rounds=6"]),
-    "clients-10k": ("configs/scale/clients-10k.yaml", ["algorithm.rounds=6"]),
+        "algorithm.batch_size=4", "algorithm.rounds=16"]),
+    "clients-10k": ("configs/scale/clients-10k.yaml", ["algorithm.rounds=11"]),
 }
 WORKERS = 2  # one per core of the development machines
 
 
-class MemorySampler:
-    """Peak of the machine's used memory above its value at start, sampled in a thread."""
+def settle(timeout: float = 60.0) -> None:
+    """Wait until no Ray daemon of an earlier path is left and used memory has stopped falling."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(
+            p.info["name"] in ("raylet", "gcs_server") for p in psutil.process_iter(["name"])):
+        time.sleep(0.5)
+    last = psutil.virtual_memory().used
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = psutil.virtual_memory().used
+        if now >= last - 2**24:  # within 16 MiB
+            return
+        last = now
 
-    def __init__(self, interval: float = 0.2):
-        self.base = psutil.virtual_memory().used
+
+def used_gib() -> float:
+    """Memory of this process and its descendants (every actor and Ray daemon it started), GiB."""
+    return round(tree_pss(psutil.Process()) / 2**30, 2)
+
+
+def tree_pss(root: psutil.Process) -> int:
+    """Proportional set size of a process and all its descendants (Ray's daemons and actors are
+    descendants of the process that started Ray), in bytes; shared pages are split, not repeated."""
+    total = 0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            total += proc.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+class MemorySampler:
+    """Peak memory of a process tree, sampled in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.25):
+        self.root = psutil.Process(pid)
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
@@ -72,7 +112,10 @@ class MemorySampler:
 
     def _run(self, interval: float) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, psutil.virtual_memory().used - self.base)
+            try:
+                self.peak = max(self.peak, tree_pss(self.root))
+            except psutil.NoSuchProcess:
+                return
             time.sleep(interval)
 
     def stop(self) -> float:
@@ -95,16 +138,18 @@ def run_rayfed(cfg: ExperimentConfig) -> dict[str, Any]:
     try:
         with open_driver(cfg, data) as driver:
             ready = time.perf_counter()
-            rounds = []
+            rounds, memory = [], []
             for r in range(1, cfg.algorithm.rounds + 1):
                 t = time.perf_counter()
                 driver.run_round(r)
                 rounds.append(time.perf_counter() - t)
+                memory.append(used_gib())
             prompt = driver.global_prompt()
     finally:
         if cfg.runtime.executor == "ray":
             ray.shutdown()
-    return {"startup": ready - started, "rounds": rounds, "total": time.perf_counter() - started, "prompt": prompt}
+    return {"startup": ready - started, "rounds": rounds, "total": time.perf_counter() - started, "prompt": prompt,
+            "memory_by_round": memory}
 
 
 # --- The bound: two plain processes, no framework -------------------------------------------------
@@ -118,6 +163,10 @@ def _bound_init(cfg: ExperimentConfig, shards: dict[int, Any]) -> None:
     _STATE.update(cfg=cfg, model=model, algorithm=build_algorithm(cfg.algorithm),
                   train={cid: tokenize(s.train, model.tokenizer, d.max_source_tokens, d.max_target_tokens)
                          for cid, s in shards.items()})
+
+
+def _bound_initial_prompt() -> torch.Tensor:
+    return _STATE["model"].get_prompt()
 
 
 def _bound_fit(args: tuple[torch.Tensor, int, list[int]]) -> list[ClientUpdate]:
@@ -136,15 +185,15 @@ def run_bound(cfg: ExperimentConfig) -> dict[str, Any]:
     data = federated_data(cfg)
     halves = [{c.client_id: c for c in data.clients if c.client_id % 2 == w} for w in range(2)]
     ctx = mp.get_context("spawn")
-    pools = [ctx.Pool(1, initializer=_bound_init, args=(cfg, half)) for half in halves]
+    pools = [ctx.Pool(1, initializer=_bound_init, initargs=(cfg, half)) for half in halves]
     try:
         for pool in pools:
             pool.apply(os.getpid)  # wait until the model is loaded
         ready = time.perf_counter()
         algorithm = build_algorithm(cfg.algorithm)
-        init = build_prompt_model(cfg.model, seed=cfg.seed).get_prompt()
+        init = pools[0].apply(_bound_initial_prompt)
         server = ServerOptimizer(init, cfg.algorithm.server_optimizer)
-        rounds = []
+        rounds, memory = [], []
         for r in range(1, cfg.algorithm.rounds + 1):
             t = time.perf_counter()
             ids = sample_clients(cfg.partition.num_clients, cfg.algorithm.clients_per_round, cfg.seed, r)
@@ -154,59 +203,88 @@ def run_bound(cfg: ExperimentConfig) -> dict[str, Any]:
             updates = sorted((u for job in jobs for u in job.get()), key=lambda u: u.client_id)
             server.step(algorithm.aggregate(updates))
             rounds.append(time.perf_counter() - t)
+            memory.append(used_gib())
     finally:
         for pool in pools:
             pool.terminate()
     return {"startup": ready - started, "rounds": rounds, "total": time.perf_counter() - started,
-            "prompt": server.global_prompt()}
+            "prompt": server.global_prompt(), "memory_by_round": memory}
+
+
+def path_configs(workload: str) -> dict[str, Any]:
+    """Each path's runner, on the workload's config."""
+    path, overrides = WORKLOADS[workload]
+    n = load_config(path, overrides).partition.num_clients
+    cpu = 1.8 / WORKERS  # leave the driver actor its share of 2 CPUs
+
+    def cfg(*extra: str) -> ExperimentConfig:
+        return load_config(path, [*overrides, "ray.num_cpus=2", *extra])
+
+    paths: dict[str, Any] = {
+        "bound": lambda: run_bound(cfg("runtime.torch_threads=1")),
+        f"ray, {WORKERS} workers": lambda: run_rayfed(cfg(
+            f"runtime.num_workers={WORKERS}", f"runtime.num_cpus_per_worker={cpu}", "runtime.batch_clients=false")),
+        f"ray, {WORKERS} workers, batched": lambda: run_rayfed(cfg(
+            f"runtime.num_workers={WORKERS}", f"runtime.num_cpus_per_worker={cpu}", "runtime.batch_clients=true")),
+        "in-process": lambda: run_rayfed(cfg("runtime.executor=local", "runtime.batch_clients=false")),
+    }
+    if n <= 16:
+        paths["ray, one worker per client"] = lambda: run_rayfed(cfg(
+            "runtime.num_workers=null", f"runtime.num_cpus_per_worker={1.8 / n}", "runtime.batch_clients=false"))
+    return paths
+
+
+def run_one(workload: str, name: str, out: Path) -> None:
+    """Child process: run one path, write its timings and final prompt to ``out``."""
+    result = path_configs(workload)[name]()
+    save_file({"prompt": result.pop("prompt")}, str(out.with_suffix(".safetensors")))
+    out.write_text(json.dumps(result))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="tiny-100")
     parser.add_argument("--skip", nargs="*", default=[], help="path names to leave out (e.g. in-process)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    path, overrides = WORKLOADS[args.workload]
-    cfg = load_config(path, [*overrides, "runtime.torch_threads=1", "ray.num_cpus=2"])
-    n = cfg.partition.num_clients
-    cpu = 1.8 / WORKERS  # leave the driver actor its share of 2 CPUs
-    paths: dict[str, Any] = {
-        "bound": lambda: run_bound(cfg),
-        f"ray, {WORKERS} workers": lambda: run_rayfed(load_config(path, [
-            *overrides, f"runtime.num_workers={WORKERS}", f"runtime.num_cpus_per_worker={cpu}",
-            "runtime.batch_clients=false", "ray.num_cpus=2"])),
-        f"ray, {WORKERS} workers, batched": lambda: run_rayfed(load_config(path, [
-            *overrides, f"runtime.num_workers={WORKERS}", f"runtime.num_cpus_per_worker={cpu}",
-            "runtime.batch_clients=true", "ray.num_cpus=2"])),
-        "in-process": lambda: run_rayfed(load_config(path, [*overrides, "runtime.executor=local",
-                                                            "runtime.batch_clients=false"])),
-    }
-    if n <= 16:
-        paths["ray, one worker per client"] = lambda: run_rayfed(load_config(path, [
-            *overrides, "runtime.num_workers=null", f"runtime.num_cpus_per_worker={1.8 / n}",
-            "runtime.batch_clients=false", "ray.num_cpus=2"]))
-    results = {}
-    for name, run in paths.items():
-        if name in args.skip:
-            continue
-        sampler = MemorySampler()
-        result = run()
-        result["memory"] = sampler.stop()
-        results[name] = result
-        print(f"{name}: start-up {result['startup']:.1f} s, rounds {[round(t, 2) for t in result['rounds']]}",
-              flush=True)
+    if args.child:
+        return run_one(args.workload, args.child, Path(args.out))
 
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, name in enumerate(path_configs(args.workload)):
+            if name in args.skip:
+                continue
+            out = Path(tmp) / f"{i}.json"
+            settle()
+            # Each path in a fresh process: its start-up and memory are all its own.
+            child = subprocess.Popen([sys.executable, __file__, "--workload", args.workload, "--child", name,
+                                      "--out", str(out)])
+            sampler = MemorySampler(child.pid)
+            if child.wait() != 0:
+                raise SystemExit(f"path {name!r} failed")
+            result = json.loads(out.read_text())
+            settle()
+            result["memory"] = sampler.stop()
+            result["prompt"] = load_file(str(out.with_suffix(".safetensors")))["prompt"]
+            results[name] = result
+            print(f"{name}: start-up {result['startup']:.1f} s, rounds {[round(t, 2) for t in result['rounds']]}, "
+                  f"memory after each round (GiB) {result['memory_by_round']}", flush=True)
+
+    cfg = load_config(*WORKLOADS[args.workload])
+    n = cfg.partition.num_clients
     bound = results["bound"]
     per_round = {name: statistics.median(r["rounds"][1:]) for name, r in results.items()}
     print(f"\nworkload {args.workload}: {cfg.model.name}, {n} clients, {cfg.algorithm.clients_per_round} per round, "
           f"{cfg.algorithm.local_steps} local step(s) of batch {cfg.algorithm.batch_size}, "
-          f"{cfg.algorithm.rounds} rounds (the first is warm-up), 2 CPU cores")
-    print(f"| path | training s/round | x bound | start-up s | end to end s | peak memory GiB | prompt vs bound |")
+          f"{cfg.algorithm.rounds} rounds (the first is warm-up), {os.cpu_count()} CPU cores")
+    print("| path | training s/round | x bound | start-up s | end to end s | peak memory GiB | final prompt vs bound |")
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        same = ("equal" if torch.equal(r["prompt"], bound["prompt"]) else
-                "close" if torch.allclose(r["prompt"], bound["prompt"], atol=1e-5) else "DIFFERENT")
+        diff = (r["prompt"] - bound["prompt"]).abs().max().item()
+        same = "bit-identical" if diff == 0 else f"max diff {diff:.1e}"
         print(f"| {name} | {per_round[name]:.3f} | {per_round[name] / per_round['bound']:.2f}x | "
               f"{r['startup']:.1f} | {r['total']:.1f} | {r['memory']:.2f} | {same} |")
 

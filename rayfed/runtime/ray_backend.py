@@ -102,8 +102,9 @@ def launch(cfg: ExperimentConfig, data: FederatedData) -> tuple[RemoteDriver, li
     shards = by_worker(((c.client_id, c) for c in data.clients), workers)
     actors = [worker_actor.remote(cfg, list(group.values()), global_sets, r.torch_threads) for group in shards]
     ray.get([a.ready.remote() for a in actors])  # surfaces load errors now, not mid-round
-    driver = ray.remote(Driver).options(num_cpus=r.num_cpus_driver).remote(cfg, RayExecutor(actors))
-    return RemoteDriver(driver), actors
+    driver = RemoteDriver(ray.remote(Driver).options(num_cpus=r.num_cpus_driver).remote(cfg, RayExecutor(actors)))
+    driver.global_prompt()  # the driver actor is up too: start-up is not charged to the first round
+    return driver, actors
 
 
 def shutdown(actors: Sequence[Any], driver: RemoteDriver | None) -> None:
