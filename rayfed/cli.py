@@ -1,4 +1,4 @@
-"""The ``rayfed`` command: run, personalize, tune, plot, validate, partition, data/model prepare."""
+"""The ``rayfed`` command: run, resume, personalize, tune, plot, validate, partition, data/model prepare."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. algorithm.rounds=3")
         if name == "tune":
             p.add_argument("--resume", action="store_true", help="continue an interrupted search in output_dir")
+        if name == "run":
+            p.add_argument("--overwrite", action="store_true", help="start over in an output_dir that holds a run")
+    p = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint, bit for bit")
+    p.add_argument("run_dir", help="the interrupted run's output directory")
+    p.add_argument("overrides", nargs="*", help="runtime.*/ray.*/logging.*/personalize.* overrides")
     p = sub.add_parser("personalize", help="personalize a finished run's global prompt: curves per epoch")
     p.add_argument("run_dir", help="a finished run's output directory")
     p.add_argument("overrides", nargs="*", help="personalize.*/eval.*/runtime.*/logging.* overrides")
@@ -47,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
 
             for png in plot_path(Path(args.path)):
                 print(png)
+        elif args.command == "resume":
+            from rayfed.experiment import resume_experiment
+            from rayfed.report import print_run
+
+            print_run(resume_experiment(args.run_dir, args.overrides), args.run_dir)
         elif args.command == "personalize":
             from rayfed.experiment import run_personalization
             from rayfed.report import print_personalization
@@ -73,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 from rayfed.experiment import run_experiment
                 from rayfed.report import print_run
 
-                print_run(run_experiment(cfg), cfg.output_dir)
+                print_run(run_experiment(cfg, overwrite=args.overwrite), cfg.output_dir)
         return 0
     except ConfigError as err:
         print(f"rayfed: config error: {err}", file=sys.stderr)

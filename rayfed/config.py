@@ -87,6 +87,16 @@ class AlgorithmConfig:
 
 
 @dataclass
+class AvailabilityConfig:
+    """Simulated client availability (rayfed.core.availability): who of the sampled reports back."""
+
+    dropout: float = 0.0  # probability that a sampled client does not report (per round and client)
+    speed_sigma: float = 0.0  # spread of the clients' persistent speeds (log-normal sigma; 0: all nominal)
+    deadline: float | None = None  # drop a client whose round takes longer than this x the nominal time
+    min_clients: int = 1  # a round with fewer reporting clients is skipped (the global prompt is kept)
+
+
+@dataclass
 class EvalConfig:
     eval_every: int = 1  # rounds between evaluations; round 0 and the last round always
     batch_size: int = 16
@@ -154,6 +164,13 @@ class WandbConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """``rayfed resume RUN_DIR`` continues from the last checkpoint, bit for bit."""
+
+    every: int = 1  # rounds between checkpoints (the last round always writes one)
+
+
+@dataclass
 class LoggingConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
@@ -195,11 +212,13 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    availability: AvailabilityConfig = field(default_factory=AvailabilityConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
 
@@ -317,6 +336,13 @@ def validate(cfg: ExperimentConfig) -> None:
         _check(0 <= opt.momentum < 1, f"{key}.momentum", "must be in [0, 1)")
         _check(opt.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
 
+    v = cfg.availability
+    _check(0 <= v.dropout < 1, "availability.dropout", "must be in [0, 1)")
+    _check(v.speed_sigma >= 0, "availability.speed_sigma", "must be >= 0")
+    _check(v.deadline is None or v.deadline > 0, "availability.deadline", "must be > 0 or null (no deadline)")
+    _check(1 <= v.min_clients <= a.clients_per_round, "availability.min_clients",
+           f"must be between 1 and algorithm.clients_per_round ({a.clients_per_round})")
+
     _check(e.eval_every >= 1, "eval.eval_every", "must be >= 1")
     _check(e.batch_size >= 1, "eval.batch_size", "must be >= 1")
     _check(e.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
@@ -349,6 +375,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(r.num_cpus_driver > 0, "runtime.num_cpus_driver", "must be > 0")
     _check(r.torch_threads >= 1, "runtime.torch_threads", "must be >= 1")
 
+    _check(cfg.checkpoint.every >= 1, "checkpoint.every", "must be >= 1")
     w = cfg.logging.wandb
     _check(w.mode is None or w.mode in WANDB_MODES, "logging.wandb.mode",
            f"{w.mode!r} is not one of {', '.join(WANDB_MODES)} (or null)")

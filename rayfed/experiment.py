@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from rayfed.checkpoint import PromptCache, load_prompt, save_prompt
+from rayfed.checkpoint import (CHECKPOINT, PromptCache, load_prompt, load_run_state, save_prompt, save_run_state,
+                               truncate_events)
 from rayfed.config import ConfigError, ExperimentConfig, load_config, to_yaml
 from rayfed.data.sources import federated_data
 from rayfed.loggers import MetricLogger, build_loggers, log_round
@@ -29,15 +30,43 @@ from rayfed.types import RoundResult
 # What `rayfed personalize` may change in a finished run's config: how to personalize, evaluate,
 # run and log, never what was trained (model, data, partition, algorithm, seed).
 PERSONALIZE_OVERRIDABLE = ("personalize.", "eval.", "runtime.", "ray.", "logging.")
+# What `rayfed resume` may change: where and how the rest of the run runs, not what it trains.
+RESUME_OVERRIDABLE = ("runtime.", "ray.", "logging.", "personalize.")
 
 
-def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = None) -> dict[str, Any]:
-    """Run one federated prompt-tuning experiment and return its summary (also in summary.json)."""
+class RunExistsError(ValueError):
+    """A run would overwrite a directory that already holds one."""
+
+
+def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = None, *, resume: bool = False,
+                   overwrite: bool = False) -> dict[str, Any]:
+    """Run one federated prompt-tuning experiment and return its summary (also in summary.json).
+
+    Args:
+        cfg: The experiment config.
+        loggers: Extra metric loggers (default: the console).
+        resume: Continue from ``output_dir``'s checkpoint (``rayfed resume``): the rounds after
+            it run exactly as they would have without the interruption.
+        overwrite: Start over in an ``output_dir`` that already holds a run (otherwise refused).
+
+    Raises:
+        RunExistsError: ``output_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set.
+    """
     started = time.perf_counter()
     out = Path(cfg.output_dir)
+    checkpoint = out / CHECKPOINT
+    if resume:
+        done, state, record = load_run_state(checkpoint)
+        truncate_events(out / "metrics.jsonl", done)  # rounds after the checkpoint are logged again
+    else:
+        if not overwrite and ((out / "summary.json").exists() or checkpoint.exists()):
+            raise RunExistsError(f"{out} already holds a run: continue it with `rayfed resume {out}`, choose "
+                                 f"another output_dir, or start over with --overwrite")
+        done, state, record = 0, {}, {}
+        checkpoint.unlink(missing_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
-    (out / "metrics.jsonl").unlink(missing_ok=True)  # a rerun into the same directory starts clean
     loggers = build_loggers(cfg, out, loggers, metrics_file=out / "metrics.jsonl")
 
     # --- Data: load and partition once, here; shards travel to the workers once.
@@ -46,9 +75,13 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
     try:
         with open_driver(cfg, data) as driver:
             # --- Rounds: evaluate the untrained prompt, then train, evaluating every eval_every rounds.
-            initial = final = driver.evaluate(0)
-            log_round(loggers, initial)
-            for round_idx in range(1, cfg.algorithm.rounds + 1):
+            if resume:
+                driver.restore(state)
+                initial, final = _result(record["initial"]), _result(record["final"])
+            else:
+                initial = final = driver.evaluate(0)
+                log_round(loggers, initial)
+            for round_idx in range(done + 1, cfg.algorithm.rounds + 1):
                 result = driver.run_round(round_idx)
                 evaluation = None
                 if round_idx % cfg.eval.eval_every == 0 or round_idx == cfg.algorithm.rounds:
@@ -56,6 +89,9 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
                 log_round(loggers, result, evaluation)
                 save_prompt(out / "global_prompt.safetensors", driver.global_prompt(),
                             {"round": str(round_idx), "config": cfg.name})
+                if round_idx % cfg.checkpoint.every == 0 or round_idx == cfg.algorithm.rounds:
+                    save_run_state(checkpoint, round_idx, driver.state(),
+                                   {"initial": asdict(initial), "final": asdict(final)})
 
             # --- Personalization (optional): the same phase `rayfed personalize` runs on a finished run.
             personal = None
@@ -82,6 +118,23 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
         summary["personalization"] = personal
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     return summary
+
+
+def resume_experiment(run_dir: str | Path, overrides: list[str] | None = None,
+                      loggers: list[MetricLogger] | None = None) -> dict[str, Any]:
+    """Continue an interrupted run from its last checkpoint (``rayfed resume RUN_DIR``) with the
+    config it was started with; only ``runtime.*``, ``ray.*``, ``logging.*`` and
+    ``personalize.*`` may change (where and how it runs, not what it trains)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a rayfed run: config.yaml is missing")
+    for item in overrides or []:
+        key = item.split("=", 1)[0]
+        if not key.startswith(RESUME_OVERRIDABLE):
+            raise ConfigError(f"key '{key}': cannot change when resuming a run (only "
+                              f"{', '.join(k + '*' for k in RESUME_OVERRIDABLE)} may)")
+    cfg = load_config(run_dir / "config.yaml", [*(overrides or []), f"output_dir={run_dir}"])
+    return run_experiment(cfg, loggers, resume=True)
 
 
 def run_personalization(run_dir: str | Path, overrides: list[str] | None = None,
@@ -194,6 +247,12 @@ def _draw(out: Path, loggers: list[MetricLogger], recurse: bool = True) -> None:
     for png in plots.plot_path(out) if recurse else plots.plot_run(out):
         for logger in loggers:
             logger.log({"event": "image", "key": f"plots/{png.stem}", "path": str(png)})
+
+
+def _result(record: dict[str, Any]) -> RoundResult:
+    """A RoundResult from its JSON form (client ids come back as strings)."""
+    return RoundResult(record["round_idx"], record["metrics"],
+                       {int(cid): m for cid, m in record["client_metrics"].items()})
 
 
 def _scores(result: RoundResult, split: str) -> dict[str, float]:

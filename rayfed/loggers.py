@@ -60,6 +60,9 @@ class ConsoleLogger:
         if event.get("event") == "round":
             parts = [f"round {event['round']:>3}/{self.total_rounds}"]
             parts += [f"{label} {event[key]:.4f}" for key, label in self.SHOWN if key in event]
+            if event.get("train/dropped"):
+                parts.append(f"dropped {int(event['train/dropped'])}/{int(event['train/sampled'])}"
+                             + (" (skipped: below availability.min_clients)" if event.get("train/skipped") else ""))
             parts.append(f"{event.get('time/round_s', 0.0) + event.get('time/eval_s', 0.0):.1f}s")
         elif event.get("event") == "personalize":
             parts = [f"personalize epoch {event['epoch']:>3} ratio {event['interp_ratio']:<4g}", "rougeL"]
@@ -92,7 +95,7 @@ def build_loggers(cfg: ExperimentConfig, out: Path, extra: list[MetricLogger] | 
 
 def log_round(loggers: list[MetricLogger], result: RoundResult, evaluation: RoundResult | None = None) -> None:
     """One ``round`` event (training and evaluation metrics) and one ``client`` event per client."""
-    event: dict[str, Any] = {"event": "round", "round": result.round_idx, **result.metrics}
+    event: dict[str, Any] = {"event": "round", "round": result.round_idx, **result.metrics, **result.clients}
     clients: dict[int, dict[str, float]] = {cid: dict(m) for cid, m in result.client_metrics.items()}
     if evaluation is not None:
         event.update(evaluation.metrics)

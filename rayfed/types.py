@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -74,3 +75,5 @@ class RoundResult:
     round_idx: int
     metrics: dict[str, float] = field(default_factory=dict)
     client_metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # per client id
+    # Training rounds: the sampled, finished and dropped client ids (and why each was dropped).
+    clients: dict[str, Any] = field(default_factory=dict)

@@ -34,3 +34,22 @@ class ServerOptimizer:
 
     def global_prompt(self) -> torch.Tensor:
         return self.prompt.detach().clone()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The prompt and the optimizer's state (momentum buffer; Adam's step and moments) as
+        named tensors: enough to continue bit for bit."""
+        out = {"prompt": self.global_prompt()}
+        for key, value in self.opt.state_dict()["state"].get(0, {}).items():
+            if isinstance(value, torch.Tensor):
+                out[f"opt/{key}"] = value.detach().clone()
+            elif value is not None:
+                out[f"opt/{key}"] = torch.tensor(value, dtype=torch.float64)
+        return out
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """The inverse of :meth:`state`."""
+        with torch.no_grad():
+            self.prompt.copy_(state["prompt"])
+        entry = {key.removeprefix("opt/"): value.clone() for key, value in state.items() if key.startswith("opt/")}
+        saved = self.opt.state_dict()
+        self.opt.load_state_dict({"state": {0: entry} if entry else {}, "param_groups": saved["param_groups"]})

@@ -16,6 +16,7 @@ import torch
 
 from rayfed.algorithms import build_algorithm
 from rayfed.config import ExperimentConfig
+from rayfed.core.availability import who_reports
 from rayfed.core.interpolation import interpolate
 from rayfed.core.sampling import sample_clients
 from rayfed.core.server_optimizer import ServerOptimizer
@@ -72,27 +73,44 @@ class Driver:
     def global_prompt(self) -> torch.Tensor:
         return self.server.global_prompt()
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """Everything a resumed run needs from the driver: the global prompt and the server
+        optimizer's state. Clients keep none between rounds, and every seed derives from the
+        round, so this and the round index continue the run bit for bit."""
+        return self.server.state()
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        self.server.load_state(state)
+
     def splits(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The non-empty ``(local splits, global splits)`` of this run's data."""
         return self.local_splits, self.global_splits
 
     def run_round(self, round_idx: int) -> RoundResult:
-        """Sample, fit, aggregate, step. Returns the round's training metrics."""
+        """Sample, drop the clients that would not report, fit, aggregate, step. Returns the
+        round's training metrics and who was sampled, finished and dropped."""
         start = time.perf_counter()
         p, a = self.cfg.partition, self.cfg.algorithm
-        client_ids = sample_clients(p.num_clients, a.clients_per_round, self.cfg.seed, round_idx)
+        sampled = sample_clients(p.num_clients, a.clients_per_round, self.cfg.seed, round_idx)
+        finished, dropped = who_reports(sampled, self.cfg.availability, self.cfg.seed, round_idx)
+        clients = {"sampled": sampled, "finished": finished, "dropped": sorted(dropped),
+                   "dropped_reasons": {str(c): r for c, r in sorted(dropped.items())}}
+        metrics = {"train/sampled": float(len(sampled)), "train/clients": float(len(finished)),
+                   "train/dropped": float(len(dropped))}
+        if len(finished) < self.cfg.availability.min_clients:  # below quorum: keep the global prompt
+            metrics.update({"train/skipped": 1.0, "time/round_s": time.perf_counter() - start})
+            return RoundResult(round_idx, metrics, {}, clients)
         prompt = self.server.global_prompt()
-        updates = list(self.executor.each("fit", {cid: (prompt, round_idx) for cid in client_ids}).values())
+        updates = list(self.executor.each("fit", {cid: (prompt, round_idx) for cid in finished}).values())
         pseudo_gradient = self.algorithm.aggregate(updates)
         self.server.step(pseudo_gradient)
         weights = sum(u.num_examples for u in updates)
-        metrics = {
+        metrics.update({
             "train/loss": sum(u.train_loss * u.num_examples for u in updates) / weights,
-            "train/clients": float(len(updates)),
             "train/update_norm": float(pseudo_gradient.norm()),
             "time/round_s": time.perf_counter() - start,
-        }
-        return RoundResult(round_idx, metrics, {u.client_id: {"train/loss": u.train_loss} for u in updates})
+        })
+        return RoundResult(round_idx, metrics, {u.client_id: {"train/loss": u.train_loss} for u in updates}, clients)
 
     def evaluate(self, round_idx: int) -> RoundResult:
         """The global prompt on the global sets and, if enabled, on every client's own splits."""

@@ -1,0 +1,92 @@
+"""Checkpoint and resume: a run killed mid-way and resumed ends on the uninterrupted run's prompt,
+bit for bit; a finished run's directory is not silently overwritten."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rayfed.checkpoint import CHECKPOINT, load_prompt, load_run_state
+from rayfed.config import OptimizerConfig
+from rayfed.core.server_optimizer import ServerOptimizer
+from rayfed.experiment import RunExistsError, run_experiment
+
+SERVERS = {
+    "sgd-momentum": ["algorithm.server_optimizer.name=sgd", "algorithm.server_optimizer.lr=1.0",
+                     "algorithm.server_optimizer.momentum=0.9"],
+    "adam": ["algorithm.server_optimizer.name=adam", "algorithm.server_optimizer.lr=0.05"],
+}
+
+
+@pytest.mark.parametrize("opt", [OptimizerConfig("sgd", 1.0, momentum=0.9), OptimizerConfig("adam", 0.05)],
+                         ids=["sgd-momentum", "adam"])
+def test_server_optimizer_state_restores_exactly(opt):
+    torch.manual_seed(0)
+    grads = [torch.randn(4, 8) for _ in range(6)]
+    straight = ServerOptimizer(torch.zeros(4, 8), opt)
+    for g in grads:
+        straight.step(g)
+    first = ServerOptimizer(torch.zeros(4, 8), opt)
+    for g in grads[:3]:
+        first.step(g)
+    resumed = ServerOptimizer(torch.randn(4, 8), opt)  # a different start: everything comes from the state
+    resumed.load_state(first.state())
+    for g in grads[3:]:
+        resumed.step(g)
+    assert torch.equal(resumed.global_prompt(), straight.global_prompt())
+
+
+def rayfed(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "WANDB_MODE": "offline"}
+    return subprocess.Popen([sys.executable, "-m", "rayfed.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("server", sorted(SERVERS))
+def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_prompt_bit_for_bit(tmp_path, tiny_overrides, server):
+    overrides = [*tiny_overrides, *SERVERS[server], "runtime.executor=local", "algorithm.rounds=8", "algorithm.local_steps=6",
+                 "eval.eval_every=3"]
+    whole = subprocess.run([sys.executable, "-m", "rayfed.cli", "run", "configs/smoke.yaml", *overrides,
+                            f"output_dir={tmp_path / 'whole'}"], capture_output=True, text=True,
+                           env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+
+    run_dir = tmp_path / "killed"
+    proc = rayfed("run", "configs/smoke.yaml", *overrides, f"output_dir={run_dir}")
+    checkpoint = run_dir / CHECKPOINT
+    deadline = time.monotonic() + 120
+    while not (checkpoint.exists() and load_run_state(checkpoint)[0] >= 3):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "the run never reached round 3"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # a real kill: no handler, no cleanup
+    proc.wait()
+    killed_at = load_run_state(checkpoint)[0]
+    assert killed_at < 8 and not (run_dir / "summary.json").exists(), "the run finished before the kill"
+
+    resumed = subprocess.run([sys.executable, "-m", "rayfed.cli", "resume", str(run_dir)], capture_output=True,
+                             text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    a = load_prompt(tmp_path / "whole" / "global_prompt.safetensors")[0]
+    b = load_prompt(run_dir / "global_prompt.safetensors")[0]
+    assert torch.equal(a, b)
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["round"] for e in events if e["event"] == "round"] == list(range(0, 9))
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (tmp_path / "whole", run_dir)]
+    assert summaries[0]["final"] == summaries[1]["final"] and summaries[0]["initial"] == summaries[1]["initial"]
+
+
+def test_a_finished_run_is_not_overwritten_without_asking(tiny_config):
+    cfg = tiny_config("runtime.executor=local", "algorithm.rounds=1")
+    run_experiment(cfg, loggers=[])
+    before = (Path(cfg.output_dir) / "summary.json").read_text()
+    with pytest.raises(RunExistsError, match="rayfed resume"):
+        run_experiment(cfg, loggers=[])
+    assert (Path(cfg.output_dir) / "summary.json").read_text() == before
+    run_experiment(cfg, loggers=[], overwrite=True)
