@@ -21,6 +21,7 @@ DATA_SOURCES = ("synthetic", "bigbench", "sni")
 PARTITION_SCHEMES = ("dirichlet", "k_tasks", "iid")
 PARTITION_UNITS = ("category", "task")
 PROMPT_INITS = ("text", "random")
+FAILURE_POLICIES = ("retry", "drop", "fail")
 EXECUTORS = ("ray", "local")
 WANDB_MODES = ("online", "offline", "disabled")
 TUNE_KINDS = ("personalize", "federation")
@@ -141,6 +142,11 @@ class RuntimeConfig:
     max_batch_rows: int = 256  # batch_clients: rows in one pass at most (bounds activation memory)
     num_cpus_driver: float = 0.1
     torch_threads: int = 1  # torch threads in each client actor (local executor: all cores)
+    # A worker actor that dies (killed, its process exits): retry: Ray restarts it and reruns the
+    # call (same result, workers keep no state); drop: its clients leave this round's training
+    # (evaluation is still retried); fail: the run stops naming the worker and its clients.
+    on_client_failure: str = "retry"
+    max_retries: int = 3  # restarts per worker actor (and reruns per call) before a failure is final
 
 
 @dataclass
@@ -372,6 +378,8 @@ def validate(cfg: ExperimentConfig) -> None:
            "must be > 0 (Ray actors need an explicit CPU share)")
     _check(r.num_gpus_per_worker >= 0, "runtime.num_gpus_per_worker", "must be >= 0")
     _check(r.max_batch_rows >= 1, "runtime.max_batch_rows", "must be >= 1")
+    _choice("runtime.on_client_failure", r.on_client_failure, FAILURE_POLICIES)
+    _check(r.max_retries >= 0, "runtime.max_retries", "must be >= 0")
     _check(r.num_cpus_driver > 0, "runtime.num_cpus_driver", "must be > 0")
     _check(r.torch_threads >= 1, "runtime.torch_threads", "must be >= 1")
 

@@ -93,15 +93,21 @@ class Driver:
         p, a = self.cfg.partition, self.cfg.algorithm
         sampled = sample_clients(p.num_clients, a.clients_per_round, self.cfg.seed, round_idx)
         finished, dropped = who_reports(sampled, self.cfg.availability, self.cfg.seed, round_idx)
+        quorum = self.cfg.availability.min_clients
+        updates = []
+        if len(finished) >= quorum:
+            prompt = self.server.global_prompt()
+            results = self.executor.each("fit", {cid: (prompt, round_idx) for cid in finished})
+            # runtime.on_client_failure=drop: the clients of a worker that died are missing.
+            dropped.update({cid: "failure" for cid in finished if cid not in results})
+            finished, updates = sorted(results), list(results.values())
         clients = {"sampled": sampled, "finished": finished, "dropped": sorted(dropped),
                    "dropped_reasons": {str(c): r for c, r in sorted(dropped.items())}}
         metrics = {"train/sampled": float(len(sampled)), "train/clients": float(len(finished)),
                    "train/dropped": float(len(dropped))}
-        if len(finished) < self.cfg.availability.min_clients:  # below quorum: keep the global prompt
+        if len(finished) < quorum:  # below quorum: the global prompt stays as it is
             metrics.update({"train/skipped": 1.0, "time/round_s": time.perf_counter() - start})
             return RoundResult(round_idx, metrics, {}, clients)
-        prompt = self.server.global_prompt()
-        updates = list(self.executor.each("fit", {cid: (prompt, round_idx) for cid in finished}).values())
         pseudo_gradient = self.algorithm.aggregate(updates)
         self.server.step(pseudo_gradient)
         weights = sum(u.num_examples for u in updates)

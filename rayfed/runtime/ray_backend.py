@@ -37,10 +37,18 @@ def start_ray(cfg: RayConfig) -> None:
 
 class RayExecutor:
     """Dispatches client work to worker actors; client ``i`` lives on actor ``i % len(actors)``
-    (``rayfed.runtime.placement``), and each actor gets one call per phase for all its clients."""
+    (``rayfed.runtime.placement``), and each actor gets one call per phase for all its clients.
 
-    def __init__(self, actors: Sequence[Any]):
+    A dead worker (``runtime.on_client_failure``): with ``retry`` Ray restarts it and reruns the
+    call; with ``drop`` its clients' training is left out of the round (``each("fit")`` returns
+    only the survivors) while other calls are resubmitted to the restarted actor; with ``fail``
+    the error names the worker and its clients.
+    """
+
+    def __init__(self, actors: Sequence[Any], on_failure: str = "fail", max_retries: int = 0):
         self.actors = list(actors)
+        self.on_failure = on_failure
+        self.max_retries = max_retries
 
     def initial_prompt(self) -> torch.Tensor:
         return ray.get(self.actors[0].initial_prompt.remote())
@@ -48,24 +56,57 @@ class RayExecutor:
     def each(self, method: str, args_by_client: dict[int, tuple]) -> dict[int, Any]:
         """``method(client_id, *args)`` for every client, all workers at once; gathered by id."""
         groups = by_worker(args_by_client.items(), len(self.actors))
-        refs = [self.actors[w].each.remote(method, group) for w, group in enumerate(groups) if group]
+        calls = {w: self.actors[w].each.remote(method, group) for w, group in enumerate(groups) if group}
         results: dict[int, Any] = {}
-        for part in ray.get(refs):
-            results.update(part)
+        for w, ref in calls.items():
+            part = self._get(w, ref, lambda w=w: self.actors[w].each.remote(method, groups[w]),
+                             droppable=method == "fit", clients=sorted(groups[w]))
+            results.update(part or {})
         return dict(sorted(results.items()))
 
     def sharded(self, method: str, args: tuple) -> list[Any]:
         n = len(self.actors)
         refs = [getattr(a, method).remote(*args, i, n) for i, a in enumerate(self.actors)]
-        return ray.get(refs)
+        return [self._get(i, ref, lambda i=i: getattr(self.actors[i], method).remote(*args, i, n), droppable=False,
+                          clients=[]) for i, ref in enumerate(refs)]
+
+    def _get(self, worker: int, ref: Any, resubmit: Any, *, droppable: bool, clients: list[int]) -> Any:
+        """The call's result; a dead worker is handled by the failure policy (None: dropped)."""
+        for attempt in range(self.max_retries + 1):
+            try:
+                return ray.get(ref)
+            except ray.exceptions.RayActorError as err:
+                if self.on_failure == "drop" and droppable:
+                    self._revive(worker)  # back for the next round, or dropped again then
+                    return None
+                # retry: Ray has rerun the call max_retries times already; drop: rerun it here.
+                if self.on_failure != "drop" or attempt == self.max_retries:
+                    raise RuntimeError(
+                        f"worker actor {worker} (clients {clients or 'its share'}) died and "
+                        f"runtime.on_client_failure={self.on_failure} with runtime.max_retries={self.max_retries} "
+                        f"gives up: {type(err).__name__}") from err
+                ref = resubmit()  # drop: evaluation and personalization need every client
+        raise AssertionError("unreachable")
+
+    def _revive(self, worker: int) -> None:
+        """Wait until Ray has restarted a dead worker (it reloads its backbone and shards)."""
+        for _ in range(self.max_retries + 1):
+            try:
+                ray.get(self.actors[worker].ready.remote())
+                return
+            except ray.exceptions.RayActorError:
+                continue
 
 
 class RemoteDriver:
     """Calls the driver actor's methods synchronously, so the orchestrator reads the same for
     the in-process and the Ray backend."""
 
-    def __init__(self, handle: Any):
+    def __init__(self, handle: Any, keep_alive: Sequence[Any] = ()):
         self._handle = handle
+        # The worker actors' constructor arguments in the object store: a restarted actor
+        # (runtime.on_client_failure) reads them again, so they live as long as the run.
+        self._keep_alive = list(keep_alive)
 
     def __getattr__(self, name: str):
         method = getattr(self._handle, name)
@@ -97,12 +138,16 @@ def launch(cfg: ExperimentConfig, data: FederatedData) -> tuple[RemoteDriver, li
     r = cfg.runtime
     workers = num_workers(cfg)
     check_resources(cfg, workers)
-    worker_actor = ray.remote(ClientWorker).options(num_cpus=r.num_cpus_per_worker, num_gpus=r.num_gpus_per_worker)
+    restarts = 0 if r.on_client_failure == "fail" else r.max_retries
+    worker_actor = ray.remote(ClientWorker).options(
+        num_cpus=r.num_cpus_per_worker, num_gpus=r.num_gpus_per_worker, max_restarts=restarts,
+        max_task_retries=restarts if r.on_client_failure == "retry" else 0)
     global_sets = ray.put(global_sets_of(data))  # stored once, not once per actor
-    shards = by_worker(((c.client_id, c) for c in data.clients), workers)
-    actors = [worker_actor.remote(cfg, list(group.values()), global_sets, r.torch_threads) for group in shards]
+    shards = [ray.put(list(group.values())) for group in by_worker(((c.client_id, c) for c in data.clients), workers)]
+    actors = [worker_actor.remote(cfg, group, global_sets, r.torch_threads) for group in shards]
     ray.get([a.ready.remote() for a in actors])  # surfaces load errors now, not mid-round
-    driver = RemoteDriver(ray.remote(Driver).options(num_cpus=r.num_cpus_driver).remote(cfg, RayExecutor(actors)))
+    driver = RemoteDriver(ray.remote(Driver).options(num_cpus=r.num_cpus_driver).remote(
+        cfg, RayExecutor(actors, r.on_client_failure, r.max_retries)), keep_alive=[global_sets, *shards])
     driver.global_prompt()  # the driver actor is up too: start-up is not charged to the first round
     return driver, actors
 

@@ -9,6 +9,7 @@ runs one of them for many clients in one call, so executors dispatch them all th
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -69,9 +70,9 @@ class ClientWorker:
         return sorted(self.train)
 
     def device_stats(self) -> dict[str, Any]:
-        """Where this worker's backbone lives and, on a GPU, the memory it has used (MiB)."""
+        """Where this worker's backbone lives, its process id, and on a GPU the memory it has used (MiB)."""
         device = self.model.device
-        stats: dict[str, Any] = {"device": str(device), "clients": len(self.train)}
+        stats: dict[str, Any] = {"device": str(device), "clients": len(self.train), "pid": os.getpid()}
         if device.type == "cuda":
             stats.update(gpu=torch.cuda.get_device_name(device),
                          max_allocated_mib=torch.cuda.max_memory_allocated(device) / 2**20,
