@@ -1,0 +1,93 @@
+"""The cluster path end to end: a head node on the loopback address, `ray job submit --working-dir`
+of a smoke run and of a tiny `rayfed tune`, both SUCCEEDED with their outputs, and no Ray process
+left behind."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the ray CLI of this environment
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def head(tmp_path_factory):
+    """A Ray head node of its own (own ports, own temp dir), stopped afterwards."""
+    temp = Path("/tmp") / f"rf-{uuid.uuid4().hex[:6]}"  # Ray's socket paths must stay short
+    gcs, dashboard = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ""}
+    start = ray_cli("start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
+                    "--disable-usage-stats", env=env)
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        yield f"http://127.0.0.1:{dashboard}", env, temp
+    finally:
+        stop = ray_cli("stop", "--force", env=env)
+        assert stop.returncode == 0, stop.stderr
+    leftover = subprocess.run(["pgrep", "-f", str(temp)], capture_output=True, text=True).stdout.split()
+    assert not leftover, f"Ray processes left behind: {leftover}"
+
+
+def submit(address: str, env: dict, *entrypoint: str, timeout: float = 300) -> str:
+    """`ray job submit --working-dir .` of the entrypoint; wait for a final status (the CLI
+    prints "Job '<id>' succeeded" when it is done); return it."""
+    job_id = f"rayfed-{uuid.uuid4().hex[:8]}"
+    runtime_env = json.dumps({"excludes": yaml.safe_load((ROOT / "cluster/runtime_env.yaml").read_text())["excludes"]})
+    out = ray_cli("job", "submit", "--address", address, "--submission-id", job_id, "--working-dir", str(ROOT),
+                  "--runtime-env-json", runtime_env, "--no-wait", "--", *entrypoint, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = ray_cli("job", "status", "--address", address, job_id, env=env)
+        found = re.search(rf"Job '{job_id}' (succeeded|failed|stopped)", status.stdout + status.stderr)
+        if found:
+            if found.group(1) != "succeeded":
+                logs = ray_cli("job", "logs", "--address", address, job_id, env=env).stdout
+                pytest.fail(f"job {job_id} {found.group(1)}:\n{logs[-4000:]}")
+            return found.group(1)
+        time.sleep(1.0)
+    pytest.fail(f"job {job_id} did not finish in {timeout} s")
+
+
+def test_ray_job_submit_runs_a_smoke_run_and_a_tiny_search(head, tmp_path, tiny_overrides):
+    address, env, _ = head
+    python = sys.executable  # the job runs in a copy of the repository, with this environment's python
+    run_dir = tmp_path / "smoke"
+    assert submit(address, env, python, "-m", "rayfed.cli", "run", "configs/smoke.yaml", *tiny_overrides,
+                  "runtime.executor=ray", "runtime.num_workers=2", "runtime.num_cpus_per_worker=0.5",
+                  f"output_dir={run_dir}") == "succeeded"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final"]["loss"] < summary["initial"]["loss"]
+    assert (run_dir / "checkpoint.safetensors").is_file() and (run_dir / "rounds.png").is_file()
+
+    search = tmp_path / "search.yaml"
+    cfg = yaml.safe_load((ROOT / "configs/tune/tiny.yaml").read_text())
+    cfg["tune"]["space"] = {"personalize.l2_strength": {"type": "grid", "values": [0.0, 1.0]}}
+    cfg["output_dir"] = str(tmp_path / "search")
+    search.write_text(yaml.safe_dump(cfg))
+    assert submit(address, env, python, "-m", "rayfed.cli", "tune", str(search)) == "succeeded"
+    rows = (tmp_path / "search" / "results.csv").read_text().splitlines()
+    assert len(rows) == 3  # a header and two trials
+    assert (tmp_path / "search" / "pareto.csv").is_file() and (tmp_path / "search" / "pareto.png").is_file()
