@@ -40,6 +40,9 @@ class ModelConfig:
     num_virtual_tokens: int = 20  # length of the soft prompt
     prompt_init: str = "text"  # text: embeddings of prompt_init_text; random: N(0, embedding std)
     prompt_init_text: str = "Read the instruction and the input, then write the correct output."
+    # Run Python code shipped with a hub model or local directory (its own modeling files). Off:
+    # only architectures transformers itself implements load.
+    trust_remote_code: bool = False
 
 
 @dataclass

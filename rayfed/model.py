@@ -71,7 +71,7 @@ def build_prompt_model(cfg: ModelConfig, device: str | torch.device = "cpu", see
     The initial prompt depends only on the backbone, ``cfg`` and ``seed``, so every process that
     builds the same config holds the same starting prompt.
     """
-    backbone, tokenizer = load_backbone(cfg.name)
+    backbone, tokenizer = load_backbone(cfg.name, trust_remote_code=cfg.trust_remote_code)
     backbone.eval()  # no dropout: training the prompt must be deterministic
     peft_cfg = PromptTuningConfig(
         task_type=TaskType.CAUSAL_LM,
@@ -100,8 +100,15 @@ def initial_prompt(backbone, tokenizer, cfg: ModelConfig, seed: int) -> torch.Te
     return torch.randn(n, table.shape[1], generator=gen) * table.float().std()
 
 
-def load_backbone(name: str):
-    """Return ``(model, tokenizer)`` with every backbone parameter frozen."""
+def load_backbone(name: str, trust_remote_code: bool = False):
+    """Return ``(model, tokenizer)`` with every backbone parameter frozen.
+
+    Weights load from safetensors only, never from a pickle (``pytorch_model.bin``), and a
+    model's own code runs only with ``trust_remote_code`` (``model.trust_remote_code``).
+
+    Raises:
+        ValueError: the model directory has no safetensors weights.
+    """
     if name == TINY_LLAMA:
         model, tokenizer = _tiny_llama()
     else:
@@ -112,8 +119,16 @@ def load_backbone(name: str):
 
         hf_logging.disable_progress_bar()  # one bar per client actor is noise
         path = resolve_model_path(name)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
+                                                         trust_remote_code=trust_remote_code)
+        except OSError as err:
+            if "safetensors" not in str(err).lower():
+                raise
+            raise ValueError(f"model.name {name!r}: no safetensors weights in {path}; rayfed never loads "
+                             f"pickled weights (pytorch_model.bin). Convert them once, e.g. "
+                             f"AutoModelForCausalLM.from_pretrained(path).save_pretrained(path)") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     for p in model.parameters():
