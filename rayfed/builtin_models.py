@@ -92,8 +92,15 @@ def resolve_model_path(name: str, *, quiet: bool = False) -> str:
 
     Raises:
         ModelNotAvailableError: If a built-in model's wheel is not installed.
+        FileNotFoundError: If ``name`` is a path (it has a ``/``) that does not exist locally and
+            is not a hub id (``namespace/name``).
     """
     if name not in BUILTIN_MODELS:
+        local = Path(name).expanduser()
+        if name.startswith(("/", ".", "~")) and not local.is_dir():
+            raise FileNotFoundError(f"model.name {name!r}: no such model directory; give a directory with "
+                                    f"config.json and safetensors weights, or a built-in name "
+                                    f"({', '.join(sorted(BUILTIN_MODELS))})")
         return name
     dest = cache_dir() / "models" / name
     if dest.is_dir():

@@ -36,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     model = sub.add_parser("model", help="model caches").add_subparsers(dest="model_command", required=True)
     prep = model.add_parser("prepare", help="convert a built-in model into the cache (once)")
     prep.add_argument("name", nargs="?", default="smollm2-135m")
-    args = parser.parse_args(argv)
+    # Flags may come after key=value overrides (argparse alone would stop at the first flag).
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
 
     try:
         if args.command == "data":
@@ -88,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rayfed: config error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ModelNotAvailableError, ValueError) as err:  # bad input, not a bug
-        print(f"rayfed: {err}", file=sys.stderr)
+    except (OSError, ModelNotAvailableError, ValueError) as err:  # bad input or a full disk, not a bug
+        cause = getattr(err, "cause", None) or err  # an error raised in a Ray actor: the original
+        print(f"rayfed: {cause}", file=sys.stderr)
         return 2
 
 

@@ -9,6 +9,7 @@ through ``personalize_phase``; everything they call is a small piece with its ow
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import asdict
@@ -54,26 +55,34 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
     """
     started = time.perf_counter()
     out = Path(cfg.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"key 'output_dir': cannot create {out} ({err.strerror or err})") from None
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"key 'output_dir': {out} is not writable")
     checkpoint = out / CHECKPOINT
     if resume:
         done, state, record = load_run_state(checkpoint)
-        truncate_events(out / "metrics.jsonl", done)  # rounds after the checkpoint are logged again
     else:
         if not overwrite and ((out / "summary.json").exists() or checkpoint.exists()):
             raise RunExistsError(f"{out} already holds a run: continue it with `rayfed resume {out}`, choose "
                                  f"another output_dir, or start over with --overwrite")
         done, state, record = 0, {}, {}
-        checkpoint.unlink(missing_ok=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
-    loggers = build_loggers(cfg, out, loggers, metrics_file=out / "metrics.jsonl")
 
-    # --- Data: load and partition once, here; shards travel to the workers once.
+    # --- Data: load and partition once, here; shards travel to the workers once. Bad data or a
+    # bad model fails here and in open_driver, before anything in output_dir is touched.
     data = federated_data(cfg)
 
-    try:
-        with open_driver(cfg, data) as driver:
+    with open_driver(cfg, data) as driver:
+        if resume:
+            truncate_events(out / "metrics.jsonl", done)  # rounds after the checkpoint are logged again
+        else:
+            for name in (CHECKPOINT, "metrics.jsonl", "summary.json"):  # --overwrite: start clean
+                (out / name).unlink(missing_ok=True)
+        (out / "config.yaml").write_text(to_yaml(cfg))
+        loggers = build_loggers(cfg, out, loggers, metrics_file=out / "metrics.jsonl")
+        try:
             # --- Rounds: evaluate the untrained prompt, then train, evaluating every eval_every rounds.
             if resume:
                 driver.restore(state)
@@ -98,10 +107,10 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
             if cfg.personalize.enabled:
                 personal = personalize_phase(cfg, driver, driver.global_prompt(),
                                              out / "personalize" / (cfg.personalize.name or "default"), loggers)
-        _draw(out, loggers, recurse=False)
-    finally:
-        for logger in loggers:
-            logger.close()
+            _draw(out, loggers, recurse=False)
+        finally:
+            for logger in loggers:
+                logger.close()
 
     # --- Results.
     summary = {

@@ -123,6 +123,8 @@ def load_backbone(name: str, trust_remote_code: bool = False):
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
                                                          trust_remote_code=trust_remote_code)
+        except ValueError as err:  # transformers: a config class with no causal-LM head
+            raise ValueError(f"model.name {name!r}: not a causal language model ({str(err).splitlines()[0]})") from None
         except OSError as err:
             if "safetensors" not in str(err).lower():
                 raise

@@ -19,6 +19,7 @@ from pathlib import Path
 from rayfed.types import Example
 
 EXAMPLE_KEYS = tuple(f.name for f in fields(Example))
+MAX_LINE_BYTES = 1 << 20  # one example per line; a longer line is a broken file, not an example
 
 
 def load_sni(path: Path, *, max_examples_per_task: int | None = None) -> list[Example]:
@@ -66,8 +67,15 @@ def _load_task_file(path: Path, limit: int | None) -> list[Example]:
 
 def _load_jsonl(path: Path) -> list[Example]:
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if len(raw) > MAX_LINE_BYTES:
+                raise ValueError(f"{path}:{lineno}: line of {len(raw):,} bytes, over the {MAX_LINE_BYTES:,}-byte "
+                                 f"limit for one example")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text ({err.reason} at byte {err.start})") from None
             if not line.strip():
                 continue
             try:
@@ -81,4 +89,6 @@ def _load_jsonl(path: Path) -> list[Example]:
                 names = ", ".join(repr(key) for key in missing)
                 raise ValueError(f"{path}:{lineno}: missing key {names} (need {', '.join(EXAMPLE_KEYS)})")
             examples.append(Example(**{key: str(obj[key]) for key in EXAMPLE_KEYS}))
+    if not examples:
+        raise ValueError(f"{path}: no examples (the file is empty)")
     return examples

@@ -18,8 +18,11 @@ def load_examples(cfg: DataConfig, seed: int) -> list[Example]:
             how to get it.
     """
     if cfg.source == "synthetic":
-        from rayfed.data.synthetic import generate_synthetic
+        from rayfed.data.synthetic import TASKS, generate_synthetic
 
+        unknown = sorted(set(cfg.tasks or []) - set(TASKS))
+        if unknown:
+            raise ValueError(f"key 'data.tasks': no synthetic task {', '.join(unknown)} (known: {', '.join(TASKS)})")
         return generate_synthetic(cfg.max_examples_per_task, seed, cfg.tasks)
     if cfg.source == "bigbench":
         from rayfed.data.bigbench import load_bigbench, prepare_bigbench
@@ -34,6 +37,8 @@ def load_examples(cfg: DataConfig, seed: int) -> list[Example]:
             examples = [ex for ex in examples if ex.task in set(cfg.tasks)]
     else:
         raise ValueError(f"unknown data source {cfg.source!r}")
+    if cfg.tasks is not None and not examples:
+        raise ValueError(f"key 'data.tasks': none of {', '.join(cfg.tasks)} is in the {cfg.source} data")
     return cap_per_task(examples, cfg.max_examples_per_task)
 
 

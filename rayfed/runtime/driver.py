@@ -8,6 +8,7 @@ interpolations during personalization.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -24,6 +25,10 @@ from rayfed.metrics import GLOBAL_SPLITS, LOCAL_SPLITS, summarize_clients
 from rayfed.personalization import PersonalizeSettings
 from rayfed.runtime.worker import ClientWorker
 from rayfed.types import EvalSums, RoundResult
+
+
+class NonFiniteError(ValueError):
+    """A client's training produced a NaN or infinite loss or update."""
 
 
 class Executor(Protocol):
@@ -108,6 +113,12 @@ class Driver:
         if len(finished) < quorum:  # below quorum: the global prompt stays as it is
             metrics.update({"train/skipped": 1.0, "time/round_s": time.perf_counter() - start})
             return RoundResult(round_idx, metrics, {}, clients)
+        for u in updates:  # stop before a NaN reaches the global prompt; the last checkpoint stays good
+            if not (math.isfinite(u.train_loss) and bool(torch.isfinite(u.delta).all())):
+                raise NonFiniteError(
+                    f"round {round_idx}, client {u.client_id}: the training loss is {u.train_loss} and the update "
+                    f"is {'finite' if bool(torch.isfinite(u.delta).all()) else 'not finite'}; lower "
+                    f"algorithm.client_optimizer.lr ({self.cfg.algorithm.client_optimizer.lr})")
         pseudo_gradient = self.algorithm.aggregate(updates)
         self.server.step(pseudo_gradient)
         weights = sum(u.num_examples for u in updates)
