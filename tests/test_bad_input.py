@@ -80,7 +80,18 @@ def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("not a causal LM", [f"model.name={encoder}"], "not a causal language model"),
         ("pickled weights", [f"model.name={pickled}"], "never loads pickled weights"),
         ("output_dir under a file", [f"output_dir={tmp / 'a_file' / 'run'}"], "key 'output_dir'"),
+        ("a Ray address that does not answer", ["runtime.executor=ray", f"ray.address=127.0.0.1:{closed_port()}"],
+         "key 'ray.address': no Ray cluster answers"),
     ]
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_each_bad_input_fails_with_one_line_naming_what_is_wrong(tmp_path, capsys, tiny_overrides):

@@ -9,6 +9,7 @@ prompt. Only prompts, counts and metrics cross process boundaries.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,15 +25,30 @@ from rayfed.runtime.worker import ClientWorker
 
 def start_ray(cfg: RayConfig) -> None:
     """Connect to ``cfg.address`` or ``$RAY_ADDRESS`` (e.g. under ``ray job submit``), else start
-    a local cluster. Does nothing if Ray is already initialised (tests, Tune trials)."""
+    a local cluster. Does nothing more if Ray is already initialised (tests, Tune trials)."""
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_reachable(address, "ray.address" if cfg.address else "RAY_ADDRESS")
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
     else:
         ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.include_dashboard)
+
+
+def check_reachable(address: str, key: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, naming the key, when a ``host:port`` Ray address does not answer (Ray
+    itself would retry for minutes). ``auto``, ``local`` and ``ray://`` addresses pass through."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConfigError(f"key '{key}': no Ray cluster answers at {address} ({err.strerror or err}); start one "
+                          f"with `ray start --head`, or unset it to run on a local Ray instance") from None
 
 
 class RayExecutor:
