@@ -54,9 +54,11 @@ class JobResult:
     losses: list[float]  # mean batch loss of every step
 
 
-def groups(jobs: Sequence[PromptJob], max_rows: int) -> Iterator[list[int]]:
+def groups(jobs: Sequence[PromptJob], max_rows: int | None) -> Iterator[list[int]]:
     """Consecutive job indices whose widest batches together stay within ``max_rows`` rows
-    (a job wider than that forms a group alone)."""
+    (a job wider than that forms a group alone; None: every job in one group)."""
+    if max_rows is None:
+        max_rows = sum(max((len(b) for b in job.plan), default=0) for job in jobs)
     group: list[int] = []
     rows = 0
     for i, job in enumerate(jobs):
@@ -75,7 +77,7 @@ def train_lockstep(model: PromptModel, jobs: Sequence[PromptJob], *, optimizer: 
     """Train every job's prompt; jobs run together in groups of at most ``max_rows`` rows per pass
     (None: all together). Returns each job's kept prompts and per-step losses, in job order."""
     results: list[JobResult | None] = [None] * len(jobs)
-    for group in groups(jobs, max_rows) if max_rows else [list(range(len(jobs)))]:
+    for group in groups(jobs, max_rows):
         for i, result in zip(group, _train_group(model, [jobs[i] for i in group], optimizer, l2_strength)):
             results[i] = result
     return results  # type: ignore[return-value]
@@ -113,16 +115,16 @@ def _train_group(model: PromptModel, jobs: Sequence[PromptJob], optimizer: Optim
     return results
 
 
-def gradients_lockstep(model: PromptModel, batches: Sequence[Sequence[TokenizedExample]],
+def gradients_lockstep(model: PromptModel, client_batches: Sequence[Sequence[TokenizedExample]],
                        prompts: Sequence[torch.Tensor], max_rows: int | None = None,
                        ) -> list[tuple[torch.Tensor, float]]:
     """Each client's gradient of its mean batch loss at its prompt, and that loss: one pass per
     group of at most ``max_rows`` rows."""
-    jobs = [PromptJob(b, p, [np.arange(len(b))], frozenset()) for b, p in zip(batches, prompts)]
+    jobs = [PromptJob(b, p, [np.arange(len(b))], frozenset()) for b, p in zip(client_batches, prompts)]
     out: list[tuple[torch.Tensor, float]] = []
-    for group in groups(jobs, max_rows) if max_rows else [list(range(len(jobs)))]:
+    for group in groups(jobs, max_rows):
         params = [torch.nn.Parameter(prompts[i].detach().to(model.device, torch.float32, copy=True)) for i in group]
-        rows = [list(batches[i]) for i in group]
+        rows = [list(client_batches[i]) for i in group]
         stacked = torch.cat([p.unsqueeze(0).expand(len(r), -1, -1) for p, r in zip(params, rows)])
         losses = per_example_loss(model, [ex for r in rows for ex in r], stacked)
         means = [part.mean() for part in losses.split([len(r) for r in rows])]
