@@ -3,7 +3,10 @@ against the CPU and timed.
 
 It trains the same rounds twice from the same seed, on the GPU (8 worker actors at 0.125 GPU
 each, or ``--workers`` of them with the clients batched) and on the CPU (in-process), and
-checks that the global prompt and the global test scores agree within float32 tolerance. It
+checks that the global prompts and the global test losses agree. The clients use SGD (lr 0.3)
+here rather than the quickstart's Adam: Adam's first step is ``lr * sign(gradient)``, so float
+rounding in a near-zero gradient component becomes a difference of up to ``lr``, while SGD's
+step is linear in the gradient and the two devices can be compared tightly. It
 prints the time of each round, each worker's GPU memory, and the GPU's utilization sampled with
 ``nvidia-smi`` while the rounds run.
 
@@ -24,6 +27,7 @@ import torch
 
 from rayfed.config import load_config
 from rayfed.data.sources import federated_data
+from rayfed.model import build_prompt_model
 
 
 def utilization_sampler(samples: list[tuple[float, float]], stop: threading.Event) -> None:
@@ -97,7 +101,8 @@ def main() -> None:
     workers = args.workers or args.clients
     cpus = max(1, os.cpu_count() or 1)
     common = [f"partition.num_clients={args.clients}", f"algorithm.clients_per_round={args.clients}",
-              f"algorithm.rounds={args.rounds}", "eval.local=false"]
+              f"algorithm.rounds={args.rounds}", "eval.local=false", "algorithm.client_optimizer.name=sgd",
+              "algorithm.client_optimizer.lr=0.3"]
     gpu = gpu_rounds([*common, f"runtime.num_workers={workers}", f"runtime.num_gpus_per_worker={1 / workers}",
                       f"runtime.num_cpus_per_worker={min(1.0, (cpus - 1) / workers)}",
                       f"runtime.batch_clients={str(args.batch_clients).lower()}", "runtime.torch_threads=1",
@@ -114,11 +119,13 @@ def main() -> None:
               f"GPU memory used at most {max(m for _, m in gpu['samples']):.0f} MiB")
     cpu = cpu_rounds(common, args.rounds)
     print(f"CPU (in-process, {torch.get_num_threads()} threads): round times (s) {[round(t, 2) for t in cpu['rounds']]}")
+    init = build_prompt_model(load_config("configs/quickstart.yaml").model).get_prompt()
+    moved = (cpu["prompt"] - init).abs().max().item()
     diff = (gpu["prompt"] - cpu["prompt"]).abs().max().item()
     key = "eval/global_test/loss"
-    print(f"global prompt: max |GPU - CPU| = {diff:.2e}; {key}: GPU {gpu['metrics'][key]:.5f}, "
-          f"CPU {cpu['metrics'][key]:.5f}")
-    ok = diff < 1e-3 and abs(gpu["metrics"][key] - cpu["metrics"][key]) < 1e-3 * abs(cpu["metrics"][key])
+    print(f"global prompt: max |GPU - CPU| = {diff:.2e} (training moved it by up to {moved:.2e}); "
+          f"{key}: GPU {gpu['metrics'][key]:.5f}, CPU {cpu['metrics'][key]:.5f}")
+    ok = diff < 1e-2 * moved and abs(gpu["metrics"][key] - cpu["metrics"][key]) < 1e-3 * abs(cpu["metrics"][key])
     print("CUDA path agrees with the CPU:", ok)
     raise SystemExit(0 if ok else 1)
 
