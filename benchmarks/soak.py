@@ -6,7 +6,7 @@ and prints the proportional set size of this process and every process it starte
 daemons, the actors) every 50 rounds. Growth from round 100 to the last round should stay under
 5%.
 
-    .venv/bin/python benchmarks/soak.py                   # 1,000 rounds, about 10 minutes on 2 cores
+    .venv/bin/python benchmarks/soak.py                   # 1,000 rounds, about a minute on 2 cores
     .venv/bin/python benchmarks/soak.py --rounds 200
 """
 
