@@ -21,9 +21,11 @@ def _hide_wheel(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
 
 
-def test_non_builtin_names_pass_through() -> None:
+def test_non_builtin_names_pass_through_and_a_missing_directory_is_named(tmp_path: Path) -> None:
     assert resolve_model_path("some/hub-id") == "some/hub-id"
-    assert resolve_model_path("/some/local/dir", quiet=True) == "/some/local/dir"
+    assert resolve_model_path(str(tmp_path), quiet=True) == str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="model.name '/some/local/dir': no such model directory"):
+        resolve_model_path("/some/local/dir", quiet=True)
 
 
 def test_missing_wheel_error_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

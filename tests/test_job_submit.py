@@ -1,6 +1,6 @@
-"""The cluster path end to end: a head node on the loopback address, `ray job submit --working-dir`
-of a smoke run and of a tiny `rayfed tune`, both SUCCEEDED with their outputs, and no Ray process
-left behind."""
+"""The cluster path end to end: a head node on the loopback address (`ray start --head`),
+`ray job submit --working-dir` of a smoke run and of a tiny `rayfed tune`, both succeeded with
+their outputs, and no process of that head left behind."""
 
 import json
 import os
@@ -36,18 +36,43 @@ def head(tmp_path_factory):
     """A Ray head node of its own (own ports, own temp dir), stopped afterwards."""
     temp = Path("/tmp") / f"rf-{uuid.uuid4().hex[:6]}"  # Ray's socket paths must stay short
     gcs, dashboard = free_port(), free_port()
+    # Every port its own: the test session's Ray instance holds the defaults (an agent that cannot
+    # bind its port never starts, and the job API then answers "No available agent").
+    ports = [f"--{name}={free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+        "node-manager-port", "object-manager-port", "ray-client-server-port")]
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ""}
     start = ray_cli("start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
-                    "--disable-usage-stats", env=env)
+                    "--disable-usage-stats", *ports, env=env)
     assert start.returncode == 0, start.stdout + start.stderr
     try:
         yield f"http://127.0.0.1:{dashboard}", env, temp
     finally:
-        stop = ray_cli("stop", "--force", env=env)
-        assert stop.returncode == 0, stop.stderr
-    leftover = subprocess.run(["pgrep", "-f", str(temp)], capture_output=True, text=True).stdout.split()
-    assert not leftover, f"Ray processes left behind: {leftover}"
+        stop_head(temp)
+    assert not head_processes(temp), "Ray processes left behind"
+
+
+def head_processes(temp: Path) -> list:
+    """The head's daemons (their command lines name its temp dir) and every process they started."""
+    import psutil
+
+    roots = [p for p in psutil.process_iter(["cmdline"]) if str(temp) in " ".join(p.info["cmdline"] or [])]
+    return list({p.pid: p for root in roots for p in [root, *root.children(recursive=True)]}.values())
+
+
+def stop_head(temp: Path) -> None:
+    """Stop this head node only: `ray stop` would stop every Ray instance on the machine, the test
+    session's own included (and a driver whose GCS dies exits)."""
+    import psutil
+
+    procs = head_processes(temp)
+    for p in procs:
+        p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for p in alive:
+        p.kill()
+    psutil.wait_procs(alive, timeout=5)
 
 
 def submit(address: str, env: dict, *entrypoint: str, timeout: float = 300) -> str:
@@ -55,8 +80,13 @@ def submit(address: str, env: dict, *entrypoint: str, timeout: float = 300) -> s
     prints "Job '<id>' succeeded" when it is done); return it."""
     job_id = f"rayfed-{uuid.uuid4().hex[:8]}"
     runtime_env = json.dumps({"excludes": yaml.safe_load((ROOT / "cluster/runtime_env.yaml").read_text())["excludes"]})
-    out = ray_cli("job", "submit", "--address", address, "--submission-id", job_id, "--working-dir", str(ROOT),
-                  "--runtime-env-json", runtime_env, "--no-wait", "--", *entrypoint, env=env)
+    deadline = time.monotonic() + 60
+    while True:  # the head's job agent starts a little after `ray start` returns
+        out = ray_cli("job", "submit", "--address", address, "--submission-id", job_id, "--working-dir",
+                      str(ROOT), "--runtime-env-json", runtime_env, "--no-wait", "--", *entrypoint, env=env)
+        if out.returncode == 0 or "No available agent" not in out.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(2.0)
     assert out.returncode == 0, out.stdout + out.stderr
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
