@@ -137,11 +137,7 @@ def resume_experiment(run_dir: str | Path, overrides: list[str] | None = None,
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a rayfed run: config.yaml is missing")
-    for item in overrides or []:
-        key = item.split("=", 1)[0]
-        if not key.startswith(RESUME_OVERRIDABLE):
-            raise ConfigError(f"key '{key}': cannot change when resuming a run (only "
-                              f"{', '.join(k + '*' for k in RESUME_OVERRIDABLE)} may)")
+    _check_overridable(overrides or [], RESUME_OVERRIDABLE, "resuming a run")
     cfg = load_config(run_dir / "config.yaml", [*(overrides or []), f"output_dir={run_dir}"])
     return run_experiment(cfg, loggers, resume=True)
 
@@ -185,11 +181,26 @@ def personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.T
     settings = PersonalizeSettings.from_config(cfg.personalize)
     cache = PromptCache(prompt_cache, cfg.seed) if prompt_cache is not None else None
 
+    def status(message: str) -> None:  # progress for a phase that takes minutes (console only)
+        for logger in loggers:
+            logger.log({"event": "status", "message": f"personalize: {message}"})
+
+    epochs = settings.eval_epochs()
+    clock = {"since": time.perf_counter()}
+
     def epoch_done(epoch: int, rows: list[dict[str, Any]]) -> None:
+        seconds = time.perf_counter() - clock["since"]
+        done, left = epochs.index(epoch), len(epochs) - 1 - epochs.index(epoch)
+        if epoch == 0:
+            status(f"the global prompt scored in {seconds:.0f} s; {left} evaluated epoch(s) to score")
+        else:
+            status(f"epoch {epoch}/{settings.epochs} scored; about {seconds / done * left / 60:.1f} min left")
         for row in rows:
             for logger in loggers:
                 logger.log({"event": "personalize", "epoch": row["epoch"], "interp_ratio": row["interp_ratio"],
                             **{f"personalize/{k}": v for k, v in row.items() if "/" in k}})
+        if epoch == 0:
+            clock["since"] = time.perf_counter()
         if on_epoch is not None:
             on_epoch(epoch, rows)
 
@@ -202,7 +213,11 @@ def personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.T
         return score_reference(driver, global_prompt, list(range(cfg.partition.num_clients)),
                                settings.global_eval_examples)
 
+    status(f"{cfg.partition.num_clients} clients fine-tune the global prompt for {settings.epochs} epoch(s)")
     trained, reused = cache.local_prompts(settings, train) if cache else (train(), False)
+    status(f"local prompts {'reused from the cache' if reused else 'trained'} in "
+           f"{time.perf_counter() - clock['since']:.0f} s; scoring the global prompt")
+    clock["since"] = time.perf_counter()
     reference = cache.reference(settings, score) if cache else None
     result = personalize(driver, global_prompt, settings, trained, reference=reference, on_epoch=epoch_done)
     with open(out / "personalization.jsonl", "w", encoding="utf-8") as f:
@@ -230,17 +245,22 @@ def load_finished_run(run_dir: str | Path, overrides: list[str]) -> tuple[Experi
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir} is not a finished rayfed run: {name} is missing "
                                     f"(run `rayfed run CONFIG output_dir={run_dir}` first)")
-    for item in overrides:
-        key = item.split("=", 1)[0]
-        if not key.startswith(PERSONALIZE_OVERRIDABLE):
-            raise ConfigError(f"key '{key}': cannot change when personalizing a finished run (only "
-                              f"{', '.join(k + '*' for k in PERSONALIZE_OVERRIDABLE)} may)")
+    _check_overridable(overrides, PERSONALIZE_OVERRIDABLE, "personalizing a finished run")
     cfg = load_config(run_dir / "config.yaml", overrides)
     prompt, meta = load_prompt(run_dir / "global_prompt.safetensors")
     if meta.get("round") != str(cfg.algorithm.rounds):
         raise ConfigError(f"key 'algorithm.rounds': the run in {run_dir} stopped at round {meta.get('round')} "
                           f"of {cfg.algorithm.rounds}; personalize a finished run")
     return cfg, prompt
+
+
+def _check_overridable(overrides: list[str], allowed: tuple[str, ...], doing: str) -> None:
+    """Refuse, naming the key, an override outside the ``allowed`` prefixes."""
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if not key.startswith(allowed):
+            raise ConfigError(f"key '{key}': cannot change when {doing} (only "
+                              f"{', '.join(k + '*' for k in allowed)} may)")
 
 
 def _name_from(overrides: list[str]) -> str:

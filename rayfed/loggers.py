@@ -24,9 +24,10 @@ class MetricLogger(Protocol):
 
 class JsonlLogger:
     """Appends one JSON object per event to a file, flushed so a crash keeps them. Images and
-    tables are files of their own already, so they are not copied here."""
+    tables are files of their own already, and status lines are progress for the console, so
+    they are not copied here."""
 
-    SKIPPED = ("image", "table")
+    SKIPPED = ("image", "table", "status")
 
     def __init__(self, path: Path):
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
@@ -64,6 +65,8 @@ class ConsoleLogger:
                 parts.append(f"dropped {int(event['train/dropped'])}/{int(event['train/sampled'])}"
                              + (" (skipped: below availability.min_clients)" if event.get("train/skipped") else ""))
             parts.append(f"{event.get('time/round_s', 0.0) + event.get('time/eval_s', 0.0):.1f}s")
+        elif event.get("event") == "status":
+            parts = [str(event["message"])]
         elif event.get("event") == "personalize":
             parts = [f"personalize epoch {event['epoch']:>3} ratio {event['interp_ratio']:<4g}", "rougeL"]
             parts += [f"{label} {event[key]:.4f}" for key, label in self.PERSONAL if key in event]

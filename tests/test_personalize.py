@@ -160,3 +160,21 @@ def test_by_epoch_training_ends_where_one_shot_training_does(tiny_config):
                                l2_reference=start, l2_strength=0.5)
     assert sorted(by_epoch) == [0, 2, 3] and sorted(losses) == [1, 2, 3]
     assert torch.equal(by_epoch[0], start) and torch.equal(by_epoch[3], one_shot)
+
+
+def test_personalization_reports_progress_with_an_estimate_on_the_console(finished_run):
+    import io
+
+    from rayfed.loggers import ConsoleLogger
+
+    run_dir, _ = finished_run
+    stream = io.StringIO()
+    run_personalization(run_dir, [*ADAM, "personalize.name=progress"], loggers=[ConsoleLogger(3, stream)])
+    lines = stream.getvalue().splitlines()
+    status = [line for line in lines if line.startswith("personalize: ")]
+    assert "fine-tune the global prompt for 3 epoch(s)" in status[0]
+    assert "trained in" in status[1] and "the global prompt scored in" in status[2]
+    assert [line.split(";")[0] for line in status[3:]] == [f"personalize: epoch {e}/3 scored" for e in (1, 2, 3)]
+    assert status[-1].endswith("about 0.0 min left")
+    assert not [line for line in (run_dir / "personalize" / "progress").glob("*.jsonl")
+                if "status" in line.read_text()]  # progress lines stay on the console
