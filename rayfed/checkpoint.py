@@ -83,7 +83,8 @@ class PromptCache:
         """The global prompt's scores per client and split (cached by the global subsample size)."""
         from rayfed.types import EvalSums
 
-        path = self.root / f"reference-{settings.global_eval_examples or 'all'}.json"
+        path = self.root / (f"reference-{settings.global_eval_examples or 'all'}"
+                            f"{'' if settings.validation else '-test'}.json")
         with self._lock(path):
             if path.exists():
                 raw = json.loads(path.read_text())

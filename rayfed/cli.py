@@ -1,4 +1,4 @@
-"""The ``rayfed`` command: run, resume, personalize, tune, plot, validate, partition, data/model prepare."""
+"""The ``rayfed`` command: run, resume, personalize, tune, study, plot, validate, partition, data/model prepare."""
 
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--resume", action="store_true", help="continue an interrupted search in output_dir")
         if name == "run":
             p.add_argument("--overwrite", action="store_true", help="start over in an output_dir that holds a run")
+    p = sub.add_parser("study", help="run (or continue) a study: federated runs, personalizations, verdicts")
+    p.add_argument("config", help="a study file, e.g. configs/study/quick.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the study file, e.g. seeds=[0]")
+    p.add_argument("--report-only", action="store_true", help="only analyze the finished jobs and redraw")
     p = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint, bit for bit")
     p.add_argument("run_dir", help="the interrupted run's output directory")
     p.add_argument("overrides", nargs="*", help="runtime.*/ray.*/logging.*/personalize.* overrides")
@@ -57,6 +61,16 @@ def main(argv: list[str] | None = None) -> int:
 
             for png in plot_path(Path(args.path)):
                 print(png)
+        elif args.command == "study":
+            from rayfed.study.config import load_study
+            from rayfed.study.report import print_study, write_report
+            from rayfed.study.runner import run_study
+
+            study = load_study(args.config, args.overrides)
+            out = Path(study.output_dir)
+            if not args.report_only:
+                run_study(study, out)
+            print_study(write_report(study, out), out)
         elif args.command == "resume":
             from rayfed.experiment import resume_experiment
             from rayfed.report import print_run

@@ -129,6 +129,9 @@ class PersonalizeConfig:
     # Selection rule: the best local_val ROUGE-L whose global_val ROUGE-L is at least the
     # un-personalized global prompt's minus this tolerance. Test scores are reported, never used.
     global_tolerance: float = 0.01
+    # Also score the validation splits (what the selection rule reads). Off: test splits only, half
+    # the scoring, no selection (a study that reports fixed settings, e.g. configs/study/).
+    validation: bool = True
 
 
 @dataclass
@@ -262,6 +265,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except Exception as err:  # YAML syntax: the parser's message names the line
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
         merged = _merge(merged, loaded, str(path))
+    return _finish(merged, overrides)
+
+
+def config_from_mapping(mapping: dict[str, Any], overrides: list[str] | None = None,
+                        source: str = "config") -> ExperimentConfig:
+    """Like :func:`load_config`, with the YAML already read into a mapping (a section of
+    another file, e.g. a study's ``experiment:``); errors name ``source``."""
+    merged = _merge(OmegaConf.structured(ExperimentConfig), OmegaConf.create(mapping), source)
+    return _finish(merged, overrides)
+
+
+def _finish(merged: DictConfig, overrides: list[str] | None) -> ExperimentConfig:
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")

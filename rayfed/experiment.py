@@ -18,8 +18,15 @@ from typing import Any
 
 import torch
 
-from rayfed.checkpoint import (CHECKPOINT, PromptCache, load_prompt, load_run_state, save_prompt, save_run_state,
-                               truncate_events)
+from rayfed.checkpoint import (
+    CHECKPOINT,
+    PromptCache,
+    load_prompt,
+    load_run_state,
+    save_prompt,
+    save_run_state,
+    truncate_events,
+)
 from rayfed.config import ConfigError, ExperimentConfig, load_config, to_yaml
 from rayfed.data.sources import federated_data
 from rayfed.loggers import MetricLogger, build_loggers, log_round
@@ -211,7 +218,7 @@ def personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.T
 
     def score():
         return score_reference(driver, global_prompt, list(range(cfg.partition.num_clients)),
-                               settings.global_eval_examples)
+                               settings.global_eval_examples, settings.validation)
 
     status(f"{cfg.partition.num_clients} clients fine-tune the global prompt for {settings.epochs} epoch(s)")
     trained, reused = cache.local_prompts(settings, train) if cache else (train(), False)

@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from rayfed.config import OptimizerConfig, PersonalizeConfig
 from rayfed.core.selection import select_best
-from rayfed.data.formatting import TokenizedExample
 from rayfed.metrics import summarize_clients
-from rayfed.model import PromptModel
 from rayfed.types import EvalSums
 
 Trained = dict[int, tuple[dict[int, torch.Tensor], dict[int, float]]]  # client -> (prompts, losses) by epoch
@@ -41,11 +37,12 @@ class PersonalizeSettings:
     interp_ratios: tuple[float, ...]
     global_eval_examples: int | None
     global_tolerance: float
+    validation: bool = True
 
     @classmethod
     def from_config(cls, cfg: PersonalizeConfig) -> PersonalizeSettings:
         return cls(cfg.local_epochs, cfg.eval_every_epochs, cfg.batch_size, cfg.optimizer, cfg.l2_strength,
-                   tuple(cfg.interp_ratios), cfg.global_eval_examples, cfg.global_tolerance)
+                   tuple(cfg.interp_ratios), cfg.global_eval_examples, cfg.global_tolerance, cfg.validation)
 
     def eval_epochs(self) -> list[int]:
         """0, every ``eval_every_epochs``-th epoch, and the last one."""
@@ -55,7 +52,7 @@ class PersonalizeSettings:
         """Identifies the local prompts: settings that differ only in how they are scored
         (ratios, subsample, tolerance) share them."""
         train = {k: v for k, v in asdict(self).items()
-                 if k not in ("interp_ratios", "global_eval_examples", "global_tolerance")}
+                 if k not in ("interp_ratios", "global_eval_examples", "global_tolerance", "validation")}
         return hashlib.sha256(json.dumps([seed, train], sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -77,10 +74,11 @@ def personalize(driver: Any, global_prompt: torch.Tensor, settings: PersonalizeS
     """Score each evaluated epoch of the trained local prompts (``driver.personalize_train``);
     ``on_epoch(epoch, curve_rows)`` sees each epoch's rows as soon as they exist. ``reference``:
     the global prompt's scores (``score_reference``), if already known."""
-    local_splits, global_splits = driver.splits()
+    local_splits, global_splits = scored_splits(driver, settings.validation)
     subsample = settings.global_eval_examples
     client_ids = sorted(trained)
-    ref = reference if reference is not None else score_reference(driver, global_prompt, client_ids, subsample)
+    ref = reference if reference is not None else score_reference(driver, global_prompt, client_ids, subsample,
+                                                                  settings.validation)
 
     result = PersonalizationResult()
     for epoch in settings.eval_epochs():
@@ -104,11 +102,18 @@ def personalize(driver: Any, global_prompt: torch.Tensor, settings: PersonalizeS
     return result
 
 
+def scored_splits(driver: Any, validation: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The driver's non-empty ``(local, global)`` splits, less the validation ones if not ``validation``."""
+    local, global_ = driver.splits()
+    return (tuple(n for n in local if validation or not n.endswith("_val")),
+            tuple(n for n in global_ if validation or not n.endswith("_val")))
+
+
 def score_reference(driver: Any, global_prompt: torch.Tensor, client_ids: list[int],
-                    subsample: int | None) -> Scores:
+                    subsample: int | None, validation: bool = True) -> Scores:
     """The un-personalized global prompt's scores per client and split: on each client's own
     splits, and on the global sets (scored once for everyone, or on each client's subsample)."""
-    local_splits, global_splits = driver.splits()
+    local_splits, global_splits = scored_splits(driver, validation)
     ref = {cid: s["ref"] for cid, s in driver.evaluate_clients(
         {cid: {"ref": global_prompt} for cid in client_ids},
         local_splits + (global_splits if subsample else ()), subsample).items()}

@@ -17,6 +17,11 @@ def test_configs_are_shipped():
 def test_every_shipped_config_validates(path):
     from rayfed.tuning import DEFAULT_SPACE, check_space
 
+    if path.parent.name == "study":  # a study file: every run and personalization it implies loads
+        from rayfed.study.config import load_study
+
+        load_study(path)
+        return
     cfg = load_config(path)
     assert cfg.algorithm.clients_per_round <= cfg.partition.num_clients
     if path.parent.name == "tune":  # every searched value applies to the config

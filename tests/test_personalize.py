@@ -178,3 +178,21 @@ def test_personalization_reports_progress_with_an_estimate_on_the_console(finish
     assert status[-1].endswith("about 0.0 min left")
     assert not [line for line in (run_dir / "personalize" / "progress").glob("*.jsonl")
                 if "status" in line.read_text()]  # progress lines stay on the console
+
+
+def test_without_validation_only_test_splits_are_scored_with_the_same_numbers(finished_run, tmp_path):
+    """personalize.validation=false (what the study uses): half the scoring, the test scores
+    unchanged, and no selection (nothing to select on)."""
+    run_dir, _ = finished_run
+    both = run_personalization(run_dir, [*ADAM, "personalize.interp_ratios=[0.5,1]", "personalize.name=both"],
+                               loggers=[], prompt_cache=tmp_path)
+    test_only = run_personalization(run_dir, [*ADAM, "personalize.interp_ratios=[0.5,1]",
+                                              "personalize.validation=false", "personalize.name=test_only"],
+                                    loggers=[], prompt_cache=tmp_path)
+    assert test_only["local_prompts_reused"]  # scoring differs, training does not
+    assert {r["split"] for r in records_of(run_dir / "personalize" / "test_only")} == {
+        "local_test", "global_test", "train"}
+    assert test_only["selected"] is None and both["selected"] is not None
+    for a, b in zip(both["curve"], test_only["curve"], strict=True):
+        # Rows are pooled differently without the validation splits: rounding, not results, may differ.
+        assert {k: v for k, v in a.items() if "_val/" not in k} == pytest.approx(b, rel=1e-5)

@@ -1,0 +1,242 @@
+"""The study's four claims, each measured from the result files and given a verdict.
+
+Scores are test ROUGE-L, means over clients: ``local`` = each client's own test split
+(personalization), ``global`` = the global test distribution (robustness). Everything chosen
+(the federated lr) was chosen on validation data. Every claim is measured per heterogeneity
+level as one or more *parts*, each a paired difference per seed in the direction the claim
+predicts; a part **holds** when the mean difference over seeds is positive and larger than its
+seed-to-seed standard deviation, is **within spread** when positive but not larger, and
+**fails** otherwise. A claim is *reproduced* when every part holds, *partly reproduced* when
+some part holds or every part points the claimed way, *not reproduced* otherwise. With one seed
+the spread is unknown, and a claim is at most partly reproduced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from rayfed.core.selection import pareto_mask
+from rayfed.study.config import StudyConfig, personalize_overrides
+from rayfed.study.runner import run_dir, selected_lrs
+
+LOCAL, GLOBAL = "local_test/rouge_l_mean", "global_test/rouge_l_mean"
+CLAIMS = {
+    1: "A high personalization lr raises local ROUGE-L fast and drops global ROUGE-L; a lower lr keeps global "
+       "higher and needs several times more epochs to reach a similar local score.",
+    2: "Small lr + many local epochs: at equal local score, the slow path keeps more global score.",
+    3: "FedAvg(Adam) prompts are more robust to later personalization than FedAvg(SGD) and FedSGD.",
+    4: "With few local updates, the l2 pull and global/local interpolation each give a better local/global "
+       "frontier than plain fine-tuning.",
+}
+
+Curve = list[tuple[int, float, float]]  # (epoch, local, global), ratio 1
+
+
+def analyze(s: StudyConfig, out: Path) -> dict[str, Any]:
+    """Every claim at every concentration, from the finished jobs in ``out`` (seeds whose jobs
+    are not all finished are left out and counted)."""
+    result: dict[str, Any] = {"claims": {str(k): {"text": v, "by_concentration": {}} for k, v in CLAIMS.items()},
+                              "selected_lrs": {}, "seeds": {}}
+    for conc in s.concentrations:
+        try:
+            lrs = selected_lrs(s, out, conc)
+        except (FileNotFoundError, KeyError):
+            continue
+        result["selected_lrs"][f"{conc:g}"] = lrs
+        seeds = {seed: data for seed in s.seeds if (data := _load_seed(s, out, conc, seed, lrs)) is not None}
+        result["seeds"][f"{conc:g}"] = sorted(seeds)
+        if not seeds:
+            continue
+        for number, measure in ((1, claim1), (2, claim2), (3, claim3), (4, claim4)):
+            parts, table = measure(s, list(seeds.values()))
+            result["claims"][str(number)]["by_concentration"][f"{conc:g}"] = {
+                "parts": parts, "table": table, "verdict": verdict(parts), "seeds": len(seeds)}
+    for claim in result["claims"].values():
+        claim["verdict"] = overall([c["verdict"] for c in claim["by_concentration"].values()])
+    return result
+
+
+# --- Measures -----------------------------------------------------------------------------------
+
+def claim1(s: StudyConfig, seeds: list[dict]) -> tuple[list[dict], dict]:
+    p = s.personalize
+    high, low = p.lrs[0], p.lrs[-1]
+    first = p.eval_every_epochs
+    rows = {"epochs to reach the high lr's first-epoch local score": {}, "local gain, first epoch": {},
+            "global change, last epoch": {}}
+    parts = [
+        _part(f"lr {high:g} raises local test ROUGE-L at epoch {first}",
+              [_at(d["curves"][high], first)[1] - _at(d["curves"][high], 0)[1] for d in seeds]),
+        _part(f"lr {high:g} lowers global test ROUGE-L by epoch {p.epochs}",
+              [_at(d["curves"][high], 0)[2] - _at(d["curves"][high], p.epochs)[2] for d in seeds]),
+        _part(f"lr {low:g} keeps global higher than lr {high:g} at epoch {p.epochs}",
+              [_at(d["curves"][low], p.epochs)[2] - _at(d["curves"][high], p.epochs)[2] for d in seeds]),
+    ]
+    factors = [_epochs_to_reach(d["curves"][low], _at(d["curves"][high], first)[1], p.epochs) / first for d in seeds]
+    parts.append(_part(f"lr {low:g} needs more epochs than lr {high:g} to reach its epoch-{first} local score "
+                       f"(factor; a curve that never reaches it counts as {p.epochs + p.eval_every_epochs} epochs)",
+                       [f - 1 for f in factors]))
+    for lr in p.lrs:
+        reach = [_epochs_to_reach(d["curves"][lr], _at(d["curves"][high], first)[1], p.epochs) for d in seeds]
+        rows["epochs to reach the high lr's first-epoch local score"][f"lr {lr:g}"] = _stats(reach)
+        rows["local gain, first epoch"][f"lr {lr:g}"] = _stats(
+            [_at(d["curves"][lr], first)[1] - _at(d["curves"][lr], 0)[1] for d in seeds])
+        rows["global change, last epoch"][f"lr {lr:g}"] = _stats(
+            [_at(d["curves"][lr], p.epochs)[2] - _at(d["curves"][lr], 0)[2] for d in seeds])
+    return parts, rows
+
+
+def claim2(s: StudyConfig, seeds: list[dict]) -> tuple[list[dict], dict]:
+    """Each point of the high-lr curve (epoch >= 1) is matched with the point of the lower-lr
+    curves (epoch >= 1) nearest in local score; the part is their global difference."""
+    high, slower = s.personalize.lrs[0], s.personalize.lrs[1:]
+    diffs, gaps = [], []
+    for d in seeds:
+        pool = [pt for lr in slower for pt in d["curves"][lr] if pt[0] > 0]
+        pairs = [(h, min(pool, key=lambda q: abs(q[1] - h[1]))) for h in d["curves"][high] if h[0] > 0]
+        diffs.append(statistics.fmean(q[2] - h[2] for h, q in pairs))
+        gaps.append(statistics.fmean(abs(q[1] - h[1]) for h, q in pairs))
+    parts = [_part(f"at matched local score, lrs {', '.join(f'{lr:g}' for lr in slower)} keep more global "
+                   f"test ROUGE-L than lr {high:g}", diffs)]
+    return parts, {"matched": {"global difference (slow - fast)": _stats(diffs), "local gap (absolute)": _stats(gaps)}}
+
+
+def claim3(s: StudyConfig, seeds: list[dict]) -> tuple[list[dict], dict]:
+    """Robustness of an algorithm's prompt: its global test change under personalization at
+    ``robustness_lr``, averaged over the evaluated epochs after 0."""
+    main = s.personalize.main_algorithm
+    robust = {label: [_robustness(d["robustness"][label]) for d in seeds] for label in s.algorithms}
+    parts = [_part(f"{main} loses less global test ROUGE-L than {label}",
+                   [a - b for a, b in zip(robust[main], robust[label], strict=True)])
+             for label in s.algorithms if label != main]
+    table = {label: {"global before": _stats([_at(d["robustness"][label], 0)[2] for d in seeds]),
+                     "global after (last epoch)": _stats([d["robustness"][label][-1][2] for d in seeds]),
+                     "mean global change": _stats(robust[label]),
+                     "local gain (last epoch)": _stats([c[-1][1] - _at(c, 0)[1]
+                                                        for c in (d["robustness"][label] for d in seeds)])}
+             for label in s.algorithms}
+    return parts, table
+
+
+def claim4(s: StudyConfig, seeds: list[dict]) -> tuple[list[dict], dict]:
+    """Each method's points after ``few_epochs`` (plus the global prompt) and the area they
+    dominate above the worst local and global score of all three (hypervolume, larger is better).
+    Plain fine-tuning trades off through the lr (every lr curve up to ``few_epochs``), l2 through
+    its strength, interpolation through the ratio."""
+    volumes: dict[str, list[float]] = {"plain": [], "l2": [], "interpolation": []}
+    for d in seeds:
+        pts = frontier_points(s, d)
+        ref = (min(x for v in pts.values() for x, _ in v), min(y for v in pts.values() for _, y in v))
+        for method, points in pts.items():
+            volumes[method].append(hypervolume(points, ref))
+    parts = [_part(f"{m} dominates more of the local/global plane than plain fine-tuning",
+                   [a - b for a, b in zip(volumes[m], volumes["plain"], strict=True)]) for m in ("l2", "interpolation")]
+    return parts, {"hypervolume": {m: _stats(v) for m, v in volumes.items()}}
+
+
+def frontier_points(s: StudyConfig, d: dict) -> dict[str, list[tuple[float, float]]]:
+    p = s.personalize
+    few = d["few"]
+    start = _at(d["curves"][p.lrs[0]], 0)[1:]  # the global prompt
+    plain = [start] + [(loc, glo) for lr in p.lrs for e, loc, glo in d["curves"][lr] if 0 < e <= p.few_epochs]
+    l2 = [start] + [few[f"l2={v:g}"][p.few_epochs][1.0] for v in [0.0, *p.l2_strengths]]
+    interp = [start] + [few["l2=0"][p.few_epochs][r] for r in sorted(few["l2=0"][p.few_epochs])]
+    return {"plain": plain, "l2": l2, "interpolation": interp}
+
+
+def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
+    """The area of the region the points dominate above ``ref`` (both coordinates maximized)."""
+    front = sorted({pt for pt, keep in zip(points, pareto_mask(points), strict=True) if keep}, reverse=True)
+    area, prev_y = 0.0, ref[1]
+    for x, y in front:  # x falls, y rises along the front
+        area += max(x - ref[0], 0.0) * max(y - prev_y, 0.0)
+        prev_y = max(prev_y, y)
+    return area
+
+
+# --- Verdicts -----------------------------------------------------------------------------------
+
+def _part(text: str, diffs: list[float]) -> dict[str, Any]:
+    mean = statistics.fmean(diffs)
+    std = statistics.stdev(diffs) if len(diffs) > 1 else None
+    if mean <= 0:
+        status = "fails"
+    elif std is None:
+        status = "one seed"
+    else:
+        status = "holds" if mean > std else "within spread"
+    return {"text": text, "diffs": diffs, "mean": mean, "std": std, "status": status}
+
+
+def verdict(parts: list[dict]) -> str:
+    statuses = [p["status"] for p in parts]
+    if all(s == "holds" for s in statuses):
+        return "reproduced"
+    if any(s == "holds" for s in statuses) or all(s != "fails" for s in statuses):
+        return "partly reproduced"
+    return "not reproduced"
+
+
+def overall(verdicts: list[str]) -> str:
+    if not verdicts:
+        return "not measured"
+    if len(set(verdicts)) == 1:
+        return verdicts[0]
+    return "partly reproduced" if any(v != "not reproduced" for v in verdicts) else "not reproduced"
+
+
+# --- Reading the result files -------------------------------------------------------------------
+
+def _load_seed(s: StudyConfig, out: Path, conc: float, seed: int, lrs: dict[str, float]) -> dict | None:
+    """One seed's curves, or None while any of its jobs is unfinished."""
+    p = s.personalize
+    try:
+        runs = {label: run_dir(out, label, conc, lrs[label], seed) for label in s.algorithms}
+        pers = {label: {name: _read(runs[label] / "personalize" / name / "summary.json")
+                        for name in personalize_overrides(s, label)} for label in s.algorithms}
+    except FileNotFoundError:
+        return None
+    main = pers[p.main_algorithm]
+    few = {}
+    for name, summary in main.items():
+        if name.startswith("few,"):
+            by_epoch: dict[int, dict[float, tuple[float, float]]] = {}
+            for row in summary["curve"]:
+                by_epoch.setdefault(row["epoch"], {})[row["interp_ratio"]] = (row[LOCAL], row[GLOBAL])
+            few[name.removeprefix("few,")] = by_epoch
+    return {"curves": {lr: _curve(main[f"lr={lr:g}"]) for lr in p.lrs},
+            "robustness": {label: _curve(pers[label][f"lr={p.robustness_lr:g}"]) for label in s.algorithms},
+            "few": few}
+
+
+def _curve(summary: dict) -> Curve:
+    return sorted((r["epoch"], r[LOCAL], r[GLOBAL]) for r in summary["curve"] if r["interp_ratio"] == 1.0)
+
+
+def _at(curve: Curve, epoch: int) -> tuple[int, float, float]:
+    return next(pt for pt in curve if pt[0] == epoch)
+
+
+def _epochs_to_reach(curve: Curve, target: float, epochs: int) -> float:
+    """The first evaluated epoch whose local score reaches ``target``; past the end if none."""
+    step = curve[1][0] - curve[0][0] if len(curve) > 1 else 1
+    return next((e for e, loc, _ in curve if e > 0 and loc >= target - 1e-12), epochs + step)
+
+
+def _robustness(curve: Curve) -> float:
+    base = _at(curve, 0)[2]
+    return statistics.fmean(g - base for e, _, g in curve if e > 0)
+
+
+def _stats(values: list[float]) -> dict[str, float | None]:
+    clean = [v for v in values if math.isfinite(v)]
+    return {"mean": statistics.fmean(clean) if clean else None,
+            "std": statistics.stdev(clean) if len(clean) > 1 else None, "n": len(clean)}
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,165 @@
+"""The study file: what ``rayfed study CONFIG`` runs (see configs/study/).
+
+Every federated run is ``experiment:`` plus its algorithm's ``set:`` keys, its learning rate,
+the seed and the Dirichlet concentration; every personalization is a ``personalize.*`` override
+of a finished run. The grids are fixed here, before any result exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rayfed.config import ConfigError, ExperimentConfig, config_from_mapping
+
+
+@dataclass
+class ArmConfig:
+    """One federated algorithm; its learning rate is chosen on global validation ROUGE-L."""
+
+    set: dict[str, Any] = field(default_factory=dict)  # config keys that make this algorithm
+    lr_key: str = "algorithm.client_optimizer.lr"  # the key whose value the lr grid sets
+    lrs: list[float] = field(default_factory=list)  # more than one: selected on validation (first seed)
+
+
+@dataclass
+class StudyPersonalizeConfig:
+    main_algorithm: str = "fedavg_adam"  # claims 1, 2 and 4 personalize this algorithm's prompt
+    lrs: list[float] = field(default_factory=lambda: [0.316, 0.1, 0.0316])  # claim 1-2 curves, high first
+    epochs: int = 6  # length of each lr curve
+    eval_every_epochs: int = 1
+    robustness_lr: float = 0.316  # claim 3: every algorithm's prompt is personalized at this lr
+    few_epochs: int = 1  # claim 4: "few local updates" = this many epochs at lrs[0]
+    l2_strengths: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0])  # claim 4 (plus 0)
+    interp_ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])  # claim 4 (plus 1)
+    set: dict[str, Any] = field(default_factory=dict)  # other personalize.* keys for every job
+
+
+@dataclass
+class StudyConfig:
+    name: str = "study"
+    output_dir: str = "outputs/${name}"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    concentrations: list[float] = field(default_factory=lambda: [0.1, 10.0])  # Dirichlet, over partition.unit
+    experiment: dict[str, Any] = field(default_factory=dict)  # any rayfed run keys, shared by every run
+    algorithms: dict[str, ArmConfig] = field(default_factory=dict)
+    personalize: StudyPersonalizeConfig = field(default_factory=StudyPersonalizeConfig)
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+    """Read and check a study file; every federated run's config is built once here, so a bad
+    key fails before anything runs, naming the key.
+
+    Raises:
+        ConfigError: an unknown or bad key (of the study or of its experiment section).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file not found: {path}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(StudyConfig), OmegaConf.load(path))
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        study: StudyConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        raise ConfigError(f"{path}: key '{key}': {str(err).splitlines()[0]}" if key else f"{path}: {err}") from None
+    check_study(study, str(path))
+    return study
+
+
+def check_study(s: StudyConfig, source: str) -> None:
+    p = s.personalize
+    if not s.seeds or len(set(s.seeds)) != len(s.seeds):
+        raise ConfigError(f"{source}: key 'seeds': needs distinct seeds")
+    if not s.concentrations or any(c <= 0 for c in s.concentrations):
+        raise ConfigError(f"{source}: key 'concentrations': needs positive Dirichlet concentrations")
+    if not s.algorithms:
+        raise ConfigError(f"{source}: key 'algorithms': needs at least one federated algorithm")
+    if p.main_algorithm not in s.algorithms:
+        raise ConfigError(f"{source}: key 'personalize.main_algorithm': {p.main_algorithm!r} is not one of "
+                          f"{', '.join(s.algorithms)}")
+    for label, arm in s.algorithms.items():
+        if not arm.lrs or any(lr <= 0 for lr in arm.lrs):
+            raise ConfigError(f"{source}: key 'algorithms.{label}.lrs': needs positive learning rates")
+    if len(p.lrs) < 2 or p.lrs != sorted(p.lrs, reverse=True):
+        raise ConfigError(f"{source}: key 'personalize.lrs': needs two or more rates, highest first")
+    if p.robustness_lr not in p.lrs:
+        raise ConfigError(f"{source}: key 'personalize.robustness_lr': must be one of personalize.lrs")
+    if not 1 <= p.few_epochs <= p.epochs:
+        raise ConfigError(f"{source}: key 'personalize.few_epochs': must be between 1 and personalize.epochs")
+    if p.few_epochs % p.eval_every_epochs:
+        raise ConfigError(f"{source}: key 'personalize.few_epochs': must be a multiple of "
+                          f"personalize.eval_every_epochs (the curves must score it)")
+    if any(v <= 0 for v in p.l2_strengths) or any(not 0 < r < 1 for r in p.interp_ratios):
+        raise ConfigError(f"{source}: key 'personalize.l2_strengths'/'interp_ratios': l2 strengths > 0 and "
+                          f"ratios strictly between 0 and 1 (0 and 1 are always scored)")
+    for label in s.algorithms:  # every run and personalization config must load
+        for conc in s.concentrations:
+            cfg = run_config(s, label, conc, s.seeds[0], s.algorithms[label].lrs[0], source)
+            for overrides in personalize_overrides(s, label).values():
+                config_from_mapping(_mapping(cfg), overrides, f"{source}: personalize")
+    exp = run_config(s, p.main_algorithm, s.concentrations[0], s.seeds[0], s.algorithms[p.main_algorithm].lrs[0],
+                     source)
+    if exp.partition.val_examples < 1 or exp.partition.global_val_examples < 1:
+        raise ConfigError(f"{source}: key 'experiment.partition.val_examples': the study selects on validation "
+                          "data; set partition.val_examples and partition.global_val_examples above 0")
+
+
+def run_config(s: StudyConfig, label: str, concentration: float, seed: int, lr: float,
+               source: str = "study", output_dir: str | None = None) -> ExperimentConfig:
+    """The config of one federated run of the study."""
+    arm = s.algorithms[label]
+    overrides = [f"{k}={_yaml(v)}" for k, v in arm.set.items()]
+    overrides += [f"{arm.lr_key}={lr}", f"partition.concentration={concentration}", f"seed={seed}",
+                  f"name={s.name}-{label}-c{concentration:g}-lr{lr:g}-seed{seed}", f"output_dir={output_dir or '.'}"]
+    if OmegaConf.select(OmegaConf.create(s.experiment), "logging.wandb.group") is None:
+        overrides.append(f"logging.wandb.group={s.name}")  # W&B: the study's runs side by side
+    try:
+        return config_from_mapping(s.experiment, overrides, f"{source}: experiment (algorithm {label})")
+    except ConfigError as err:
+        raise ConfigError(str(err)) from None
+
+
+def personalize_overrides(s: StudyConfig, label: str | None = None) -> dict[str, list[str]]:
+    """The personalizations of one finished run of algorithm ``label``, by name. The main
+    algorithm's run gets the lr curves (ratio 1) and, for claim 4, the few-update runs (l2 = 0
+    scoring every interpolation ratio, and one run per l2 strength); the others only the curve at
+    ``robustness_lr`` (claim 3). ``label`` None: the main algorithm's."""
+    p = s.personalize
+    common = [f"personalize.{k}={_yaml(v)}" for k, v in p.set.items()]
+    jobs = {}
+    for lr in p.lrs if label in (None, p.main_algorithm) else [p.robustness_lr]:
+        jobs[f"lr={lr:g}"] = [*common, f"personalize.optimizer.lr={lr}", f"personalize.local_epochs={p.epochs}",
+                              f"personalize.eval_every_epochs={p.eval_every_epochs}",
+                              "personalize.l2_strength=0.0", "personalize.interp_ratios=[1.0]"]
+    few = [*common, f"personalize.optimizer.lr={p.lrs[0]}", f"personalize.local_epochs={p.few_epochs}",
+           f"personalize.eval_every_epochs={p.few_epochs}"]
+    ratios = ",".join(str(r) for r in sorted({*p.interp_ratios, 1.0}))
+    if label not in (None, p.main_algorithm):
+        return {name: [*o, f"personalize.name={name}"] for name, o in jobs.items()}
+    jobs["few,l2=0"] = [*few, "personalize.l2_strength=0.0", f"personalize.interp_ratios=[{ratios}]"]
+    for l2 in p.l2_strengths:
+        jobs[f"few,l2={l2:g}"] = [*few, f"personalize.l2_strength={l2}", "personalize.interp_ratios=[1.0]"]
+    return {name: [*o, f"personalize.name={name}"] for name, o in jobs.items()}
+
+
+def _mapping(cfg: ExperimentConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def _yaml(value: Any) -> str:
+    """A value as an OmegaConf dotlist literal."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_yaml(v) for v in value) + "]"
+    return str(value)

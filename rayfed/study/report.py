@@ -1,0 +1,94 @@
+"""The study's results as Markdown (``OUT/results.md``), written from ``analyze``'s output only:
+the verdict table, and per claim and concentration its parts and measures (mean ± std over seeds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rayfed.study.config import StudyConfig
+
+
+def write_report(s: StudyConfig, out: Path) -> dict[str, Any]:
+    """Analyze the finished jobs in ``out``; write study.json, results.md and the figures."""
+    from rayfed.study.claims import analyze
+    from rayfed.study.plots import plot_study
+
+    out.mkdir(parents=True, exist_ok=True)
+    analysis = analyze(s, out)
+    seconds: dict[str, float] = {}
+    if (out / "jobs.jsonl").is_file():
+        for line in (out / "jobs.jsonl").read_text(encoding="utf-8").splitlines():
+            job = json.loads(line)
+            seconds[job["kind"]] = seconds.get(job["kind"], 0.0) + job["seconds"]
+    analysis["seconds_by_kind"] = seconds
+    (out / "study.json").write_text(json.dumps(analysis, indent=2, sort_keys=True))
+    (out / "results.md").write_text(results_markdown(s, analysis, seconds), encoding="utf-8")
+    analysis["figures"] = [str(p) for p in plot_study(s, out)]
+    return analysis
+
+
+def results_markdown(s: StudyConfig, analysis: dict[str, Any], seconds: dict[str, float]) -> str:
+    concs = [f"{c:g}" for c in s.concentrations]
+    lines = [f"# Study `{s.name}`: results", "",
+             "Computed by `rayfed study` from the result files under this directory; test ROUGE-L, mean over "
+             "clients; ± is the standard deviation over seeds. A part *holds* when its mean paired difference "
+             "is positive and larger than that spread.", ""]
+    lines += ["| claim | " + " | ".join(f"concentration {c}" for c in concs) + " | verdict |",
+              "|---|" + "---|" * (len(concs) + 1)]
+    for number, claim in analysis["claims"].items():
+        cells = [_cell(claim["by_concentration"].get(c)) for c in concs]
+        lines.append(f"| {number} | " + " | ".join(cells) + f" | **{claim['verdict']}** |")
+    lines += ["", "Selected federated learning rates (global validation ROUGE-L, first seed): " + "; ".join(
+        f"concentration {c}: " + ", ".join(f"{k} {v:g}" for k, v in lrs.items())
+        for c, lrs in analysis["selected_lrs"].items()), ""]
+    if seconds:
+        lines += [f"Wall time of the jobs recorded in `jobs.jsonl`: {sum(seconds.values()) / 3600:.2f} h "
+                  f"({', '.join(f'{k} {v / 60:.0f} min' for k, v in seconds.items())}).", ""]
+    for number, claim in analysis["claims"].items():
+        lines += [f"## Claim {number}", "", f"> {claim['text']}", ""]
+        for conc, measured in claim["by_concentration"].items():
+            lines += [f"### Concentration {conc} ({measured['seeds']} seed(s)): {measured['verdict']}", "",
+                      "| part | mean difference | std | status |", "|---|---|---|---|"]
+            lines += [f"| {p['text']} | {p['mean']:+.4f} | {_num(p['std'])} | {p['status']} |"
+                      for p in measured["parts"]]
+            lines.append("")
+            lines += _table(measured["table"])
+    return "\n".join(lines) + "\n"
+
+
+def _table(table: dict[str, dict[str, dict]]) -> list[str]:
+    """Rows -> columns -> mean/std, as a Markdown table."""
+    cols = list(dict.fromkeys(c for row in table.values() for c in row))
+    out = ["| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    out += [f"| {name} | " + " | ".join(_pm(row[c]) if c in row else "" for c in cols) + " |"
+            for name, row in table.items()]
+    return [*out, ""]
+
+
+def _cell(measured: dict | None) -> str:
+    if measured is None:
+        return "not measured"
+    marks = {"holds": "yes", "within spread": "within spread", "one seed": "direction only", "fails": "no"}
+    return f"{measured['verdict']} ({', '.join(marks[p['status']] for p in measured['parts'])})"
+
+
+def _pm(stats: dict) -> str:
+    if stats["mean"] is None:
+        return "-"
+    return f"{stats['mean']:.4f}" + (f" ± {stats['std']:.4f}" if stats["std"] is not None else "")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def print_study(analysis: dict[str, Any], out: Path) -> None:
+    """The verdict per claim and concentration, and where the files are."""
+    print("\nstudy verdicts (test ROUGE-L; a part holds when its mean paired difference exceeds the seed spread)")
+    for number, claim in analysis["claims"].items():
+        by_conc = "; ".join(f"concentration {c}: {_cell(m)} over {m['seeds']} seed(s)"
+                            for c, m in claim["by_concentration"].items())
+        print(f"  claim {number}: {claim['verdict']}" + (f" ({by_conc})" if by_conc else ""))
+    print(f"results in {out}/ (results.md, study.json, jobs.jsonl, curves.png, robustness.png, frontier.png)")

@@ -1,0 +1,99 @@
+"""Run a study: every federated run and personalization its file implies, each through the
+ordinary ``run_experiment``/``run_personalization``, into a fixed directory layout::
+
+    OUT/c{concentration}/{algorithm}/lr{lr}/seed{seed}/            a federated run
+    OUT/c{concentration}/{algorithm}/lr{lr}/seed{seed}/personalize/{name}/
+
+The global prompt's scores and trained local prompts are kept in each run's ``prompt_cache/``
+(scored once for all of that run's personalizations). A job whose ``summary.json`` exists is
+skipped, and a federated run with only a checkpoint is
+resumed, so rerunning an interrupted study continues it. Learning rates of the federated
+algorithms are chosen per concentration on the first seed: the best global validation ROUGE-L
+of the final prompt (ties: the earlier lr in the grid). ``jobs.jsonl`` records each job's time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from rayfed.checkpoint import CHECKPOINT
+from rayfed.study.config import StudyConfig, personalize_overrides, run_config
+
+
+def run_dir(out: Path, label: str, concentration: float, lr: float, seed: int) -> Path:
+    return out / f"c{concentration:g}" / label / f"lr{lr:g}" / f"seed{seed}"
+
+
+def selected_lrs(s: StudyConfig, out: Path, concentration: float) -> dict[str, float]:
+    """Each algorithm's lr for ``concentration``: the only one, or the best on global validation
+    ROUGE-L among the first seed's finished runs (KeyError when one has not finished)."""
+    chosen = {}
+    for label, arm in s.algorithms.items():
+        scores = [_read(run_dir(out, label, concentration, lr, s.seeds[0]) / "summary.json")["final_val"]["rouge_l"]
+                  for lr in arm.lrs] if len(arm.lrs) > 1 else [0.0]
+        chosen[label] = arm.lrs[max(range(len(scores)), key=lambda i: (scores[i], -i))]
+    return chosen
+
+
+def run_study(s: StudyConfig, out: Path, log: Callable[[str], None] = print) -> None:
+    """Run every job not yet finished (see the module docstring for the order and layout)."""
+    from rayfed.experiment import resume_experiment, run_experiment, run_personalization
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(s)))
+    total = _count(s)
+    done = {"n": 0}
+
+    def job(kind: str, path: Path, work: Callable[[], Any]) -> None:
+        done["n"] += 1
+        if (path / "summary.json").is_file():
+            return
+        log(f"study: job {done['n']}/{total}: {kind} {path.relative_to(out)}")
+        started = time.perf_counter()
+        work()
+        record = {"job": str(path.relative_to(out)), "kind": kind, "seconds": round(time.perf_counter() - started, 1)}
+        with open(out / "jobs.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def federated(label: str, conc: float, seed: int, lr: float) -> Path:
+        path = run_dir(out, label, conc, lr, seed)
+        if (path / CHECKPOINT).is_file() and not (path / "summary.json").is_file():
+            job("resume", path, lambda: resume_experiment(path))
+        else:
+            job("run", path, lambda: run_experiment(run_config(s, label, conc, seed, lr, output_dir=str(path)),
+                                                    overwrite=True))
+        return path
+
+    # Learning-rate selection: the first seed's run at every lr of every algorithm.
+    for conc in s.concentrations:
+        for label, arm in s.algorithms.items():
+            for lr in arm.lrs if len(arm.lrs) > 1 else []:
+                federated(label, conc, s.seeds[0], lr)
+    lrs = {conc: selected_lrs(s, out, conc) for conc in s.concentrations}
+    # Then, seed by seed (so a stopped study has whole seeds), every algorithm and its personalizations.
+    for seed in s.seeds:
+        for conc in s.concentrations:
+            for label in s.algorithms:
+                path = federated(label, conc, seed, lrs[conc][label])
+                for name, overrides in personalize_overrides(s, label).items():
+                    job("personalize", path / "personalize" / name,
+                        lambda path=path, overrides=overrides: run_personalization(
+                            path, overrides, prompt_cache=path / "prompt_cache"))
+
+
+def _count(s: StudyConfig) -> int:
+    """Job steps, as numbered in the log (the first seed's run at the selected lr counts twice:
+    once while selecting, once in its seed, where it is found finished)."""
+    select = sum(len(a.lrs) for a in s.algorithms.values() if len(a.lrs) > 1) * len(s.concentrations)
+    per_seed = sum(1 + len(personalize_overrides(s, label)) for label in s.algorithms) * len(s.concentrations)
+    return select + per_seed * len(s.seeds)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,123 @@
+"""``rayfed study`` end to end at test size (configs/study/tiny.yaml): every output file, the
+verdicts computed from the result files (edited results change them), continuing a stopped
+study, and the claim measures on hand-computed values."""
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from rayfed.cli import main
+from rayfed.study.claims import _part, hypervolume, verdict
+from rayfed.study.config import load_study, personalize_overrides
+from rayfed.study.runner import run_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "study" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    assert main(["study", str(TINY), f"output_dir={out}"]) == 0
+    return load_study(TINY, [f"output_dir={out}"]), out
+
+
+def jobs(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "jobs.jsonl").read_text().splitlines()]
+
+
+def test_every_output_file_is_written(study):
+    s, out = study
+    for name in ("study.yaml", "study.json", "results.md", "jobs.jsonl", "curves.png", "robustness.png",
+                 "frontier.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    analysis = json.loads((out / "study.json").read_text())
+    assert set(analysis["selected_lrs"]) == {"0.1", "10"}
+    for conc in s.concentrations:
+        lrs = analysis["selected_lrs"][f"{conc:g}"]
+        assert analysis["seeds"][f"{conc:g}"] == s.seeds
+        for label in s.algorithms:
+            for seed in s.seeds:
+                run = run_dir(out, label, conc, lrs[label], seed)
+                assert (run / "summary.json").is_file() and (run / "global_prompt.safetensors").is_file()
+                for name in personalize_overrides(s, label):
+                    assert (run / "personalize" / name / "summary.json").is_file(), (run, name)
+    # The selection run of the lr that lost is there too, for the first seed only.
+    assert (out / "c0.1" / "fedavg_sgd").is_dir() and len(list((out / "c0.1" / "fedavg_sgd").glob("lr*"))) == 2
+    for claim in analysis["claims"].values():
+        assert claim["verdict"] in ("reproduced", "partly reproduced", "not reproduced")
+        assert set(claim["by_concentration"]) == {"0.1", "10"}
+    assert "| claim | concentration 0.1 | concentration 10 | verdict |" in (out / "results.md").read_text()
+
+
+def test_lr_is_selected_on_global_validation(study):
+    s, out = study
+    analysis = json.loads((out / "study.json").read_text())
+    for conc in ("0.1", "10"):
+        val = {lr: json.loads((out / f"c{conc}" / "fedavg_sgd" / f"lr{lr:g}" / "seed0" / "summary.json").read_text())
+               ["final_val"]["rouge_l"] for lr in s.algorithms["fedavg_sgd"].lrs}
+        best = max(val.values())
+        assert analysis["selected_lrs"][conc]["fedavg_sgd"] == next(lr for lr, v in val.items() if v == best)
+
+
+def test_verdicts_are_computed_from_the_result_files(study, tmp_path):
+    """Rewrite the main algorithm's lr curves into the claimed shape; the report alone (no job
+    reruns) must then find claim 1 reproduced, with the part means computed from those files."""
+    s, out = study
+    analysis = json.loads((out / "study.json").read_text())
+    lrs = analysis["selected_lrs"]["0.1"]
+    shapes = {0.3: [(0.20, 0.30), (0.35, 0.22), (0.40, 0.18)], 0.03: [(0.20, 0.30), (0.24, 0.29), (0.28, 0.28)]}
+    for seed in s.seeds:
+        for lr, points in shapes.items():
+            run = run_dir(out, "fedavg_adam", 0.1, lrs["fedavg_adam"], seed)
+            path = run / "personalize" / f"lr={lr:g}" / "summary.json"
+            summary = json.loads(path.read_text())
+            for row in summary["curve"]:
+                local, glob = points[row["epoch"]]
+                row["local_test/rouge_l_mean"] = local + 0.01 * seed
+                row["global_test/rouge_l_mean"] = glob - 0.01 * seed
+            path.write_text(json.dumps(summary))
+    before = len(jobs(out))
+    assert main(["study", str(TINY), f"output_dir={out}", "--report-only"]) == 0
+    assert len(jobs(out)) == before
+    claim1 = json.loads((out / "study.json").read_text())["claims"]["1"]["by_concentration"]["0.1"]
+    assert claim1["verdict"] == "reproduced", claim1["parts"]
+    rise, fall, keeps, slower = claim1["parts"]
+    assert rise["mean"] == pytest.approx(0.15) and fall["mean"] == pytest.approx(0.12)
+    assert keeps["mean"] == pytest.approx(0.10)
+    assert slower["mean"] == pytest.approx(2.0)  # never reaches 0.35 in 2 epochs: counted as 3 epochs
+    assert "| 1 | reproduced (yes, yes, yes, yes)" in (out / "results.md").read_text()
+
+
+def test_a_stopped_study_continues_with_only_the_missing_jobs(study):
+    s, out = study
+    lrs = json.loads((out / "study.json").read_text())["selected_lrs"]["10"]
+    missing = run_dir(out, "fedsgd", 10.0, lrs["fedsgd"], 1) / "personalize" / "lr=0.3" / "summary.json"
+    missing.unlink()
+    before = len(jobs(out))
+    assert main(["study", str(TINY), f"output_dir={out}"]) == 0
+    new = jobs(out)[before:]
+    assert [j["job"] for j in new] == ["c10/fedsgd/lr0.3/seed1/personalize/lr=0.3"]
+    assert missing.is_file()
+
+
+def test_bad_study_keys_are_named(tmp_path):
+    assert main(["study", str(TINY), "personalize.lrs=[0.01,0.1]"]) == 2
+    assert main(["study", str(TINY), "personalize.main_algorithm=fedprox"]) == 2
+    assert main(["study", str(TINY), "experiment.partition.num_clientz=3"]) == 2
+    assert main(["study", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_hypervolume_and_verdicts_by_hand():
+    assert hypervolume([(2, 1), (1, 2)], (0, 0)) == 3  # [0,2]x[0,1] and [0,1]x[0,2]
+    assert hypervolume([(2, 1), (1, 2), (1, 1)], (0, 0)) == 3  # a dominated point adds nothing
+    assert hypervolume([(1, 1)], (1, 1)) == 0
+    holds, spread, fails = _part("a", [0.1, 0.12, 0.11]), _part("b", [0.1, -0.05, 0.02]), _part("c", [-0.1, 0.0])
+    assert holds["status"] == "holds" and holds["std"] == pytest.approx(statistics.stdev([0.1, 0.12, 0.11]))
+    assert spread["status"] == "within spread" and fails["status"] == "fails"
+    assert _part("d", [0.3])["status"] == "one seed"
+    assert verdict([holds, holds]) == "reproduced"
+    assert verdict([holds, fails]) == "partly reproduced" and verdict([spread]) == "partly reproduced"
+    assert verdict([fails, spread]) == "not reproduced"
