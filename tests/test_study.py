@@ -121,3 +121,18 @@ def test_hypervolume_and_verdicts_by_hand():
     assert verdict([holds, holds]) == "reproduced"
     assert verdict([holds, fails]) == "partly reproduced" and verdict([spread]) == "partly reproduced"
     assert verdict([fails, spread]) == "not reproduced"
+
+
+def test_a_run_worse_than_its_untrained_prompt_is_named_in_the_report(study):
+    s, out = study
+    lrs = json.loads((out / "study.json").read_text())["selected_lrs"]["10"]
+    metrics = run_dir(out, "fedsgd", 10.0, lrs["fedsgd"], 0) / "metrics.jsonl"
+    events = [json.loads(line) for line in metrics.read_text().splitlines()]
+    for event in events:
+        if event.get("event") == "round" and event.get("round") == 0:
+            event["eval/global_val/rouge_l"] = 0.5  # as if training had lost what the untrained prompt had
+    metrics.write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert main(["study", str(TINY), f"output_dir={out}", "--report-only"]) == 0
+    notes = json.loads((out / "study.json").read_text())["not_trained"]
+    assert len(notes) == 1 and notes[0].startswith("fedsgd at concentration 10, seed 0")
+    assert notes[0] in (out / "results.md").read_text()

@@ -40,7 +40,7 @@ def analyze(s: StudyConfig, out: Path) -> dict[str, Any]:
     """Every claim at every concentration, from the finished jobs in ``out`` (seeds whose jobs
     are not all finished are left out and counted)."""
     result: dict[str, Any] = {"claims": {str(k): {"text": v, "by_concentration": {}} for k, v in CLAIMS.items()},
-                              "selected_lrs": {}, "seeds": {}}
+                              "selected_lrs": {}, "seeds": {}, "not_trained": []}
     for conc in s.concentrations:
         try:
             lrs = selected_lrs(s, out, conc)
@@ -49,6 +49,7 @@ def analyze(s: StudyConfig, out: Path) -> dict[str, Any]:
         result["selected_lrs"][f"{conc:g}"] = lrs
         seeds = {seed: data for seed in s.seeds if (data := _load_seed(s, out, conc, seed, lrs)) is not None}
         result["seeds"][f"{conc:g}"] = sorted(seeds)
+        result["not_trained"] += not_trained(s, out, conc, lrs)
         if not seeds:
             continue
         for number, measure in ((1, claim1), (2, claim2), (3, claim3), (4, claim4)):
@@ -187,6 +188,30 @@ def overall(verdicts: list[str]) -> str:
     if len(set(verdicts)) == 1:
         return verdicts[0]
     return "partly reproduced" if any(v != "not reproduced" for v in verdicts) else "not reproduced"
+
+
+def not_trained(s: StudyConfig, out: Path, conc: float, lrs: dict[str, float]) -> list[str]:
+    """The finished runs whose final prompt scores below the untrained one on global validation
+    ROUGE-L (diverged, or too high an lr): a robustness comparison with them says little."""
+    notes = []
+    for label in s.algorithms:
+        for seed in s.seeds:
+            path = run_dir(out, label, conc, lrs[label], seed) / "summary.json"
+            if path.is_file():
+                end = _read(path)["final_val"]
+                first = _initial_val(path.parent)
+                if first is not None and end.get("rouge_l", 0.0) < first:
+                    notes.append(f"{label} at concentration {conc:g}, seed {seed} (lr {lrs[label]:g}): global "
+                                 f"validation ROUGE-L fell from {first:.4f} untrained to {end['rouge_l']:.4f}")
+    return notes
+
+
+def _initial_val(run: Path) -> float | None:
+    for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        event = json.loads(line)
+        if event.get("event") == "round" and event.get("round") == 0:
+            return event.get("eval/global_val/rouge_l")
+    return None
 
 
 # --- Reading the result files -------------------------------------------------------------------

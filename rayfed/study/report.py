@@ -43,6 +43,9 @@ def results_markdown(s: StudyConfig, analysis: dict[str, Any], seconds: dict[str
     lines += ["", "Selected federated learning rates (global validation ROUGE-L, first seed): " + "; ".join(
         f"concentration {c}: " + ", ".join(f"{k} {v:g}" for k, v in lrs.items())
         for c, lrs in analysis["selected_lrs"].items()), ""]
+    if analysis.get("not_trained"):
+        lines += ["Runs whose final prompt is worse than the untrained one (their comparisons say little):", ""]
+        lines += [f"- {note}" for note in analysis["not_trained"]] + [""]
     if seconds:
         lines += [f"Wall time of the jobs recorded in `jobs.jsonl`: {sum(seconds.values()) / 3600:.2f} h "
                   f"({', '.join(f'{k} {v / 60:.0f} min' for k, v in seconds.items())}).", ""]
