@@ -35,6 +35,10 @@ def test_every_output_file_is_written(study):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     analysis = json.loads((out / "study.json").read_text())
     assert set(analysis["selected_lrs"]) == {"0.1", "10"}
+    # 2 selection runs per level; per seed and level 3 runs + 4 main personalizations + 1 each for the others;
+    # the first seed's selected fedavg_sgd runs are selection runs already.
+    assert analysis["jobs_finished"] == analysis["jobs_total"] == 2 * 2 + 2 * 2 * (3 + 4 + 2) - 2
+    assert len(jobs(out)) == analysis["jobs_total"]
     for conc in s.concentrations:
         lrs = analysis["selected_lrs"][f"{conc:g}"]
         assert analysis["seeds"][f"{conc:g}"] == s.seeds
@@ -136,3 +140,27 @@ def test_a_run_worse_than_its_untrained_prompt_is_named_in_the_report(study):
     notes = json.loads((out / "study.json").read_text())["not_trained"]
     assert len(notes) == 1 and notes[0].startswith("fedsgd at concentration 10, seed 0")
     assert notes[0] in (out / "results.md").read_text()
+
+
+def test_with_wandb_on_the_study_is_one_run_with_its_verdicts_and_figures(study, monkeypatch, tmp_path):
+    from tests.test_wandb_logger import RunLog
+
+    s, out = study
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    try:
+        assert main(["study", str(TINY), f"output_dir={out}", "--report-only", "experiment.logging.wandb.enabled=true",
+                     "experiment.logging.wandb.mode=offline"]) == 0
+    finally:
+        import wandb
+
+        wandb.teardown()  # the next test's W&B service re-reads the environment
+    (run,) = sorted((out / "wandb").glob("offline-run-*"))
+    log = RunLog(run)
+    table = log.table("study/parts")
+    analysis = json.loads((out / "study.json").read_text())
+    assert len(table["data"]) == sum(len(m["parts"]) for c in analysis["claims"].values()
+                                     for m in c["by_concentration"].values())
+    assert {"study/curves", "study/robustness", "study/frontier"} <= {k for row in log.history for k in row}
+    assert log.summary["study/claim1"] == analysis["claims"]["1"]["verdict"]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rayfed.study.config import StudyConfig
+from rayfed.study.runner import progress
 
 
 def write_report(s: StudyConfig, out: Path) -> dict[str, Any]:
@@ -23,10 +24,36 @@ def write_report(s: StudyConfig, out: Path) -> dict[str, Any]:
             job = json.loads(line)
             seconds[job["kind"]] = seconds.get(job["kind"], 0.0) + job["seconds"]
     analysis["seconds_by_kind"] = seconds
+    analysis["jobs_finished"], analysis["jobs_total"] = progress(s, out)
     (out / "study.json").write_text(json.dumps(analysis, indent=2, sort_keys=True))
     (out / "results.md").write_text(results_markdown(s, analysis, seconds), encoding="utf-8")
-    analysis["figures"] = [str(p) for p in plot_study(s, out)]
+    figures = plot_study(s, out)
+    analysis["figures"] = [str(p) for p in figures]
+    _publish_wandb(s, out, analysis, figures)
     return analysis
+
+
+def _publish_wandb(s: StudyConfig, out: Path, analysis: dict[str, Any], figures: list[Path]) -> None:
+    """With W&B on in the experiment section: one run for the whole study (job type ``study``,
+    in the study's group) holding the verdicts, every part and the figures."""
+    from rayfed.loggers import build_loggers
+    from rayfed.study.config import run_config
+
+    label = s.personalize.main_algorithm
+    cfg = run_config(s, label, s.concentrations[0], s.seeds[0], s.algorithms[label].lrs[0])
+    if not cfg.logging.wandb.enabled:
+        return
+    cfg.name = s.name
+    rows = [[int(n), conc, m["verdict"], p["text"], p["mean"], p["std"], p["status"], m["seeds"]]
+            for n, claim in analysis["claims"].items() for conc, m in claim["by_concentration"].items()
+            for p in m["parts"]]
+    for logger in build_loggers(cfg, out, [], job_type="study"):
+        logger.log({"event": "table", "key": "study/parts", "rows": rows,
+                    "columns": ["claim", "concentration", "verdict", "part", "mean", "std", "status", "seeds"]})
+        for png in figures:
+            logger.log({"event": "image", "key": f"study/{png.stem}", "path": str(png)})
+        logger.log({"event": "summary", **{f"study/claim{n}": c["verdict"] for n, c in analysis["claims"].items()}})
+        logger.close()
 
 
 def results_markdown(s: StudyConfig, analysis: dict[str, Any], seconds: dict[str, float]) -> str:
@@ -34,7 +61,9 @@ def results_markdown(s: StudyConfig, analysis: dict[str, Any], seconds: dict[str
     lines = [f"# Study `{s.name}`: results", "",
              "Computed by `rayfed study` from the result files under this directory; test ROUGE-L, mean over "
              "clients; ± is the standard deviation over seeds. A part *holds* when its mean paired difference "
-             "is positive and larger than that spread.", ""]
+             "is positive and larger than that spread.", "",
+             f"Jobs finished: {analysis['jobs_finished']} of {analysis['jobs_total']}; a claim is measured on the "
+             "seeds whose jobs have all finished.", ""]
     lines += ["| claim | " + " | ".join(f"concentration {c}" for c in concs) + " | verdict |",
               "|---|" + "---|" * (len(concs) + 1)]
     for number, claim in analysis["claims"].items():
@@ -89,7 +118,8 @@ def _num(value: float | None) -> str:
 
 def print_study(analysis: dict[str, Any], out: Path) -> None:
     """The verdict per claim and concentration, and where the files are."""
-    print("\nstudy verdicts (test ROUGE-L; a part holds when its mean paired difference exceeds the seed spread)")
+    print(f"\nstudy: {analysis['jobs_finished']} of {analysis['jobs_total']} jobs finished")
+    print("study verdicts (test ROUGE-L; a part holds when its mean paired difference exceeds the seed spread)")
     for number, claim in analysis["claims"].items():
         by_conc = "; ".join(f"concentration {c}: {_cell(m)} over {m['seeds']} seed(s)"
                             for c, m in claim["by_concentration"].items())

@@ -87,6 +87,28 @@ def run_study(s: StudyConfig, out: Path, log: Callable[[str], None] = print) -> 
                             path, overrides, prompt_cache=path / "prompt_cache"))
 
 
+def progress(s: StudyConfig, out: Path) -> tuple[int, int]:
+    """``(finished, total)`` distinct jobs: the selection runs, then every seed's runs and
+    personalizations (at the selected lrs, once they are known)."""
+    select = {run_dir(out, label, conc, lr, s.seeds[0]) for conc in s.concentrations
+              for label, arm in s.algorithms.items() if len(arm.lrs) > 1 for lr in arm.lrs}
+    per_seed = sum(1 + len(personalize_overrides(s, label)) for label in s.algorithms) * len(s.concentrations)
+    total = len(select) + per_seed * len(s.seeds) - len([a for a in s.algorithms.values() if len(a.lrs) > 1]) * len(
+        s.concentrations)
+    done = {path for path in select if (path / "summary.json").is_file()}
+    try:
+        lrs = {conc: selected_lrs(s, out, conc) for conc in s.concentrations}
+    except (FileNotFoundError, KeyError):
+        return len(done), total
+    for seed in s.seeds:
+        for conc in s.concentrations:
+            for label in s.algorithms:
+                path = run_dir(out, label, conc, lrs[conc][label], seed)
+                jobs = [path, *(path / "personalize" / name for name in personalize_overrides(s, label))]
+                done |= {job for job in jobs if (job / "summary.json").is_file()}
+    return len(done), total
+
+
 def _count(s: StudyConfig) -> int:
     """Job steps, as numbered in the log (the first seed's run at the selected lr counts twice:
     once while selecting, once in its seed, where it is found finished)."""
