@@ -42,6 +42,9 @@ PERSONALIZE_OVERRIDABLE = ("personalize.", "eval.", "runtime.", "ray.", "logging
 RESUME_OVERRIDABLE = ("runtime.", "ray.", "logging.", "personalize.")
 
 
+WANDB_ID = "wandb-run-id.txt"  # with W&B on: the run's id, so `rayfed resume` continues the same W&B run
+
+
 class RunExistsError(ValueError):
     """A run would overwrite a directory that already holds one."""
 
@@ -85,10 +88,10 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
         if resume:
             truncate_events(out / "metrics.jsonl", done)  # rounds after the checkpoint are logged again
         else:
-            for name in (CHECKPOINT, "metrics.jsonl", "summary.json"):  # --overwrite: start clean
+            for name in (CHECKPOINT, "metrics.jsonl", "summary.json", WANDB_ID):  # --overwrite: start clean
                 (out / name).unlink(missing_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
-        loggers = build_loggers(cfg, out, loggers, metrics_file=out / "metrics.jsonl")
+        loggers = build_loggers(cfg, out, loggers, metrics_file=out / "metrics.jsonl", run_id_file=out / WANDB_ID)
         try:
             # --- Rounds: evaluate the untrained prompt, then train, evaluating every eval_every rounds.
             if resume:

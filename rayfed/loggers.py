@@ -79,8 +79,10 @@ class ConsoleLogger:
 
 
 def build_loggers(cfg: ExperimentConfig, out: Path, extra: list[MetricLogger] | None, *,
-                  metrics_file: Path | None = None, job_type: str = "run") -> list[MetricLogger]:
-    """``extra`` (default: the console), plus a JSONL file and W&B when configured."""
+                  metrics_file: Path | None = None, job_type: str = "run",
+                  run_id_file: Path | None = None) -> list[MetricLogger]:
+    """``extra`` (default: the console), plus a JSONL file and W&B when configured. ``run_id_file``
+    keeps the W&B run id, so a run that is resumed logs into the same W&B run."""
     loggers = list(extra) if extra is not None else [ConsoleLogger(cfg.algorithm.rounds)]
     if metrics_file is not None:
         loggers.append(JsonlLogger(metrics_file))
@@ -92,7 +94,15 @@ def build_loggers(cfg: ExperimentConfig, out: Path, extra: list[MetricLogger] | 
         out.mkdir(parents=True, exist_ok=True)
         config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
         name = cfg.name if job_type == "run" else f"{cfg.name}/{out.name}"
-        loggers.append(WandbLogger(cfg.logging.wandb, name=name, config=config, directory=out, job_type=job_type))
+        run_id = None
+        if run_id_file is not None:
+            if not run_id_file.is_file():
+                import secrets
+
+                run_id_file.write_text(secrets.token_hex(4))  # W&B ids: short, lowercase alphanumeric
+            run_id = run_id_file.read_text().strip()
+        loggers.append(WandbLogger(cfg.logging.wandb, name=name, config=config, directory=out, job_type=job_type,
+                                   run_id=run_id))
     return loggers
 
 

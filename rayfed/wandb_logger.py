@@ -109,7 +109,7 @@ class WandbLogger:
     """One W&B run; methods are called on its own ``Run`` so several loggers in one process don't mix."""
 
     def __init__(self, cfg: WandbConfig, *, name: str, config: dict[str, Any], directory: Path,
-                 group: str | None = None, job_type: str = "run"):
+                 group: str | None = None, job_type: str = "run", run_id: str | None = None):
         import wandb
 
         self._wandb = wandb
@@ -138,6 +138,8 @@ class WandbLogger:
             dir=str(directory),
             mode=self.mode,
             reinit="create_new",
+            id=run_id,  # a resumed rayfed run continues its W&B run (offline: a new directory, same id)
+            resume="allow" if run_id else None,
             settings=settings,
         )
         self._run.define_metric("round")

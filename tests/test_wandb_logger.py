@@ -283,3 +283,27 @@ def test_a_run_with_personalization_logs_its_config_rounds_curves_and_plots(wand
     curve = log.rows_with("personalize/local_test/loss_mean")
     assert len(curve) == 3 * 2  # epochs 0..2 x ratios 0, 1
     assert {"plots/rounds", "plots/curves"} <= {k for row in log.history for k in row}
+
+
+def test_a_resumed_run_continues_its_wandb_run(wandb_env, tiny_config):
+    """A run stopped after round 1 and resumed logs rounds 2-3 under the same W&B run id (offline:
+    a second directory with that id; online, W&B resumes the run itself)."""
+    from rayfed.experiment import resume_experiment, run_experiment
+
+    class StopAtRound2:
+        def log(self, event):
+            if event.get("event") == "round" and event.get("round") == 2:
+                raise KeyboardInterrupt
+
+        def close(self):
+            pass
+
+    cfg = tiny_config("runtime.executor=local", "algorithm.rounds=3", "logging.wandb.enabled=true",
+                      "logging.wandb.mode=offline")
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, loggers=[StopAtRound2()])
+    resume_experiment(cfg.output_dir, loggers=[])
+    first, second = (RunLog(d) for d in sorted((Path(cfg.output_dir) / "wandb").glob("offline-run-*")))
+    assert first.run.run_id == second.run.run_id == (Path(cfg.output_dir) / "wandb-run-id.txt").read_text()
+    assert [row["round"] for row in first.rows_with("train/loss")] == [1]  # stopped before W&B saw round 2
+    assert [row["round"] for row in second.rows_with("train/loss")] == [2, 3]
