@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rayfed.builtin_models import ModelNotAvailableError
 from rayfed.config import ConfigError, load_config, to_yaml
+from rayfed.runtime.errors import WorkerLostError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         cause = getattr(err, "cause", None) or err  # an error raised in a Ray actor: the original
         print(f"rayfed: {cause}", file=sys.stderr)
         return 2
+    except WorkerLostError as err:  # raised in the driver actor: its message, not Ray's traceback
+        print(f"rayfed: {getattr(err, 'cause', None) or err} (the last checkpoint is intact: "
+              f"`rayfed resume` continues)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

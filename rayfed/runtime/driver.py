@@ -30,7 +30,6 @@ from rayfed.types import EvalSums, RoundResult
 class NonFiniteError(ValueError):
     """A client's training produced a NaN or infinite loss or update."""
 
-
 class Executor(Protocol):
     """Runs client work somewhere and returns plain results; any ``ClientWorker`` method can be
     dispatched, so a new phase adds a worker method, not an executor method."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from rayfed.config import ConfigError, ExperimentConfig, RayConfig
 from rayfed.data.partition import FederatedData, global_sets_of
 from rayfed.runtime.driver import Driver
+from rayfed.runtime.errors import WorkerLostError
 from rayfed.runtime.placement import by_worker, num_workers
 from rayfed.runtime.worker import ClientWorker
 
@@ -97,21 +99,26 @@ class RayExecutor:
                     return None
                 # retry: Ray has rerun the call max_retries times already; drop: rerun it here.
                 if self.on_failure != "drop" or attempt == self.max_retries:
-                    raise RuntimeError(
+                    raise WorkerLostError(
                         f"worker actor {worker} (clients {clients or 'its share'}) died and "
                         f"runtime.on_client_failure={self.on_failure} with runtime.max_retries={self.max_retries} "
                         f"gives up: {type(err).__name__}") from err
                 ref = resubmit()  # drop: evaluation and personalization need every client
         raise AssertionError("unreachable")
 
-    def _revive(self, worker: int) -> None:
-        """Wait until Ray has restarted a dead worker (it reloads its backbone and shards)."""
-        for _ in range(self.max_retries + 1):
+    def _revive(self, worker: int, timeout_s: float = 120.0) -> None:
+        """Wait until Ray has restarted a dead worker (it reloads its backbone and shards). A call
+        made before Ray has noticed the death fails at once, so this keeps asking for a while
+        rather than a fixed number of times; a worker out of restarts stays dropped."""
+        deadline = time.monotonic() + timeout_s
+        while True:
             try:
                 ray.get(self.actors[worker].ready.remote())
                 return
             except ray.exceptions.RayActorError:
-                continue
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.5)
 
 
 class RemoteDriver:

@@ -10,6 +10,7 @@ import torch
 
 from rayfed.data.sources import federated_data
 from rayfed.runtime import ray_backend
+from rayfed.runtime.errors import WorkerLostError
 
 pytestmark = pytest.mark.ray
 
@@ -54,5 +55,19 @@ def test_drop_policy_aggregates_the_survivors_and_the_worker_comes_back(ray_sess
 
 def test_fail_policy_stops_naming_the_worker_and_its_clients(ray_session, tiny_config):
     cfg = tiny_config(*SLOW, "runtime.on_client_failure=fail")
-    with pytest.raises(ray.exceptions.RayTaskError, match=r"worker actor 0 \(clients \[0, 2\]\) died"):
+    with pytest.raises(WorkerLostError, match=r"worker actor 0 \(clients \[0, 2\]\) died"):
         round_one(cfg, kill_worker=0)
+
+
+def test_the_cli_reports_a_lost_worker_in_one_line(monkeypatch, tmp_path, capsys):
+    import rayfed.experiment
+    from rayfed.cli import main
+
+    def lose(*args, **kwargs):
+        raise WorkerLostError("worker actor 1 (clients [1, 3]) died and runtime.on_client_failure=fail gives up")
+
+    monkeypatch.setattr(rayfed.experiment, "run_experiment", lose)
+    assert main(["run", "configs/smoke.yaml", f"output_dir={tmp_path}"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["rayfed: worker actor 1 (clients [1, 3]) died and runtime.on_client_failure=fail gives up "
+                   "(the last checkpoint is intact: `rayfed resume` continues)"]
