@@ -64,6 +64,8 @@ def test_lr_is_selected_on_global_validation(study):
                ["final_val"]["rouge_l"] for lr in s.algorithms["fedavg_sgd"].lrs}
         best = max(val.values())
         assert analysis["selected_lrs"][conc]["fedavg_sgd"] == next(lr for lr, v in val.items() if v == best)
+        assert {lr: v["global_val"] for lr, v in analysis["lr_grid"][conc]["fedavg_sgd"].items()} == {
+            f"{lr:g}": v for lr, v in val.items()}  # the report's lr table is the runs' own numbers
 
 
 def test_verdicts_are_computed_from_the_result_files(study, tmp_path):

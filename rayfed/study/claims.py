@@ -40,8 +40,9 @@ def analyze(s: StudyConfig, out: Path) -> dict[str, Any]:
     """Every claim at every concentration, from the finished jobs in ``out`` (seeds whose jobs
     are not all finished are left out and counted)."""
     result: dict[str, Any] = {"claims": {str(k): {"text": v, "by_concentration": {}} for k, v in CLAIMS.items()},
-                              "selected_lrs": {}, "seeds": {}, "not_trained": []}
+                              "selected_lrs": {}, "seeds": {}, "not_trained": [], "lr_grid": {}}
     for conc in s.concentrations:
+        result["lr_grid"][f"{conc:g}"] = lr_grid(s, out, conc)
         try:
             lrs = selected_lrs(s, out, conc)
         except (FileNotFoundError, KeyError):
@@ -188,6 +189,20 @@ def overall(verdicts: list[str]) -> str:
     if len(set(verdicts)) == 1:
         return verdicts[0]
     return "partly reproduced" if any(v != "not reproduced" for v in verdicts) else "not reproduced"
+
+
+def lr_grid(s: StudyConfig, out: Path, conc: float) -> dict[str, dict[str, dict[str, float]]]:
+    """The first seed's final global ROUGE-L (validation, which selects, and test) at every lr of
+    every algorithm's grid, for the runs that have finished."""
+    grid: dict[str, dict[str, dict[str, float]]] = {}
+    for label, arm in s.algorithms.items():
+        for lr in arm.lrs:
+            path = run_dir(out, label, conc, lr, s.seeds[0]) / "summary.json"
+            if path.is_file():
+                summary = _read(path)
+                grid.setdefault(label, {})[f"{lr:g}"] = {"global_val": summary["final_val"].get("rouge_l"),
+                                                         "global_test": summary["final"].get("rouge_l")}
+    return grid
 
 
 def not_trained(s: StudyConfig, out: Path, conc: float, lrs: dict[str, float]) -> list[str]:

@@ -72,6 +72,7 @@ def results_markdown(s: StudyConfig, analysis: dict[str, Any], seconds: dict[str
     lines += ["", "Selected federated learning rates (global validation ROUGE-L, first seed): " + "; ".join(
         f"concentration {c}: " + ", ".join(f"{k} {v:g}" for k, v in lrs.items())
         for c, lrs in analysis["selected_lrs"].items()), ""]
+    lines += _lr_table(analysis.get("lr_grid", {}), analysis["selected_lrs"])
     if analysis.get("not_trained"):
         lines += ["Runs whose final prompt is worse than the untrained one (their comparisons say little):", ""]
         lines += [f"- {note}" for note in analysis["not_trained"]] + [""]
@@ -88,6 +89,20 @@ def results_markdown(s: StudyConfig, analysis: dict[str, Any], seconds: dict[str
             lines.append("")
             lines += _table(measured["table"])
     return "\n".join(lines) + "\n"
+
+
+def _lr_table(grid: dict, selected: dict) -> list[str]:
+    """Final global ROUGE-L (val / test) of the first seed's run at every lr; the selected one in bold."""
+    rows = [(conc, label, lr, v) for conc, by_label in grid.items() for label, by_lr in by_label.items()
+            for lr, v in by_lr.items()]
+    if not rows:
+        return []
+    out = ["| concentration | algorithm | lr | global val ROUGE-L | global test ROUGE-L |", "|---|---|---|---|---|"]
+    for conc, label, lr, v in rows:
+        chosen = float(lr) == selected.get(conc, {}).get(label)
+        mark = "**" if chosen else ""
+        out.append(f"| {conc} | {label} | {mark}{lr}{mark} | {_num(v['global_val'])} | {_num(v['global_test'])} |")
+    return [*out, ""]
 
 
 def _table(table: dict[str, dict[str, dict]]) -> list[str]:
