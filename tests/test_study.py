@@ -97,7 +97,7 @@ def test_verdicts_are_computed_from_the_result_files(study, tmp_path):
     assert "| 1 | reproduced (yes, yes, yes, yes)" in (out / "results.md").read_text()
 
 
-def test_a_stopped_study_continues_with_only_the_missing_jobs(study):
+def test_a_stopped_study_continues_with_only_the_missing_jobs(study, capsys):
     s, out = study
     lrs = json.loads((out / "study.json").read_text())["selected_lrs"]["10"]
     missing = run_dir(out, "fedsgd", 10.0, lrs["fedsgd"], 1) / "personalize" / "lr=0.3" / "summary.json"
@@ -106,6 +106,9 @@ def test_a_stopped_study_continues_with_only_the_missing_jobs(study):
     assert main(["study", str(TINY), f"output_dir={out}"]) == 0
     new = jobs(out)[before:]
     assert [j["job"] for j in new] == ["c10/fedsgd/lr0.3/seed1/personalize/lr=0.3"]
+    # The log numbers distinct jobs and estimates what is left from the recorded job times.
+    assert "study: job 38/38: personalize c10/fedsgd/lr0.3/seed1/personalize/lr=0.3; about 0.0 h left" in (
+        capsys.readouterr().out)
     assert missing.is_file()
 
 

@@ -48,7 +48,7 @@ def analyze(s: StudyConfig, out: Path) -> dict[str, Any]:
         except (FileNotFoundError, KeyError):
             continue
         result["selected_lrs"][f"{conc:g}"] = lrs
-        seeds = {seed: data for seed in s.seeds if (data := _load_seed(s, out, conc, seed, lrs)) is not None}
+        seeds = {seed: data for seed in s.seeds if (data := load_seed(s, out, conc, seed, lrs)) is not None}
         result["seeds"][f"{conc:g}"] = sorted(seeds)
         result["not_trained"] += not_trained(s, out, conc, lrs)
         if not seeds:
@@ -231,7 +231,7 @@ def _initial_val(run: Path) -> float | None:
 
 # --- Reading the result files -------------------------------------------------------------------
 
-def _load_seed(s: StudyConfig, out: Path, conc: float, seed: int, lrs: dict[str, float]) -> dict | None:
+def load_seed(s: StudyConfig, out: Path, conc: float, seed: int, lrs: dict[str, float]) -> dict | None:
     """One seed's curves, or None while any of its jobs is unfinished."""
     p = s.personalize
     try:

@@ -17,7 +17,7 @@ import numpy as np
 
 from rayfed.core.selection import pareto_mask
 from rayfed.plots import REF_STYLE, _save, plt
-from rayfed.study.claims import _load_seed, frontier_points
+from rayfed.study.claims import frontier_points, load_seed
 from rayfed.study.config import StudyConfig
 from rayfed.study.runner import selected_lrs
 
@@ -32,7 +32,7 @@ def plot_study(s: StudyConfig, out: Path) -> list[Path]:
             lrs = selected_lrs(s, out, conc)
         except (FileNotFoundError, KeyError):
             continue
-        seeds = [d for seed in s.seeds if (d := _load_seed(s, out, conc, seed, lrs)) is not None]
+        seeds = [d for seed in s.seeds if (d := load_seed(s, out, conc, seed, lrs)) is not None]
         if seeds:
             per_conc[conc] = seeds
     if not per_conc:

@@ -47,14 +47,16 @@ def run_study(s: StudyConfig, out: Path, log: Callable[[str], None] = print) -> 
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(s)))
-    total = _count(s)
-    done = {"n": 0}
+    total = progress(s, out)[1]
+    seen: set[Path] = set()  # the first seed's selected run comes up twice: while selecting and in its seed
 
     def job(kind: str, path: Path, work: Callable[[], Any]) -> None:
-        done["n"] += 1
+        if path in seen:
+            return
+        seen.add(path)
         if (path / "summary.json").is_file():
             return
-        log(f"study: job {done['n']}/{total}: {kind} {path.relative_to(out)}")
+        log(f"study: job {len(seen)}/{total}: {kind} {path.relative_to(out)}{_estimate(out, total - len(seen) + 1)}")
         started = time.perf_counter()
         work()
         record = {"job": str(path.relative_to(out)), "kind": kind, "seconds": round(time.perf_counter() - started, 1)}
@@ -109,12 +111,12 @@ def progress(s: StudyConfig, out: Path) -> tuple[int, int]:
     return len(done), total
 
 
-def _count(s: StudyConfig) -> int:
-    """Job steps, as numbered in the log (the first seed's run at the selected lr counts twice:
-    once while selecting, once in its seed, where it is found finished)."""
-    select = sum(len(a.lrs) for a in s.algorithms.values() if len(a.lrs) > 1) * len(s.concentrations)
-    per_seed = sum(1 + len(personalize_overrides(s, label)) for label in s.algorithms) * len(s.concentrations)
-    return select + per_seed * len(s.seeds)
+def _estimate(out: Path, left: int) -> str:
+    """``; about N h left``: the jobs left (this one included) at the mean time of those recorded."""
+    path = out / "jobs.jsonl"
+    seconds = [json.loads(line)["seconds"] for line in path.read_text(encoding="utf-8").splitlines()] \
+        if path.is_file() else []
+    return f"; about {left * sum(seconds) / len(seconds) / 3600:.1f} h left" if seconds else ""
 
 
 def _read(path: Path) -> dict[str, Any]:
