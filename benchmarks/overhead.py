@@ -15,7 +15,7 @@ Paths, each from a cold start (its own Ray instance, model loads and data shippi
 Each path runs in a fresh process, so its start-up and memory are its own. Every path runs the
 same sampled clients from the same seed; the table gives how far each final prompt is from the
 bound's (bit-identical, except the batched pass, whose rounding differs).
-Training time per round is the median over rounds after the first; memory is the peak
+Training time per round is the median over rounds after the first (and over repeats); memory is the peak
 proportional set size (PSS) of the path's process tree, sampled every 0.25 s: the process, the
 Ray daemons and actors it starts, the bound's two workers (shared pages are split between the
 processes that map them, not counted twice).
@@ -23,11 +23,17 @@ processes that map them, not counted twice).
     .venv/bin/python benchmarks/overhead.py --workload tiny-100      # overhead-dominated, ~3 min
     .venv/bin/python benchmarks/overhead.py --workload smollm2       # compute-bound, ~6 min
     .venv/bin/python benchmarks/overhead.py --workload clients-10k   # 10,000 clients, ~5 min
+    .venv/bin/python benchmarks/overhead.py --workload smollm2 --repeats 3 --skip in-process \
+        "ray, 2 workers, batched" "ray, one worker per client"       # bound vs rayfed, interleaved
+
+A single run's ratio carries the machine's noise (the bound's rounds vary by about 25% from run
+to run on 2 cores); ``--repeats`` runs the paths interleaved and takes each ratio within a repeat.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -93,10 +99,8 @@ def tree_pss(root: psutil.Process) -> int:
     descendants of the process that started Ray), in bytes; shared pages are split, not repeated."""
     total = 0
     for proc in [root, *root.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             total += proc.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
     return total
 
 
@@ -241,10 +245,27 @@ def run_one(workload: str, name: str, out: Path) -> None:
     out.write_text(json.dumps(result))
 
 
+def run_path(workload: str, name: str, tmp: Path) -> dict[str, Any]:
+    """One path in a fresh process (its start-up and memory are all its own), with its peak memory."""
+    out = tmp / f"{abs(hash(name))}.json"
+    settle()
+    child = subprocess.Popen([sys.executable, __file__, "--workload", workload, "--child", name, "--out", str(out)])
+    sampler = MemorySampler(child.pid)
+    if child.wait() != 0:
+        raise SystemExit(f"path {name!r} failed")
+    result = json.loads(out.read_text())
+    settle()
+    result["memory"] = sampler.stop()
+    result["prompt"] = load_file(str(out.with_suffix(".safetensors")))["prompt"]
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="tiny-100")
     parser.add_argument("--skip", nargs="*", default=[], help="path names to leave out (e.g. in-process)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run every path this many times, interleaved; ratios are taken within a repeat")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -252,41 +273,36 @@ def main() -> None:
     if args.child:
         return run_one(args.workload, args.child, Path(args.out))
 
-    results = {}
+    names = [name for name in path_configs(args.workload) if name not in args.skip]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, name in enumerate(path_configs(args.workload)):
-            if name in args.skip:
-                continue
-            out = Path(tmp) / f"{i}.json"
-            settle()
-            # Each path in a fresh process: its start-up and memory are all its own.
-            child = subprocess.Popen([sys.executable, __file__, "--workload", args.workload, "--child", name,
-                                      "--out", str(out)])
-            sampler = MemorySampler(child.pid)
-            if child.wait() != 0:
-                raise SystemExit(f"path {name!r} failed")
-            result = json.loads(out.read_text())
-            settle()
-            result["memory"] = sampler.stop()
-            result["prompt"] = load_file(str(out.with_suffix(".safetensors")))["prompt"]
-            results[name] = result
-            print(f"{name}: start-up {result['startup']:.1f} s, rounds {[round(t, 2) for t in result['rounds']]}, "
-                  f"memory after each round (GiB) {result['memory_by_round']}", flush=True)
+        for repeat in range(args.repeats):
+            for name in names:
+                result = run_path(args.workload, name, Path(tmp))
+                runs[name].append(result)
+                print(f"[{repeat + 1}/{args.repeats}] {name}: start-up {result['startup']:.1f} s, rounds "
+                      f"{[round(t, 2) for t in result['rounds']]}, memory after each round (GiB) "
+                      f"{result['memory_by_round']}", flush=True)
 
     cfg = load_config(*WORKLOADS[args.workload])
     n = cfg.partition.num_clients
-    bound = results["bound"]
-    per_round = {name: statistics.median(r["rounds"][1:]) for name, r in results.items()}
+    # Per repeat: each path's median round after the first, and its ratio to the bound's in that repeat.
+    per_round = {name: [statistics.median(r["rounds"][1:]) for r in rs] for name, rs in runs.items()}
+    ratios = {name: [t / b for t, b in zip(ts, per_round["bound"])] for name, ts in per_round.items()}
     print(f"\nworkload {args.workload}: {cfg.model.name}, {n} clients, {cfg.algorithm.clients_per_round} per round, "
           f"{cfg.algorithm.local_steps} local step(s) of batch {cfg.algorithm.batch_size}, "
-          f"{cfg.algorithm.rounds} rounds (the first is warm-up), {os.cpu_count()} CPU cores")
+          f"{cfg.algorithm.rounds} rounds (the first is warm-up), {os.cpu_count()} CPU cores, "
+          f"{args.repeats} repeat(s); medians over repeats, x bound's range in brackets")
     print("| path | training s/round | x bound | start-up s | end to end s | peak memory GiB | final prompt vs bound |")
     print("|---|---|---|---|---|---|---|")
-    for name, r in results.items():
-        diff = (r["prompt"] - bound["prompt"]).abs().max().item()
+    bound = runs["bound"][0]["prompt"]
+    for name, rs in runs.items():
+        diff = max((r["prompt"] - bound).abs().max().item() for r in rs)
         same = "bit-identical" if diff == 0 else f"max diff {diff:.1e}"
-        print(f"| {name} | {per_round[name]:.3f} | {per_round[name] / per_round['bound']:.2f}x | "
-              f"{r['startup']:.1f} | {r['total']:.1f} | {r['memory']:.2f} | {same} |")
+        spread = f" [{min(ratios[name]):.2f}-{max(ratios[name]):.2f}]" if args.repeats > 1 else ""
+        print(f"| {name} | {statistics.median(per_round[name]):.3f} | {statistics.median(ratios[name]):.2f}x{spread} | "
+              f"{statistics.median(r['startup'] for r in rs):.1f} | {statistics.median(r['total'] for r in rs):.1f} | "
+              f"{max(r['memory'] for r in rs):.2f} | {same} |")
 
 
 if __name__ == "__main__":

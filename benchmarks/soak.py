@@ -13,6 +13,7 @@ daemons, the actors) every 50 rounds. Growth from round 100 to the last round sh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
@@ -26,10 +27,8 @@ from rayfed.experiment import run_experiment
 def tree_pss_gib() -> float:
     total = 0
     for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             total += proc.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
     return total / 2**30
 
 

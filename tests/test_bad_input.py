@@ -34,7 +34,8 @@ def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
     from transformers import DistilBertConfig, DistilBertModel
 
     encoder = tmp / "encoder"  # a real model with safetensors weights, but no causal-LM head
-    DistilBertModel(DistilBertConfig(vocab_size=20, dim=8, hidden_dim=8, n_layers=1, n_heads=1)).save_pretrained(encoder)
+    encoder_config = DistilBertConfig(vocab_size=20, dim=8, hidden_dim=8, n_layers=1, n_heads=1)
+    DistilBertModel(encoder_config).save_pretrained(encoder)
     _tiny_llama()[1].save_pretrained(encoder)
     pickled = tmp / "pickled"
     model, tokenizer = _tiny_llama()

@@ -14,9 +14,9 @@ from rayfed.data.formatting import TokenizedExample, tokenize
 from rayfed.data.synthetic import generate_synthetic
 from rayfed.evaluation import evaluate, evaluate_many, generate
 from rayfed.local import per_example_loss
-from rayfed.training import train_prompt
 from rayfed.metrics import exact_match, rouge_l
 from rayfed.model import PromptModel, build_prompt_model
+from rayfed.training import train_prompt
 from rayfed.types import EvalSums
 
 

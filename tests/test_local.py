@@ -9,8 +9,8 @@ from rayfed.data.formatting import tokenize
 from rayfed.data.synthetic import generate_synthetic
 from rayfed.evaluation import evaluate
 from rayfed.local import per_example_loss
-from rayfed.training import prompt_gradient, train_prompt
 from rayfed.model import build_prompt_model
+from rayfed.training import prompt_gradient, train_prompt
 from rayfed.types import ClientUpdate
 
 

@@ -145,9 +145,8 @@ def test_by_epoch_training_ends_where_one_shot_training_does(tiny_config):
     from rayfed.config import OptimizerConfig
     from rayfed.data.formatting import tokenize
     from rayfed.data.sources import federated_data
-    from rayfed.training import train_prompt
     from rayfed.model import build_prompt_model
-    from rayfed.training import train_prompt_by_epoch
+    from rayfed.training import train_prompt, train_prompt_by_epoch
 
     cfg = tiny_config()
     model = build_prompt_model(cfg.model)

@@ -50,8 +50,8 @@ def rayfed(*args: str) -> subprocess.Popen:
 
 @pytest.mark.parametrize("server", sorted(SERVERS))
 def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_prompt_bit_for_bit(tmp_path, tiny_overrides, server):
-    overrides = [*tiny_overrides, *SERVERS[server], "runtime.executor=local", "algorithm.rounds=8", "algorithm.local_steps=6",
-                 "eval.eval_every=3"]
+    overrides = [*tiny_overrides, *SERVERS[server], "runtime.executor=local", "algorithm.rounds=8",
+                 "algorithm.local_steps=6", "eval.eval_every=3"]
     whole = subprocess.run([sys.executable, "-m", "rayfed.cli", "run", "configs/smoke.yaml", *overrides,
                             f"output_dir={tmp_path / 'whole'}"], capture_output=True, text=True,
                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})

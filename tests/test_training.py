@@ -8,7 +8,7 @@ from rayfed.config import OptimizerConfig
 from rayfed.data.formatting import tokenize
 from rayfed.data.synthetic import generate_synthetic
 from rayfed.model import build_prompt_model
-from rayfed.training import epoch_job, by_epoch, train_lockstep
+from rayfed.training import by_epoch, epoch_job, train_lockstep
 
 
 @pytest.fixture(scope="module")
