@@ -142,8 +142,9 @@ class RuntimeConfig:
     num_workers: int | None = None
     num_cpus_per_worker: float = 0.25  # always explicit: an actor without it can hang Ray
     num_gpus_per_worker: float = 0.0  # fractional GPU per worker actor (0.125: 8 workers share a card)
-    # Train (and evaluate) the clients a worker hosts in lockstep, one backbone pass for all of
-    # them, each row with its own client's prompt; allclose to one client at a time, not bitwise.
+    # Train (and evaluate) the clients a worker hosts in lockstep, their rows sharing backbone
+    # passes grouped by length, each row with its own client's prompt; allclose to one client at
+    # a time, not bitwise.
     batch_clients: bool = False
     max_batch_rows: int = 256  # batch_clients: rows in one pass at most (bounds activation memory)
     num_cpus_driver: float = 0.1

@@ -7,7 +7,6 @@ decoder they are checked against (benchmarks/eval_speed.py, tests/test_eval_spee
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from rayfed.data.formatting import TokenizedExample, collate_generate
+from rayfed.lengths import call_overhead_tokens, length_groups
 from rayfed.metrics import exact_match, rouge_l
 from rayfed.model import PromptModel
 from rayfed.types import EvalSums
@@ -172,37 +172,6 @@ def _prompt_states(model: PromptModel, prompts: torch.Tensor) -> list[tuple[torc
     return [(layer.keys, layer.values) for layer in out.cache.layers]
 
 
-def _call_overhead_tokens(device: torch.device) -> int:
-    """What one more forward call costs, in padded tokens' worth of compute.
-
-    On a CPU a call costs about as much as 50 tokens of SmolLM2-135M, so splitting a batch where
-    lengths jump pays; on an accelerator small batches are launch-bound and padding nearly free.
-    """
-    return 48 if device.type == "cpu" else 4096
-
-
-def _length_groups(rows: list[TokenizedExample], max_rows: int, overhead: int) -> list[tuple[int, int]]:
-    """Split length-sorted rows into contiguous ``[start, stop)`` groups of at most ``max_rows``,
-    minimising the padded tokens of one forward per group plus ``overhead`` per group (an exact
-    dynamic programme; a few dozen rows at most)."""
-    n = len(rows)
-    best = [0.0] + [math.inf] * n
-    cut = [0] * (n + 1)
-    for stop in range(1, n + 1):
-        src = tgt = 0
-        for start in range(stop - 1, max(stop - max_rows, 0) - 1, -1):
-            src = max(src, len(rows[start].source_ids))
-            tgt = max(tgt, len(rows[start].target_ids) - 1)  # the last target token is not input
-            cost = best[start] + overhead + (stop - start) * (src + tgt)
-            if cost < best[stop]:
-                best[stop], cut[stop] = cost, start
-    groups, stop = [], n
-    while stop > 0:
-        groups.append((cut[stop], stop))
-        stop = cut[stop]
-    return groups[::-1]
-
-
 def _teacher_forced(model: PromptModel, rows: list[TokenizedExample], limits: list[int],
                     prompt_states: list[tuple[torch.Tensor, torch.Tensor]], prompt_of: torch.Tensor,
                     ) -> tuple[torch.Tensor, list[list[int]], _Continuation]:
@@ -324,7 +293,8 @@ def _score_and_generate(model: PromptModel, rows: list[TokenizedExample], limits
     tokens after prompt ``prompt_of[i]``: teacher-forced forwards over groups of similar length,
     then one decode of every unfinished row."""
     eos = model.tokenizer.eos_token_id
-    groups = _length_groups(rows, max_group_rows, _call_overhead_tokens(model.device))
+    widths = [(len(r.source_ids), len(r.target_ids) - 1) for r in rows]  # the last target token is not input
+    groups = length_groups(widths, max_group_rows, call_overhead_tokens(model.device))
     losses, tokens, pending = [], [], []
     for start, stop in groups:
         loss, known, cont = _teacher_forced(model, rows[start:stop], limits[start:stop], prompt_states,

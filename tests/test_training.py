@@ -1,14 +1,16 @@
-"""Many clients in lockstep (one backbone pass per step) train exactly as one client at a time."""
+"""Many clients in lockstep (one step for all of them) train exactly as one client at a time."""
 
 import pytest
 import torch
 
 from rayfed.algorithms.fedavg import FedAvg
 from rayfed.config import OptimizerConfig
-from rayfed.data.formatting import tokenize
+from rayfed.data.formatting import TokenizedExample, tokenize
 from rayfed.data.synthetic import generate_synthetic
+from rayfed.lengths import call_overhead_tokens, length_groups
+from rayfed.local import per_example_loss
 from rayfed.model import build_prompt_model
-from rayfed.training import by_epoch, epoch_job, train_lockstep
+from rayfed.training import by_epoch, epoch_job, lockstep_losses, train_lockstep
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +59,28 @@ def test_personalization_in_lockstep_equals_one_at_a_time_with_the_l2_pull(setup
             assert torch.allclose(pa[epoch], pb[epoch], atol=1e-4, rtol=1e-4), (pa[epoch] - pb[epoch]).abs().max()
         assert la == pytest.approx(lb, rel=1e-5)
         assert (pa[3] - pa[0]).abs().max() > 1e-2  # far more than the rounding allowed above
+
+
+def test_length_groups_minimise_padded_tokens_plus_a_cost_per_call():
+    widths = [(1,), (1,), (2,), (10,), (10,)]
+    # One pass: 5 + 5 * 10 = 55. Short and long apart: 5 + 3 * 2 + 5 + 2 * 10 = 36. One per row: 49.
+    assert length_groups(widths, max_rows=5, overhead=5) == [(0, 3), (3, 5)]
+    assert length_groups(widths, max_rows=5, overhead=100) == [(0, 5)]  # calls too dear to split
+    # At most 2 rows a group: 3 calls, and 2 * 1 + 2 + 2 * 10 = 24 tokens beats 1 + 2 * 2 + 20 = 25.
+    assert length_groups(widths, max_rows=2, overhead=100) == [(0, 2), (2, 3), (3, 5)]
+    # Evaluation's layout: a group is as wide as its longest source plus its longest target.
+    assert length_groups([(1, 8), (8, 1)], max_rows=2, overhead=5) == [(0, 1), (1, 2)]  # 5+9+5+9 < 5+2*16
+
+
+def test_rows_of_clients_with_very_different_lengths_run_in_length_groups_and_come_back_in_order(setup):
+    model, _, prompts = setup
+    short = [TokenizedExample(tuple(range(5, 9)), (9, 10), "") for _ in range(8)]
+    long = [TokenizedExample(tuple(5 + i % 20 for i in range(60)), (7, 8, 9), "") for _ in range(4)]
+    rows = [short[:4], long, short[4:]]  # client 1's rows are 60 tokens longer than the others'
+    widths = sorted((len(r.source_ids) + len(r.target_ids),) for r in short + long)
+    assert len(length_groups(widths, len(widths), call_overhead_tokens(model.device))) == 2
+    per_row = torch.cat([p.unsqueeze(0).expand(len(r), -1, -1) for p, r in zip(prompts, rows)])
+    together = lockstep_losses(model, rows, per_row)
+    alone = torch.cat([per_example_loss(model, list(r), per_row[i * 4:(i + 1) * 4]) for i, r in enumerate(rows)])
+    assert torch.allclose(together, alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(together[:4], together[4:8])  # different rows, different losses
