@@ -8,6 +8,7 @@ inconsistent values raise :class:`ConfigError` with a message naming the key.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -385,6 +386,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(z.optimizer.lr > 0 and math.isfinite(z.optimizer.lr), "personalize.optimizer.lr",
            f"must be a positive number, got {z.optimizer.lr}")
     _check(z.l2_strength >= 0, "personalize.l2_strength", "must be >= 0")
+    warn_unstable_l2(z.optimizer, z.l2_strength)
     _check(len(z.interp_ratios) >= 1, "personalize.interp_ratios", "needs at least one interpolation ratio")
     for ratio in z.interp_ratios:
         _check(0.0 <= ratio <= 1.0, "personalize.interp_ratios", f"every ratio must be in [0, 1], got {ratio}")
@@ -407,6 +409,21 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(w.mode is None or w.mode in WANDB_MODES, "logging.wandb.mode",
            f"{w.mode!r} is not one of {', '.join(WANDB_MODES)} (or null)")
     validate_tune(cfg.tune)
+
+
+def warn_unstable_l2(opt: OptimizerConfig, strength: float) -> None:
+    """Warn when plain SGD cannot hold the l2 pull: its step scales the prompt's offset from the
+    global prompt by ``1 - lr * strength`` (heavy-ball momentum widens the stable range to
+    ``2 * (1 + momentum)``), so past that limit the offset grows every step. A warning, not an
+    error: a search may sample such a point, and it should score badly rather than stop."""
+    if opt.name != "sgd" or strength <= 0:
+        return
+    limit = 2 * (1 + opt.momentum)
+    if opt.lr * strength >= limit:
+        warnings.warn(f"key 'personalize.l2_strength': personalize.optimizer.lr x l2_strength = "
+                      f"{opt.lr:g} x {strength:g} = {opt.lr * strength:.3g} >= {limit:g}, so each SGD step pushes "
+                      f"the prompt past the global one by more than it was off and the pull diverges; keep the "
+                      f"product below {limit:g}", UserWarning, stacklevel=3)
 
 
 def validate_tune(t: TuneConfig) -> None:

@@ -100,3 +100,18 @@ def test_override_without_equals_is_rejected():
 def test_missing_file_is_reported(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_an_l2_pull_that_sgd_cannot_hold_warns_naming_the_key():
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"personalize.l2_strength.*0.316 x 10 = 3.16 >= 2"):
+        load_config("configs/smoke.yaml", ["personalize.optimizer.name=sgd", "personalize.optimizer.lr=0.316",
+                                           "personalize.l2_strength=10"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for stable in (["personalize.l2_strength=1"],  # 0.316: the pull holds
+                       ["personalize.l2_strength=10", "personalize.optimizer.momentum=0.9"],  # limit 3.8
+                       ["personalize.l2_strength=10", "personalize.optimizer.name=adam"]):  # a normalised step
+            load_config("configs/smoke.yaml", ["personalize.optimizer.name=sgd", "personalize.optimizer.lr=0.316",
+                                               *stable])
