@@ -12,6 +12,8 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,8 @@ from rayfed.types import RoundResult
 # What `rayfed personalize` may change in a finished run's config: how to personalize, evaluate,
 # run and log, never what was trained (model, data, partition, algorithm, seed).
 PERSONALIZE_OVERRIDABLE = ("personalize.", "eval.", "runtime.", "ray.", "logging.")
+# What may differ between personalizations that share one run's workers (personalization_driver).
+SHARED_DRIVER_OVERRIDABLE = ("personalize.", "logging.")
 # What `rayfed resume` may change: where and how the rest of the run runs, not what it trains.
 RESUME_OVERRIDABLE = ("runtime.", "ray.", "logging.", "personalize.")
 
@@ -154,7 +158,7 @@ def resume_experiment(run_dir: str | Path, overrides: list[str] | None = None,
 
 def run_personalization(run_dir: str | Path, overrides: list[str] | None = None,
                         loggers: list[MetricLogger] | None = None, *, prompt_cache: Path | None = None,
-                        on_epoch: EpochCallback | None = None) -> dict[str, Any]:
+                        on_epoch: EpochCallback | None = None, driver: Any = None) -> dict[str, Any]:
     """Personalize a finished run's global prompt (nothing is retrained) into
     ``run_dir/personalize/<name>/`` and return that directory's summary.
 
@@ -166,11 +170,15 @@ def run_personalization(run_dir: str | Path, overrides: list[str] | None = None,
         prompt_cache: A directory where trained local prompts are kept by their training settings,
             so runs that differ only in how they score them (interpolation ratios) share them.
         on_epoch: Called with each evaluated epoch's curve rows (Tune reports through it).
+        driver: The run's workers from :func:`personalization_driver`, shared by several
+            personalizations; then only ``personalize.*`` and ``logging.*`` keys may change.
+            None: start them for this call and stop them after it.
     """
+    if driver is not None:
+        _check_overridable(overrides or [], SHARED_DRIVER_OVERRIDABLE, "personalizing on a shared driver")
     cfg, global_prompt = load_finished_run(run_dir, overrides or [])
     name = cfg.personalize.name or _name_from(overrides or [])
-    data = federated_data(cfg)  # the same seed and config give the same shards as the run had
-    with open_driver(cfg, data) as driver:
+    with personalization_driver(run_dir, overrides) if driver is None else nullcontext(driver) as driver:
         out = Path(run_dir) / "personalize" / name
         logs = build_loggers(cfg, out, loggers, job_type="personalize")
         try:
@@ -179,6 +187,16 @@ def run_personalization(run_dir: str | Path, overrides: list[str] | None = None,
         finally:
             for logger in logs:
                 logger.close()
+
+
+@contextmanager
+def personalization_driver(run_dir: str | Path, overrides: list[str] | None = None) -> Iterator[Any]:
+    """A finished run's workers and data, for one or several personalizations: starting the
+    workers (model loads, shards tokenized) costs about 10-15 s a time with SmolLM2 on 2 cores,
+    and the workers depend only on the run's config and seed, never on personalization settings."""
+    cfg, _ = load_finished_run(run_dir, overrides or [])
+    with open_driver(cfg, federated_data(cfg)) as driver:  # the same seed and config: the run's shards
+        yield driver
 
 
 def personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.Tensor, out: Path,

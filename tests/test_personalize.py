@@ -9,7 +9,7 @@ import torch
 from rayfed.checkpoint import load_local_prompts, load_prompt
 from rayfed.cli import main
 from rayfed.config import ConfigError
-from rayfed.experiment import run_experiment, run_personalization
+from rayfed.experiment import personalization_driver, run_experiment, run_personalization
 from rayfed.metrics import SPLITS
 
 WITH_VAL = ["runtime.executor=local", "partition.val_examples=4", "partition.global_val_examples=8"]
@@ -195,3 +195,19 @@ def test_without_validation_only_test_splits_are_scored_with_the_same_numbers(fi
     for a, b in zip(both["curve"], test_only["curve"], strict=True):
         # Rows are pooled differently without the validation splits: rounding, not results, may differ.
         assert {k: v for k, v in a.items() if "_val/" not in k} == pytest.approx(b, rel=1e-5)
+
+
+def test_personalizations_on_one_shared_driver_equal_each_on_its_own(finished_run):
+    """What the study does for a run's personalizations: one set of workers for all of them."""
+    run_dir, _ = finished_run
+    settings = {"shared_plain": [*ADAM], "shared_l2": [*ADAM, "personalize.l2_strength=0.5"]}
+    alone = {name: run_personalization(run_dir, [*o, f"personalize.name={name}"], loggers=[])
+             for name, o in settings.items()}
+    with personalization_driver(run_dir) as driver:
+        shared = {name: run_personalization(run_dir, [*o, f"personalize.name={name}"], loggers=[], driver=driver)
+                  for name, o in settings.items()}
+        with pytest.raises(ConfigError, match="key 'eval.batch_size'"):  # the workers were built without it
+            run_personalization(run_dir, ["eval.batch_size=2"], loggers=[], driver=driver)
+    for name in settings:
+        assert shared[name]["curve"] == alone[name]["curve"]  # bit for bit
+    assert shared["shared_plain"]["curve"] != shared["shared_l2"]["curve"]

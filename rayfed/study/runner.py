@@ -5,9 +5,10 @@ ordinary ``run_experiment``/``run_personalization``, into a fixed directory layo
     OUT/c{concentration}/{algorithm}/lr{lr}/seed{seed}/personalize/{name}/
 
 The global prompt's scores and trained local prompts are kept in each run's ``prompt_cache/``
-(scored once for all of that run's personalizations). A job whose ``summary.json`` exists is
-skipped, and a federated run with only a checkpoint is
-resumed, so rerunning an interrupted study continues it. Learning rates of the federated
+(scored once for all of that run's personalizations), and its personalizations share one set of
+worker actors, started by the first that runs (``personalization_driver``). A job whose
+``summary.json`` exists is skipped, and a federated run with only a checkpoint is resumed, so
+rerunning an interrupted study continues it. Learning rates of the federated
 algorithms are chosen per concentration on the first seed: the best global validation ROUGE-L
 of the final prompt (ties: the earlier lr in the grid). ``jobs.jsonl`` records each job's time.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,7 @@ def selected_lrs(s: StudyConfig, out: Path, concentration: float) -> dict[str, f
 
 def run_study(s: StudyConfig, out: Path, log: Callable[[str], None] = print) -> None:
     """Run every job not yet finished (see the module docstring for the order and layout)."""
-    from rayfed.experiment import resume_experiment, run_experiment, run_personalization
+    from rayfed.experiment import personalization_driver, resume_experiment, run_experiment, run_personalization
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(s)))
@@ -83,10 +85,26 @@ def run_study(s: StudyConfig, out: Path, log: Callable[[str], None] = print) -> 
         for conc in s.concentrations:
             for label in s.algorithms:
                 path = federated(label, conc, seed, lrs[conc][label])
-                for name, overrides in personalize_overrides(s, label).items():
-                    job("personalize", path / "personalize" / name,
-                        lambda path=path, overrides=overrides: run_personalization(
-                            path, overrides, prompt_cache=path / "prompt_cache"))
+                # A run's personalizations share its workers, started by the first that runs.
+                with ExitStack() as stack:
+                    driver = _on_first_use(stack, lambda path=path: personalization_driver(path))
+                    for name, overrides in personalize_overrides(s, label).items():
+                        job("personalize", path / "personalize" / name,
+                            lambda path=path, overrides=overrides, driver=driver: run_personalization(
+                                path, overrides, prompt_cache=path / "prompt_cache", driver=driver()))
+
+
+def _on_first_use(stack: ExitStack, open_context: Callable[[], Any]) -> Callable[[], Any]:
+    """A getter that enters ``open_context()`` into ``stack`` the first time it is called (so the
+    time it takes counts in the first job that needs it) and returns the same value after."""
+    value: list[Any] = []
+
+    def get() -> Any:
+        if not value:
+            value.append(stack.enter_context(open_context()))
+        return value[0]
+
+    return get
 
 
 def progress(s: StudyConfig, out: Path) -> tuple[int, int]:
