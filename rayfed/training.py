@@ -133,8 +133,11 @@ def lockstep_losses(model: PromptModel, rows: Sequence[Sequence[TokenizedExample
         return per_example_loss(model, flat, prompts)
     order = sorted(range(len(flat)), key=lambda i: len(flat[i].source_ids) + len(flat[i].target_ids))
     widths = [(len(flat[i].source_ids) + len(flat[i].target_ids),) for i in order]
+    groups = length_groups(widths, len(flat), call_overhead_tokens(model.device))
+    if len(groups) == 1:  # e.g. on a GPU, where padding is nearly free and calls are not
+        return per_example_loss(model, flat, prompts)
     parts = []
-    for start, stop in length_groups(widths, len(flat), call_overhead_tokens(model.device)):
+    for start, stop in groups:
         index = order[start:stop]
         rows_prompts = prompts[torch.tensor(index, device=prompts.device)]
         parts.append(per_example_loss(model, [flat[i] for i in index], rows_prompts))
