@@ -169,3 +169,19 @@ def test_with_wandb_on_the_study_is_one_run_with_its_verdicts_and_figures(study,
                                      for m in c["by_concentration"].values())
     assert {"study/curves", "study/robustness", "study/frontier"} <= {k for row in log.history for k in row}
     assert log.summary["study/claim1"] == analysis["claims"]["1"]["verdict"]
+
+
+def test_claim3_reports_each_algorithms_prompt_norm_from_its_runs(study):
+    """How far training took each prompt: the scale a fixed personalization step is set against."""
+    from safetensors.torch import load_file
+
+    s, out = study
+    analysis = json.loads((out / "study.json").read_text())
+    for conc in ("0.1", "10"):
+        lrs = analysis["selected_lrs"][conc]
+        table = analysis["claims"]["3"]["by_concentration"][conc]["table"]
+        for label in s.algorithms:
+            norms = [load_file(str(run_dir(out, label, float(conc), lrs[label], seed) / "global_prompt.safetensors"))
+                     ["global_prompt"].norm(dim=-1).mean().item() for seed in s.seeds]
+            assert table[label]["prompt row norm"]["mean"] == pytest.approx(sum(norms) / len(norms), rel=1e-6)
+    assert "prompt row norm" in (out / "results.md").read_text()

@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from rayfed.checkpoint import load_prompt
 from rayfed.core.selection import pareto_mask
 from rayfed.study.config import StudyConfig, personalize_overrides
 from rayfed.study.runner import run_dir, selected_lrs
@@ -119,7 +120,8 @@ def claim3(s: StudyConfig, seeds: list[dict]) -> tuple[list[dict], dict]:
                      "global after (last epoch)": _stats([d["robustness"][label][-1][2] for d in seeds]),
                      "mean global change": _stats(robust[label]),
                      "local gain (last epoch)": _stats([c[-1][1] - _at(c, 0)[1]
-                                                        for c in (d["robustness"][label] for d in seeds)])}
+                                                        for c in (d["robustness"][label] for d in seeds)]),
+                     "prompt row norm": _stats([d["prompt_norm"][label] for d in seeds])}
              for label in s.algorithms}
     return parts, table
 
@@ -250,7 +252,14 @@ def load_seed(s: StudyConfig, out: Path, conc: float, seed: int, lrs: dict[str, 
             few[name.removeprefix("few,")] = by_epoch
     return {"curves": {lr: _curve(main[f"lr={lr:g}"]) for lr in p.lrs},
             "robustness": {label: _curve(pers[label][f"lr={p.robustness_lr:g}"]) for label in s.algorithms},
-            "few": few}
+            "few": few, "prompt_norm": {label: prompt_norm(runs[label]) for label in s.algorithms}}
+
+
+def prompt_norm(run: Path) -> float:
+    """The mean L2 norm of a run's final global prompt rows (one per virtual token): how far
+    training took the prompt, and the scale a fixed personalization step is measured against."""
+    prompt, _ = load_prompt(run / "global_prompt.safetensors")
+    return prompt.float().norm(dim=-1).mean().item()
 
 
 def _curve(summary: dict) -> Curve:
