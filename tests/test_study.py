@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rayfed.cli import main
-from rayfed.study.claims import _part, hypervolume, verdict
+from rayfed.study.claims import _part, claim4, hypervolume, verdict
 from rayfed.study.config import load_study, personalize_overrides
 from rayfed.study.runner import run_dir
 
@@ -130,6 +130,29 @@ def test_hypervolume_and_verdicts_by_hand():
     assert verdict([holds, holds]) == "reproduced"
     assert verdict([holds, fails]) == "partly reproduced" and verdict([spread]) == "partly reproduced"
     assert verdict([fails, spread]) == "not reproduced"
+
+
+def test_claim4_areas_by_hand_and_a_collapsed_point_only_moves_the_corner():
+    s = load_study(TINY)  # lrs 0.3 and 0.03, few_epochs 1, l2 strengths [1], ratios [0.5]
+    start = (0.2, 0.2)
+    curves = {0.3: [(0, *start), (1, 0.3, 0.1)], 0.03: [(0, *start), (1, 0.25, 0.15)]}
+    few = {"l2=0": {1: {1.0: (0.3, 0.1), 0.5: (0.25, 0.18)}}, "l2=1": {1: {1.0: (0.0, 0.0)}}}  # l2 collapsed
+    parts, table = claim4(s, [{"curves": curves, "few": few}])
+    # Corner (0, 0) from the collapsed point. plain: front (0.3,0.1),(0.25,0.15),(0.2,0.2) ->
+    # 0.3*0.1 + 0.25*0.05 + 0.2*0.05 = 0.0525; l2: (0.3,0.1),(0.2,0.2) -> 0.03 + 0.02 = 0.05;
+    # interpolation: (0.3,0.1),(0.25,0.18),(0.2,0.2) -> 0.03 + 0.25*0.08 + 0.2*0.02 = 0.054.
+    area = table["hypervolume"]
+    assert area["plain"]["mean"] == pytest.approx(0.0525)
+    assert area["l2"]["mean"] == pytest.approx(0.05) and area["interpolation"]["mean"] == pytest.approx(0.054)
+    assert [p["mean"] for p in parts] == pytest.approx([-0.0025, 0.0015])
+    # Without the point the global prompt dominates, the corner is (0.2, 0.1): plain 0.05*0.05 = 0.0025,
+    # l2 0 (its points sit on the corner's edges), interpolation 0.05*0.08 = 0.004. The verdict's parts
+    # stay those of the first corner; this one is reported beside them.
+    robust = table["hypervolume, corner without the points the global prompt dominates"]
+    assert robust["plain"]["mean"] == pytest.approx(0.0025)
+    assert robust["l2"]["mean"] == pytest.approx(0.0) and robust["interpolation"]["mean"] == pytest.approx(0.004)
+    assert table["hypervolume, corner without the points the global prompt dominates: minus plain's"][
+        "interpolation"]["mean"] == pytest.approx(0.0015)
 
 
 def test_a_run_worse_than_its_untrained_prompt_is_named_in_the_report(study):

@@ -84,7 +84,7 @@ def results_markdown(s: StudyConfig, analysis: dict[str, Any], seconds: dict[str
         for conc, measured in claim["by_concentration"].items():
             lines += [f"### Concentration {conc} ({measured['seeds']} seed(s)): {measured['verdict']}", "",
                       "| part | mean difference | std | status |", "|---|---|---|---|"]
-            lines += [f"| {p['text']} | {p['mean']:+.4f} | {_num(p['std'])} | {p['status']} |"
+            lines += [f"| {p['text']} | {_num(p['mean'], sign=True)} | {_num(p['std'])} | {p['status']} |"
                       for p in measured["parts"]]
             lines.append("")
             lines += _table(measured["table"])
@@ -124,11 +124,17 @@ def _cell(measured: dict | None) -> str:
 def _pm(stats: dict) -> str:
     if stats["mean"] is None:
         return "-"
-    return f"{stats['mean']:.4f}" + (f" ± {stats['std']:.4f}" if stats["std"] is not None else "")
+    return _num(stats["mean"]) + (f" ± {_num(stats['std'])}" if stats["std"] is not None else "")
 
 
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+def _num(value: float | None, sign: bool = False) -> str:
+    """Four decimals; below 0.001 (claim 4's areas are products of two score differences), three
+    significant digits instead, so small values are not printed as zero."""
+    if value is None:
+        return "-"
+    if value != 0 and abs(value) < 0.001:
+        return f"{value:+.2e}" if sign else f"{value:.2e}"
+    return f"{value:+.4f}" if sign else f"{value:.4f}"
 
 
 def print_study(analysis: dict[str, Any], out: Path) -> None:
