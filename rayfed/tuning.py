@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from rayfed.config import ConfigError, ExperimentConfig, SpaceParam, load_config, to_yaml
 from rayfed.core.selection import pareto_mask, rule_text, select_best
 from rayfed.experiment import load_finished_run, run_experiment, run_personalization
-from rayfed.runtime.placement import num_workers
+from rayfed.runtime.placement import check_bundles_fit, run_bundles
 
 # The design card's search: l2 strength on a log grid that includes 0, x interpolation ratio.
 DEFAULT_SPACE = {
@@ -62,8 +62,8 @@ def run_search(cfg: ExperimentConfig, *, resume: bool = False) -> dict[str, Any]
     (out / "config.yaml").write_text(to_yaml(cfg))
     start_ray(cfg.ray)
     base_run = prepare_base_run(cfg, out) if t.kind == "personalize" else None
-    resources = trial_resources(cfg)
-    check_fits(cfg, resources, ray.cluster_resources())
+    resources = run_bundles(cfg, cfg.tune.cpus_per_trial)
+    check_bundles_fit(cfg, resources, ray.cluster_resources(), "one trial", "tune.cpus_per_trial")
 
     trainable = tune.with_resources(_trainable(cfg, out, base_run), tune.PlacementGroupFactory(resources))
     experiment = out / "tune"
@@ -123,29 +123,6 @@ def prepare_base_run(cfg: ExperimentConfig, out: Path) -> Path:
                                       "logging.wandb.enabled=false"])
         run_experiment(base_cfg)
     return base
-
-
-def trial_resources(cfg: ExperimentConfig) -> list[dict[str, float]]:
-    """Placement-group bundles of one trial: the trial process, then (executor ray) the driver
-    actor and one bundle per worker actor, so a trial's actors are reserved with it."""
-    r = cfg.runtime
-    bundles = [{"CPU": cfg.tune.cpus_per_trial}]
-    if r.executor == "ray":
-        worker = {"CPU": r.num_cpus_per_worker, **({"GPU": r.num_gpus_per_worker} if r.num_gpus_per_worker else {})}
-        bundles += [{"CPU": r.num_cpus_driver}] + [dict(worker) for _ in range(num_workers(cfg))]
-    return bundles
-
-
-def check_fits(cfg: ExperimentConfig, bundles: list[dict[str, float]], cluster: dict[str, float]) -> None:
-    """A search whose single trial cannot fit the cluster fails now, naming the keys."""
-    for resource in ("CPU", "GPU"):
-        need = sum(b.get(resource, 0.0) for b in bundles)
-        if need > cluster.get(resource, 0.0) + 1e-9:
-            raise ConfigError(
-                f"one trial needs {need:g} {resource}s (tune.cpus_per_trial + runtime.num_cpus_driver + "
-                f"runtime.num_workers x runtime.num_{resource.lower()}s_per_worker with runtime.executor="
-                f"{cfg.runtime.executor}), but the Ray cluster has {cluster.get(resource, 0.0):g}; lower them or "
-                f"use runtime.executor=local inside trials")
 
 
 def _trainable(cfg: ExperimentConfig, out: Path, base_run: Path | None):

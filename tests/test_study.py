@@ -3,6 +3,7 @@ verdicts computed from the result files (edited results change them), continuing
 study, and the claim measures on hand-computed values."""
 
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -117,6 +118,7 @@ def test_bad_study_keys_are_named(tmp_path):
     assert main(["study", str(TINY), "personalize.main_algorithm=fedprox"]) == 2
     assert main(["study", str(TINY), "experiment.partition.num_clientz=3"]) == 2
     assert main(["study", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["study", str(TINY), "parallel_runs=0"]) == 2
 
 
 def test_hypervolume_and_verdicts_by_hand():
@@ -208,3 +210,37 @@ def test_claim3_reports_each_algorithms_prompt_norm_from_its_runs(study):
                      ["global_prompt"].norm(dim=-1).mean().item() for seed in s.seeds]
             assert table[label]["prompt row norm"]["mean"] == pytest.approx(sum(norms) / len(norms), rel=1e-6)
     assert "prompt row norm" in (out / "results.md").read_text()
+
+
+@pytest.mark.ray
+def test_parallel_runs_are_ray_tasks_with_the_same_numbers(ray_session, tmp_path, capsys):
+    import torch
+
+    par, seq = tmp_path / "parallel", tmp_path / "sequential"
+    # A run that cannot fit the cluster fails before anything runs, naming the key.
+    assert main(["study", str(TINY), f"output_dir={par}", "parallel_runs=2", "cpus_per_run=3"]) == 2
+    assert "cpus_per_run" in capsys.readouterr().err and not (par / "jobs.jsonl").exists()
+    # Seed 0 at concentration 10: 2 selection runs (fedavg_sgd), then the chains of fedavg_sgd (its
+    # run is done: 1 personalization), fedavg_adam (run + 4) and fedsgd (run + 1), 2 at a time.
+    small = ["seeds=[0]", "concentrations=[10.0]"]
+    assert main(["study", str(TINY), f"output_dir={par}", *small, "parallel_runs=2"]) == 0
+    recorded = jobs(par)
+    assert len(recorded) == len({j["job"] for j in recorded}) == 10
+    pids = {j["job"]: j["pid"] for j in recorded}
+    assert os.getpid() not in pids.values()  # every job ran in a Ray task, not in this process
+    adam = [pid for job, pid in pids.items() if job.startswith("c10/fedavg_adam/")]
+    assert len(adam) == 5 and len(set(adam)) == 1  # a chain's jobs run in one task, in order
+    # The same study one run after another, here, with the one torch thread a 1-CPU task gets
+    # (runtime.executor=local trains in the run's own process).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["study", str(TINY), f"output_dir={seq}", *small]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    summaries = sorted(par.rglob("summary.json"))
+    assert len(summaries) == 10
+    for path in summaries:
+        mine, theirs = (json.loads(p.read_text()) for p in (path, seq / path.relative_to(par)))
+        mine.pop("seconds"), theirs.pop("seconds")
+        assert mine == theirs, path

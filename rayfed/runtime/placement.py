@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TypeVar
 
-from rayfed.config import ExperimentConfig
+from rayfed.config import ConfigError, ExperimentConfig
 
 T = TypeVar("T")
 
@@ -31,3 +31,29 @@ def by_worker(items: Iterable[tuple[int, T]], workers: int) -> list[dict[int, T]
     for cid, item in sorted(items, key=lambda pair: pair[0]):
         groups[worker_of(cid, workers)][cid] = item
     return groups
+
+
+def run_bundles(cfg: ExperimentConfig, process_cpus: float) -> list[dict[str, float]]:
+    """Placement-group bundles that hold one whole run: its own process (``process_cpus``), then,
+    with ``runtime.executor=ray``, the driver actor and one bundle per worker actor. A Tune trial
+    and each of a study's parallel runs reserve these, so concurrent runs never wait on each
+    other's actors."""
+    r = cfg.runtime
+    bundles = [{"CPU": process_cpus}]
+    if r.executor == "ray":
+        worker = {"CPU": r.num_cpus_per_worker, **({"GPU": r.num_gpus_per_worker} if r.num_gpus_per_worker else {})}
+        bundles += [{"CPU": r.num_cpus_driver}] + [dict(worker) for _ in range(num_workers(cfg))]
+    return bundles
+
+
+def check_bundles_fit(cfg: ExperimentConfig, bundles: list[dict[str, float]], cluster: dict[str, float],
+                      what: str, process_key: str) -> None:
+    """Fail now, naming the keys, when ``what`` (one trial, one study run) cannot fit the cluster."""
+    for resource in ("CPU", "GPU"):
+        need = sum(b.get(resource, 0.0) for b in bundles)
+        if need > cluster.get(resource, 0.0) + 1e-9:
+            raise ConfigError(
+                f"{what} needs {need:g} {resource}s ({process_key} + runtime.num_cpus_driver + "
+                f"runtime.num_workers x runtime.num_{resource.lower()}s_per_worker with runtime.executor="
+                f"{cfg.runtime.executor}), but the Ray cluster has {cluster.get(resource, 0.0):g}; lower them or "
+                f"use runtime.executor=local")

@@ -48,6 +48,11 @@ class StudyConfig:
     experiment: dict[str, Any] = field(default_factory=dict)  # any rayfed run keys, shared by every run
     algorithms: dict[str, ArmConfig] = field(default_factory=dict)
     personalize: StudyPersonalizeConfig = field(default_factory=StudyPersonalizeConfig)
+    # How many federated runs (each followed by its personalizations) run at once. Above 1, each
+    # is a Ray task that reserves its process (cpus_per_run) and its actors in one placement group,
+    # so runs spread over a cluster's nodes or share a GPU; the numbers do not depend on it.
+    parallel_runs: int = 1
+    cpus_per_run: float = 1.0  # the run's own process (runtime.executor=local: it trains every client)
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
@@ -82,6 +87,9 @@ def check_study(s: StudyConfig, source: str) -> None:
         raise ConfigError(f"{source}: key 'concentrations': needs positive Dirichlet concentrations")
     if not s.algorithms:
         raise ConfigError(f"{source}: key 'algorithms': needs at least one federated algorithm")
+    if s.parallel_runs < 1 or s.cpus_per_run <= 0:
+        raise ConfigError(f"{source}: key '{'parallel_runs' if s.parallel_runs < 1 else 'cpus_per_run'}': "
+                          "needs parallel_runs >= 1 and cpus_per_run > 0")
     if p.main_algorithm not in s.algorithms:
         raise ConfigError(f"{source}: key 'personalize.main_algorithm': {p.main_algorithm!r} is not one of "
                           f"{', '.join(s.algorithms)}")

@@ -11,14 +11,22 @@ worker actors, started by the first that runs (``personalization_driver``). A jo
 rerunning an interrupted study continues it. Learning rates of the federated
 algorithms are chosen per concentration on the first seed: the best global validation ROUGE-L
 of the final prompt (ties: the earlier lr in the grid). ``jobs.jsonl`` records each job's time.
+
+A federated run and its personalizations form a *chain*. Chains run one after another, or with
+``parallel_runs`` above 1 that many at once, each a Ray task whose process and actors are held
+in one placement group (on a cluster, or several runs sharing a GPU). Every job's numbers depend
+only on its config and seed, so they are the same either way.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,55 +51,124 @@ def selected_lrs(s: StudyConfig, out: Path, concentration: float) -> dict[str, f
     return chosen
 
 
-def run_study(s: StudyConfig, out: Path, log: Callable[[str], None] = print) -> None:
-    """Run every job not yet finished (see the module docstring for the order and layout)."""
-    from rayfed.experiment import personalization_driver, resume_experiment, run_experiment, run_personalization
+@dataclass(frozen=True)
+class Job:
+    """One unfinished job: a federated run (``run``; resumed when it left a checkpoint) or one
+    personalization of it (``overrides``), numbered in the order a sequential study meets it."""
 
+    number: int
+    kind: str
+    path: Path
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A federated run and the personalizations that follow it: the unit that runs in parallel."""
+
+    label: str
+    concentration: float
+    seed: int
+    lr: float
+    jobs: tuple[Job, ...]
+
+
+def run_study(s: StudyConfig, out: Path, log: Callable[[str], None] = print) -> None:
+    """Run every job not yet finished (see the module docstring for the order and layout);
+    ``s.parallel_runs`` chains at once, each a Ray task in its own placement group, when above 1."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(s)))
     total = progress(s, out)[1]
     seen: set[Path] = set()  # the first seed's selected run comes up twice: while selecting and in its seed
 
-    def job(kind: str, path: Path, work: Callable[[], Any]) -> None:
-        if path in seen:
-            return
-        seen.add(path)
-        if (path / "summary.json").is_file():
-            return
-        log(f"study: job {len(seen)}/{total}: {kind} {path.relative_to(out)}{_estimate(out, total - len(seen) + 1)}")
-        started = time.perf_counter()
-        work()
-        record = {"job": str(path.relative_to(out)), "kind": kind, "seconds": round(time.perf_counter() - started, 1)}
-        with open(out / "jobs.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def federated(label: str, conc: float, seed: int, lr: float) -> Path:
-        path = run_dir(out, label, conc, lr, seed)
-        if (path / CHECKPOINT).is_file() and not (path / "summary.json").is_file():
-            job("resume", path, lambda: resume_experiment(path))
-        else:
-            job("run", path, lambda: run_experiment(run_config(s, label, conc, seed, lr, output_dir=str(path)),
-                                                    overwrite=True))
-        return path
+    def chain(label: str, conc: float, seed: int, lr: float, personalize: bool) -> Chain:
+        path, jobs = run_dir(out, label, conc, lr, seed), []
+        names = personalize_overrides(s, label) if personalize else {}
+        for kind, job_path, overrides in [("run", path, []), *(("personalize", path / "personalize" / name, o)
+                                                             for name, o in names.items())]:
+            if job_path in seen:
+                continue
+            seen.add(job_path)
+            if (job_path / "summary.json").is_file():
+                continue
+            jobs.append(Job(len(seen), kind, job_path, tuple(overrides)))
+        return Chain(label, conc, seed, lr, tuple(jobs))
 
     # Learning-rate selection: the first seed's run at every lr of every algorithm.
-    for conc in s.concentrations:
-        for label, arm in s.algorithms.items():
-            for lr in arm.lrs if len(arm.lrs) > 1 else []:
-                federated(label, conc, s.seeds[0], lr)
+    run_chains(s, out, [chain(label, conc, s.seeds[0], lr, personalize=False) for conc in s.concentrations
+                        for label, arm in s.algorithms.items() for lr in (arm.lrs if len(arm.lrs) > 1 else [])],
+               total, log)
     lrs = {conc: selected_lrs(s, out, conc) for conc in s.concentrations}
-    # Then, seed by seed (so a stopped study has whole seeds), every algorithm and its personalizations.
-    for seed in s.seeds:
-        for conc in s.concentrations:
-            for label in s.algorithms:
-                path = federated(label, conc, seed, lrs[conc][label])
-                # A run's personalizations share its workers, started by the first that runs.
-                with ExitStack() as stack:
-                    driver = _on_first_use(stack, lambda path=path: personalization_driver(path))
-                    for name, overrides in personalize_overrides(s, label).items():
-                        job("personalize", path / "personalize" / name,
-                            lambda path=path, overrides=overrides, driver=driver: run_personalization(
-                                path, overrides, prompt_cache=path / "prompt_cache", driver=driver()))
+    # Then, seed by seed (so a stopped sequential study has whole seeds), every algorithm and its
+    # personalizations.
+    run_chains(s, out, [chain(label, conc, seed, lrs[conc][label], personalize=True) for seed in s.seeds
+                        for conc in s.concentrations for label in s.algorithms], total, log)
+
+
+def run_chains(s: StudyConfig, out: Path, chains: list[Chain], total: int, log: Callable[[str], None]) -> None:
+    """Each chain's jobs in order: here, one chain after another, or ``s.parallel_runs`` at once as
+    Ray tasks, each holding its process and actors in a placement group (``run_bundles``)."""
+    chains = [c for c in chains if c.jobs]
+    if s.parallel_runs == 1 or not chains:
+        for c in chains:
+            run_chain(s, out, c, total, log)
+        return
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from rayfed.runtime.placement import check_bundles_fit, run_bundles
+    from rayfed.runtime.ray_backend import start_ray
+
+    configs = [run_config(s, c.label, c.concentration, c.seed, c.lr) for c in chains]
+    start_ray(configs[0].ray)
+    task = ray.remote(max_retries=0)(run_chain)  # a failed chain stops the study; rerunning continues it
+    waiting, running = list(zip(chains, configs, strict=True)), {}
+    while waiting or running:
+        while waiting and len(running) < s.parallel_runs:
+            c, cfg = waiting.pop(0)
+            bundles = run_bundles(cfg, s.cpus_per_run)
+            check_bundles_fit(cfg, bundles, ray.cluster_resources(), "one study run", "cpus_per_run")
+            group = placement_group(bundles, strategy="PACK")
+            strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0,
+                                                        placement_group_capture_child_tasks=True)
+            ref = task.options(num_cpus=s.cpus_per_run, scheduling_strategy=strategy).remote(s, out, c, total)
+            running[ref] = group
+        done, _ = ray.wait(list(running), num_returns=1)
+        group = running.pop(done[0])
+        try:
+            ray.get(done[0])  # a failed chain raises here (its finished jobs are kept)
+        finally:
+            remove_placement_group(group)
+
+
+def run_chain(s: StudyConfig, out: Path, chain: Chain, total: int, log: Callable[[str], None] = print) -> None:
+    """One chain's jobs in order; its personalizations share one set of workers, started by the
+    first that runs. Each finished job appends its time to ``jobs.jsonl``."""
+    from rayfed.experiment import personalization_driver, resume_experiment, run_experiment, run_personalization
+
+    path = run_dir(out, chain.label, chain.concentration, chain.lr, chain.seed)
+    with ExitStack() as stack:
+        driver = _on_first_use(stack, lambda: personalization_driver(path))
+        for job in chain.jobs:
+            if (job.path / "summary.json").is_file():  # finished since the chain was planned
+                continue
+            kind = "resume" if job.kind == "run" and (path / CHECKPOINT).is_file() else job.kind
+            log(f"study: job {job.number}/{total}: {kind} {job.path.relative_to(out)}"
+                f"{_estimate(out, total - job.number + 1)}")
+            started = time.perf_counter()
+            if kind == "run":
+                run_experiment(run_config(s, chain.label, chain.concentration, chain.seed, chain.lr,
+                                          output_dir=str(path)), overwrite=True)
+            elif kind == "resume":
+                resume_experiment(path)
+            else:
+                run_personalization(path, list(job.overrides), prompt_cache=path / "prompt_cache", driver=driver())
+            record = {"job": str(job.path.relative_to(out)), "kind": kind,
+                      "seconds": round(time.perf_counter() - started, 1), "host": socket.gethostname(),
+                      "pid": os.getpid()}  # where it ran (Ray prefixes a parallel run's log lines with its pid)
+            with open(out / "jobs.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
 
 
 def _on_first_use(stack: ExitStack, open_context: Callable[[], Any]) -> Callable[[], Any]:
