@@ -222,16 +222,19 @@ def test_parallel_runs_are_ray_tasks_with_the_same_numbers(ray_session, tmp_path
     assert "cpus_per_run" in capsys.readouterr().err and not (par / "jobs.jsonl").exists()
     # Seed 0 at concentration 10: 2 selection runs (fedavg_sgd), then the chains of fedavg_sgd (its
     # run is done: 1 personalization), fedavg_adam (run + 4) and fedsgd (run + 1), 2 at a time.
+    # Each run's driver and worker actor live in its placement group (2 x (0.5 + 0.1 + 0.25) of the 2 CPUs:
+    # an actor left outside would not fit, and the run would stop).
     small = ["seeds=[0]", "concentrations=[10.0]"]
-    assert main(["study", str(TINY), f"output_dir={par}", *small, "parallel_runs=2"]) == 0
+    actors = ["experiment.runtime.executor=ray", "experiment.runtime.num_workers=1", "cpus_per_run=0.5"]
+    assert main(["study", str(TINY), f"output_dir={par}", *small, *actors, "parallel_runs=2"]) == 0
     recorded = jobs(par)
     assert len(recorded) == len({j["job"] for j in recorded}) == 10
     pids = {j["job"]: j["pid"] for j in recorded}
     assert os.getpid() not in pids.values()  # every job ran in a Ray task, not in this process
     adam = [pid for job, pid in pids.items() if job.startswith("c10/fedavg_adam/")]
     assert len(adam) == 5 and len(set(adam)) == 1  # a chain's jobs run in one task, in order
-    # The same study one run after another, here, with the one torch thread a 1-CPU task gets
-    # (runtime.executor=local trains in the run's own process).
+    # The same study one run after another, here, every client in this process with one torch thread
+    # (runtime.torch_threads, as in a worker actor).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
