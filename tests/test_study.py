@@ -213,10 +213,11 @@ def test_claim3_reports_each_algorithms_prompt_norm_from_its_runs(study):
 
 
 @pytest.mark.ray
-def test_parallel_runs_are_ray_tasks_with_the_same_numbers(ray_session, tmp_path, capsys):
+def test_parallel_runs_are_ray_tasks_with_the_same_numbers(ray_session, tmp_path, capsys, monkeypatch):
     import torch
 
-    par, seq = tmp_path / "parallel", tmp_path / "sequential"
+    monkeypatch.chdir(tmp_path)  # a relative output_dir: the Ray tasks run in another directory
+    par, seq = Path("parallel"), tmp_path / "sequential"
     # A run that cannot fit the cluster fails before anything runs, naming the key.
     assert main(["study", str(TINY), f"output_dir={par}", "parallel_runs=2", "cpus_per_run=3"]) == 2
     assert "cpus_per_run" in capsys.readouterr().err and not (par / "jobs.jsonl").exists()

@@ -76,6 +76,8 @@ class Chain:
 def run_study(s: StudyConfig, out: Path, log: Callable[[str], None] = print) -> None:
     """Run every job not yet finished (see the module docstring for the order and layout);
     ``s.parallel_runs`` chains at once, each a Ray task in its own placement group, when above 1."""
+    if s.parallel_runs > 1:  # Ray tasks do not run in this directory (on a cluster, not on this node)
+        out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(s)))
     total = progress(s, out)[1]
