@@ -48,7 +48,7 @@ def _label(ax, xy: tuple[str, str], title: str) -> None:
 
 def _axes(n: int, title: str):
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.4), squeeze=False)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, y=1.03)  # above the two-line panel titles
     return fig, axes[0]
 
 
@@ -72,7 +72,7 @@ def _curves(s: StudyConfig, per_conc: dict, out: Path) -> Path:
                     ax.annotate(str(e), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points", color=color)
         _, local0, glob0 = _mean_curve([d["curves"][p.lrs[0]][:1] for d in seeds])
         ax.scatter(local0, glob0, color="gold", label="global prompt (epoch 0)", **REF_STYLE)
-        _label(ax, PLANE, f"concentration {conc:g} ({len(seeds)} seed(s)); numbers: epochs")
+        _label(ax, PLANE, f"concentration {conc:g} ({len(seeds)} seed(s))\nnumbers: epochs")
     return _save(fig, out / "curves.png")
 
 
@@ -88,8 +88,8 @@ def _robustness(s: StudyConfig, per_conc: dict, out: Path) -> Path:
             ax.plot(epochs, mean, "-o", ms=4, color=f"C{i}", label=label)
             ax.fill_between(epochs, mean - std, mean + std, color=f"C{i}", alpha=0.15)
         ax.axhline(0, color="black", lw=0.8)
-        _label(ax, ("personalization epoch", "global test ROUGE-L - before personalization"),
-               f"concentration {conc:g} ({len(seeds)} seed(s)); band: ± std over seeds")
+        _label(ax, ("personalization epoch", "change in global test ROUGE-L"),
+               f"concentration {conc:g} ({len(seeds)} seed(s))\nband: ± std over seeds")
     return _save(fig, out / "robustness.png")
 
 
@@ -108,5 +108,5 @@ def _frontier(s: StudyConfig, per_conc: dict, out: Path) -> Path:
         ax.scatter([statistics.fmean(b["plain"][0][0] for b in by_seed)],
                    [statistics.fmean(b["plain"][0][1] for b in by_seed)], color="gold", label="global prompt",
                    **REF_STYLE)
-        _label(ax, PLANE, f"concentration {conc:g} ({len(seeds)} seed(s)); lines: Pareto frontiers")
+        _label(ax, PLANE, f"concentration {conc:g} ({len(seeds)} seed(s))\nlines: Pareto frontiers")
     return _save(fig, out / "frontier.png")
