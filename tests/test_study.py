@@ -12,7 +12,7 @@ import pytest
 from rayfed.cli import main
 from rayfed.study.claims import _part, claim4, hypervolume, verdict
 from rayfed.study.config import load_study, personalize_overrides
-from rayfed.study.runner import run_dir
+from rayfed.study.runner import estimate_text, run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "study" / "tiny.yaml"
@@ -111,6 +111,17 @@ def test_a_stopped_study_continues_with_only_the_missing_jobs(study, capsys):
     assert "study: job 38/38: personalize c10/fedsgd/lr0.3/seed1/personalize/lr=0.3; about 0.0 h left" in (
         capsys.readouterr().out)
     assert missing.is_file()
+
+
+def test_the_time_left_is_estimated_per_kind_of_job():
+    recorded = [{"kind": "run", "seconds": 100}, {"kind": "resume", "seconds": 300},
+                {"kind": "personalize", "seconds": 1000}]
+    # 3 runs at (100 + 300) / 2 s and 2 personalizations at 1000 s: 2600 s; with 2 runs at once, half.
+    assert estimate_text(recorded, {"run": 3, "personalize": 2}) == "; about 0.7 h left"
+    assert estimate_text(recorded, {"run": 3, "personalize": 2}, parallel_runs=2) == "; about 0.4 h left"
+    # A kind not recorded yet takes the mean of all recorded jobs (here one run, 100 s); none recorded, none.
+    assert estimate_text(recorded[:1], {"personalize": 36}) == "; about 1.0 h left"
+    assert estimate_text([], {"run": 1}) == ""
 
 
 def test_bad_study_keys_are_named(tmp_path):

@@ -158,7 +158,7 @@ def run_chain(s: StudyConfig, out: Path, chain: Chain, total: int, log: Callable
                 continue
             kind = "resume" if job.kind == "run" and (path / CHECKPOINT).is_file() else job.kind
             log(f"study: job {job.number}/{total}: {kind} {job.path.relative_to(out)}"
-                f"{_estimate(out, total - job.number + 1)}")
+                f"{_estimate(s, out)}")
             started = time.perf_counter()
             if kind == "run":
                 run_experiment(run_config(s, chain.label, chain.concentration, chain.seed, chain.lr,
@@ -190,31 +190,54 @@ def _on_first_use(stack: ExitStack, open_context: Callable[[], Any]) -> Callable
 def progress(s: StudyConfig, out: Path) -> tuple[int, int]:
     """``(finished, total)`` distinct jobs: the selection runs, then every seed's runs and
     personalizations (at the selected lrs, once they are known)."""
+    counts = progress_by_kind(s, out)
+    return sum(done for done, _ in counts.values()), sum(total for _, total in counts.values())
+
+
+def progress_by_kind(s: StudyConfig, out: Path) -> dict[str, tuple[int, int]]:
+    """``{"run": (finished, total), "personalize": (finished, total)}``."""
     select = {run_dir(out, label, conc, lr, s.seeds[0]) for conc in s.concentrations
               for label, arm in s.algorithms.items() if len(arm.lrs) > 1 for lr in arm.lrs}
-    per_seed = sum(1 + len(personalize_overrides(s, label)) for label in s.algorithms) * len(s.concentrations)
-    total = len(select) + per_seed * len(s.seeds) - len([a for a in s.algorithms.values() if len(a.lrs) > 1]) * len(
-        s.concentrations)
+    selected_twice = len([a for a in s.algorithms.values() if len(a.lrs) > 1]) * len(s.concentrations)
+    runs = len(select) + len(s.seeds) * len(s.concentrations) * len(s.algorithms) - selected_twice
+    personalizations = len(s.seeds) * len(s.concentrations) * sum(len(personalize_overrides(s, label))
+                                                                  for label in s.algorithms)
     done = {path for path in select if (path / "summary.json").is_file()}
+    done_personalizations: set[Path] = set()
     try:
         lrs = {conc: selected_lrs(s, out, conc) for conc in s.concentrations}
     except (FileNotFoundError, KeyError):
-        return len(done), total
-    for seed in s.seeds:
+        lrs = {}
+    for seed in s.seeds if lrs else []:
         for conc in s.concentrations:
             for label in s.algorithms:
                 path = run_dir(out, label, conc, lrs[conc][label], seed)
-                jobs = [path, *(path / "personalize" / name for name in personalize_overrides(s, label))]
-                done |= {job for job in jobs if (job / "summary.json").is_file()}
-    return len(done), total
+                done |= {path} if (path / "summary.json").is_file() else set()
+                done_personalizations |= {job for name in personalize_overrides(s, label)
+                                          if ((job := path / "personalize" / name) / "summary.json").is_file()}
+    return {"run": (len(done), runs), "personalize": (len(done_personalizations), personalizations)}
 
 
-def _estimate(out: Path, left: int) -> str:
-    """``; about N h left``: the jobs left (this one included) at the mean time of those recorded."""
+def _estimate(s: StudyConfig, out: Path) -> str:
+    """``; about N h left``: the unfinished jobs (the one starting included) at the mean recorded
+    time of their kind (runs and personalizations differ about 2x), divided among parallel runs."""
     path = out / "jobs.jsonl"
-    seconds = [json.loads(line)["seconds"] for line in path.read_text(encoding="utf-8").splitlines()] \
-        if path.is_file() else []
-    return f"; about {left * sum(seconds) / len(seconds) / 3600:.1f} h left" if seconds else ""
+    recorded = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+    left = {kind: total - done for kind, (done, total) in progress_by_kind(s, out).items()}
+    return estimate_text(recorded, left, s.parallel_runs)
+
+
+def estimate_text(recorded: list[dict[str, Any]], left: dict[str, int], parallel_runs: int = 1) -> str:
+    """The estimate from recorded jobs (a resume counts as a run; a kind not yet recorded takes
+    the mean of all)."""
+    if not recorded:
+        return ""
+    seconds: dict[str, list[float]] = {}
+    for job in recorded:
+        seconds.setdefault("run" if job["kind"] == "resume" else job["kind"], []).append(job["seconds"])
+    overall = sum(j["seconds"] for j in recorded) / len(recorded)
+    total = sum(n * (sum(seconds[k]) / len(seconds[k]) if k in seconds else overall) for k, n in left.items())
+    return f"; about {total / parallel_runs / 3600:.1f} h left"
 
 
 def _read(path: Path) -> dict[str, Any]:
