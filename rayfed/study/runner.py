@@ -220,7 +220,7 @@ def progress_by_kind(s: StudyConfig, out: Path) -> dict[str, tuple[int, int]]:
 
 def _estimate(s: StudyConfig, out: Path) -> str:
     """``; about N h left``: the unfinished jobs (the one starting included) at the mean recorded
-    time of their kind (runs and personalizations differ about 2x), divided among parallel runs."""
+    time of their kind (runs and personalizations), divided among parallel runs."""
     path = out / "jobs.jsonl"
     recorded = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
     left = {kind: total - done for kind, (done, total) in progress_by_kind(s, out).items()}
