@@ -69,9 +69,13 @@ class PromptCache:
         self.root = Path(root)
         self.seed = seed
 
+    def path(self, settings) -> Path:
+        """Where the local prompts trained with ``settings`` are kept."""
+        return self.root / f"{settings.training_key(self.seed)}.safetensors"
+
     def local_prompts(self, settings, train):
         """``(trained, reused)``: the cached local prompts for ``settings``, or ``train()``'s, saved."""
-        path = self.root / f"{settings.training_key(self.seed)}.safetensors"
+        path = self.path(settings)
         with self._lock(path):
             if path.exists():
                 return load_local_prompts(path), True

@@ -44,6 +44,12 @@ class PersonalizeSettings:
         return cls(cfg.local_epochs, cfg.eval_every_epochs, cfg.batch_size, cfg.optimizer, cfg.l2_strength,
                    tuple(cfg.interp_ratios), cfg.global_eval_examples, cfg.global_tolerance, cfg.validation)
 
+    @classmethod
+    def from_summary(cls, settings: dict[str, Any]) -> PersonalizeSettings:
+        """The settings a personalization's ``summary.json`` records (``asdict`` of these)."""
+        return cls(**{**settings, "optimizer": OptimizerConfig(**settings["optimizer"]),
+                      "interp_ratios": tuple(settings["interp_ratios"])})
+
     def eval_epochs(self) -> list[int]:
         """0, every ``eval_every_epochs``-th epoch, and the last one."""
         return sorted(set(range(0, self.epochs + 1, self.eval_every_epochs)) | {self.epochs})
@@ -93,13 +99,23 @@ def personalize(driver: Any, global_prompt: torch.Tensor, settings: PersonalizeS
             rows.append({"epoch": epoch, "interp_ratio": ratio, **_over_clients(per_client)})
         if epoch > 0:
             result.records += [{"client_id": cid, "epoch": epoch, "interp_ratio": None, "split": "train",
-                                "loss": trained[cid][1][epoch]} for cid in client_ids]
+                                "loss": trained[cid][1][epoch], **prompt_shift(trained[cid][0][epoch], global_prompt)}
+                               for cid in client_ids]
         result.curve += rows
         if on_epoch is not None:
             on_epoch(epoch, rows)
     result.reference = _over_clients(ref)
     result.selected = select_best(result.curve, result.reference, settings.global_tolerance)
     return result
+
+
+def prompt_shift(local: torch.Tensor, global_prompt: torch.Tensor) -> dict[str, float]:
+    """How far personalization moved a prompt: ``prompt_shift``, the mean L2 distance of its rows
+    (one per virtual token) from the global prompt's, and ``prompt_shift_relative``, that over the
+    global prompt's mean row norm. A step of fixed size is a smaller relative shift on a larger prompt."""
+    local, global_prompt = local.float(), global_prompt.float()
+    shift = (local - global_prompt).norm(dim=-1).mean().item()
+    return {"prompt_shift": shift, "prompt_shift_relative": shift / max(global_prompt.norm(dim=-1).mean().item(), 1e-12)}
 
 
 def scored_splits(driver: Any, validation: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:

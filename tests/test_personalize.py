@@ -67,6 +67,13 @@ def test_curves_have_a_record_per_client_epoch_ratio_and_split(finished_run, tmp
     # ... and personalizing fits each client's own training data better epoch after epoch.
     train = {(r["client_id"], r["epoch"]): r["loss"] for r in records if r["split"] == "train"}
     assert all(train[c, 3] < train[c, 1] for c in range(4))
+    # How far the prompt moved: the mean distance of its rows from the global prompt's.
+    global_prompt = load_prompt(run_dir / "global_prompt.safetensors")[0]
+    (record,) = [r for r in records if (r["client_id"], r["epoch"], r["split"]) == (2, 3, "train")]
+    shift = (local - global_prompt).norm(dim=-1).mean().item()
+    assert record["prompt_shift"] == pytest.approx(shift, rel=1e-5) and shift > 0
+    assert record["prompt_shift_relative"] == pytest.approx(shift / global_prompt.norm(dim=-1).mean().item(),
+                                                            rel=1e-5)
 
 
 def test_trials_that_differ_only_in_the_ratio_share_the_local_prompts(finished_run, tmp_path):
@@ -86,7 +93,7 @@ def test_trials_that_differ_only_in_the_ratio_share_the_local_prompts(finished_r
 def test_a_very_large_l2_strength_keeps_the_prompt_at_the_global_one(finished_run, tmp_path):
     run_dir, _ = finished_run
     global_prompt = load_prompt(run_dir / "global_prompt.safetensors")[0]
-    distance, curves = {}, {}
+    distance, curves, shifts = {}, {}, {}
     # With lr x strength = 1 each SGD step lands at global - lr x gradient: as the strength grows
     # (and the lr shrinks with it) the personalized prompt cannot leave the global one.
     for strength, lr in ((0.0, 0.1), (1e6, 1e-6)):
@@ -96,7 +103,10 @@ def test_a_very_large_l2_strength_keeps_the_prompt_at_the_global_one(finished_ru
         (cache,) = (tmp_path / str(strength)).glob("*.safetensors")
         distance[strength] = max(float((p[0][2] - global_prompt).norm()) for p in load_local_prompts(cache).values())
         curves[strength] = {r["interp_ratio"]: r for r in summary["curve"] if r["epoch"] == 2}
+        shifts[strength] = max(r["prompt_shift"] for r in records_of(run_dir / "personalize" / summary["name"])
+                               if r["split"] == "train")
     assert distance[1e6] < 1e-4 * distance[0.0]
+    assert shifts[1e6] < 1e-4 * shifts[0.0]
     pulled = curves[1e6]
     assert pulled[1]["local_test/loss_mean"] == pytest.approx(pulled[0]["local_test/loss_mean"], rel=1e-4)
     assert pulled[1]["global_test/loss_mean"] == pytest.approx(pulled[0]["global_test/loss_mean"], rel=1e-4)

@@ -207,8 +207,10 @@ def test_with_wandb_on_the_study_is_one_run_with_its_verdicts_and_figures(study,
     assert log.summary["study/claim1"] == analysis["claims"]["1"]["verdict"]
 
 
-def test_claim3_reports_each_algorithms_prompt_norm_from_its_runs(study):
-    """How far training took each prompt: the scale a fixed personalization step is set against."""
+def test_claim3_reports_each_prompts_norm_and_how_far_personalization_moved_it(study):
+    """How far training took each prompt (the scale a fixed personalization step is set against),
+    and how far the robustness personalization then moved it: the report reads the local prompts
+    from the run's cache; each personalization's own records, written as it ran, must agree."""
     from safetensors.torch import load_file
 
     s, out = study
@@ -217,10 +219,22 @@ def test_claim3_reports_each_algorithms_prompt_norm_from_its_runs(study):
         lrs = analysis["selected_lrs"][conc]
         table = analysis["claims"]["3"]["by_concentration"][conc]["table"]
         for label in s.algorithms:
-            norms = [load_file(str(run_dir(out, label, float(conc), lrs[label], seed) / "global_prompt.safetensors"))
-                     ["global_prompt"].norm(dim=-1).mean().item() for seed in s.seeds]
-            assert table[label]["prompt row norm"]["mean"] == pytest.approx(sum(norms) / len(norms), rel=1e-6)
+            runs = [run_dir(out, label, float(conc), lrs[label], seed) for seed in s.seeds]
+            norms = [load_file(str(run / "global_prompt.safetensors"))["global_prompt"].norm(dim=-1).mean().item()
+                     for run in runs]
+            assert table[label]["prompt row norm"]["mean"] == pytest.approx(statistics.fmean(norms), rel=1e-6)
+            for key, column in (("prompt_shift", "row shift (last epoch)"),
+                                ("prompt_shift_relative", "row shift / row norm")):
+                per_seed = []
+                for run in runs:
+                    path = run / "personalize" / f"lr={s.personalize.robustness_lr:g}" / "personalization.jsonl"
+                    train = [r for r in map(json.loads, path.read_text().splitlines()) if r["split"] == "train"]
+                    last = max(r["epoch"] for r in train)
+                    per_seed.append(statistics.fmean(r[key] for r in train if r["epoch"] == last))
+                assert min(per_seed) > 0
+                assert table[label][column]["mean"] == pytest.approx(statistics.fmean(per_seed), rel=1e-6)
     assert "prompt row norm" in (out / "results.md").read_text()
+    assert "row shift / row norm" in (out / "results.md").read_text()
 
 
 @pytest.mark.ray

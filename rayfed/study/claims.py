@@ -19,8 +19,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from rayfed.checkpoint import load_prompt
+from rayfed.checkpoint import PromptCache, load_local_prompts, load_prompt
 from rayfed.core.selection import pareto_mask
+from rayfed.personalization import PersonalizeSettings, prompt_shift
 from rayfed.study.config import StudyConfig, personalize_overrides
 from rayfed.study.runner import run_dir, selected_lrs
 
@@ -121,7 +122,9 @@ def claim3(s: StudyConfig, seeds: list[dict]) -> tuple[list[dict], dict]:
                      "mean global change": _stats(robust[label]),
                      "local gain (last epoch)": _stats([c[-1][1] - _at(c, 0)[1]
                                                         for c in (d["robustness"][label] for d in seeds)]),
-                     "prompt row norm": _stats([d["prompt_norm"][label] for d in seeds])}
+                     "prompt row norm": _stats([d["prompt_norm"][label] for d in seeds]),
+                     "row shift (last epoch)": _stats([d["shift"][label][0] for d in seeds]),
+                     "row shift / row norm": _stats([d["shift"][label][1] for d in seeds])}
              for label in s.algorithms}
     return parts, table
 
@@ -275,7 +278,9 @@ def load_seed(s: StudyConfig, out: Path, conc: float, seed: int, lrs: dict[str, 
             few[name.removeprefix("few,")] = by_epoch
     return {"curves": {lr: _curve(main[f"lr={lr:g}"]) for lr in p.lrs},
             "robustness": {label: _curve(pers[label][f"lr={p.robustness_lr:g}"]) for label in s.algorithms},
-            "few": few, "prompt_norm": {label: prompt_norm(runs[label]) for label in s.algorithms}}
+            "few": few, "prompt_norm": {label: prompt_norm(runs[label]) for label in s.algorithms},
+            "shift": {label: local_prompt_shift(runs[label], pers[label][f"lr={p.robustness_lr:g}"], seed)
+                      for label in s.algorithms}}
 
 
 def prompt_norm(run: Path) -> float:
@@ -283,6 +288,19 @@ def prompt_norm(run: Path) -> float:
     training took the prompt, and the scale a fixed personalization step is measured against."""
     prompt, _ = load_prompt(run / "global_prompt.safetensors")
     return prompt.float().norm(dim=-1).mean().item()
+
+
+def local_prompt_shift(run: Path, summary: dict, seed: int) -> tuple[float, float]:
+    """How far a personalization moved the clients' prompts by its last epoch, mean over clients:
+    ``prompt_shift`` and ``prompt_shift_relative`` (rayfed.personalization), from the local
+    prompts in the run's ``prompt_cache/``; NaN (reported as missing) if they were deleted."""
+    path = PromptCache(run / "prompt_cache", seed).path(PersonalizeSettings.from_summary(summary["settings"]))
+    if not path.is_file():
+        return math.nan, math.nan
+    global_prompt, _ = load_prompt(run / "global_prompt.safetensors")
+    shifts = [prompt_shift(by_epoch[max(by_epoch)], global_prompt) for by_epoch, _ in load_local_prompts(path).values()]
+    return (statistics.fmean(x["prompt_shift"] for x in shifts),
+            statistics.fmean(x["prompt_shift_relative"] for x in shifts))
 
 
 def _curve(summary: dict) -> Curve:
