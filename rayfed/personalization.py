@@ -115,7 +115,8 @@ def prompt_shift(local: torch.Tensor, global_prompt: torch.Tensor) -> dict[str, 
     global prompt's mean row norm. A step of fixed size is a smaller relative shift on a larger prompt."""
     local, global_prompt = local.float(), global_prompt.float()
     shift = (local - global_prompt).norm(dim=-1).mean().item()
-    return {"prompt_shift": shift, "prompt_shift_relative": shift / max(global_prompt.norm(dim=-1).mean().item(), 1e-12)}
+    scale = max(global_prompt.norm(dim=-1).mean().item(), 1e-12)
+    return {"prompt_shift": shift, "prompt_shift_relative": shift / scale}
 
 
 def scored_splits(driver: Any, validation: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:

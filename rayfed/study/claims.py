@@ -19,6 +19,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rayfed.checkpoint import PromptCache, load_local_prompts, load_prompt
 from rayfed.core.selection import pareto_mask
 from rayfed.personalization import PersonalizeSettings, prompt_shift
@@ -268,6 +270,7 @@ def load_seed(s: StudyConfig, out: Path, conc: float, seed: int, lrs: dict[str, 
                         for name in personalize_overrides(s, label)} for label in s.algorithms}
     except FileNotFoundError:
         return None
+    prompts = {label: load_prompt(runs[label] / "global_prompt.safetensors")[0] for label in s.algorithms}
     main = pers[p.main_algorithm]
     few = {}
     for name, summary in main.items():
@@ -278,26 +281,25 @@ def load_seed(s: StudyConfig, out: Path, conc: float, seed: int, lrs: dict[str, 
             few[name.removeprefix("few,")] = by_epoch
     return {"curves": {lr: _curve(main[f"lr={lr:g}"]) for lr in p.lrs},
             "robustness": {label: _curve(pers[label][f"lr={p.robustness_lr:g}"]) for label in s.algorithms},
-            "few": few, "prompt_norm": {label: prompt_norm(runs[label]) for label in s.algorithms},
-            "shift": {label: local_prompt_shift(runs[label], pers[label][f"lr={p.robustness_lr:g}"], seed)
-                      for label in s.algorithms}}
+            "few": few, "prompt_norm": {label: prompt_norm(prompts[label]) for label in s.algorithms},
+            "shift": {label: local_prompt_shift(runs[label], prompts[label], pers[label][f"lr={p.robustness_lr:g}"],
+                                                seed) for label in s.algorithms}}
 
 
-def prompt_norm(run: Path) -> float:
-    """The mean L2 norm of a run's final global prompt rows (one per virtual token): how far
-    training took the prompt, and the scale a fixed personalization step is measured against."""
-    prompt, _ = load_prompt(run / "global_prompt.safetensors")
+def prompt_norm(prompt: torch.Tensor) -> float:
+    """The mean L2 norm of a global prompt's rows (one per virtual token): how far training took
+    the prompt, and the scale a fixed personalization step is measured against."""
     return prompt.float().norm(dim=-1).mean().item()
 
 
-def local_prompt_shift(run: Path, summary: dict, seed: int) -> tuple[float, float]:
-    """How far a personalization moved the clients' prompts by its last epoch, mean over clients:
-    ``prompt_shift`` and ``prompt_shift_relative`` (rayfed.personalization), from the local
-    prompts in the run's ``prompt_cache/``; NaN (reported as missing) if they were deleted."""
+def local_prompt_shift(run: Path, global_prompt: torch.Tensor, summary: dict, seed: int) -> tuple[float, float]:
+    """How far a personalization of ``run``'s ``global_prompt`` moved the clients' prompts by its
+    last epoch, mean over clients: ``prompt_shift`` and ``prompt_shift_relative``
+    (rayfed.personalization), from the local prompts in the run's ``prompt_cache/``; NaN
+    (reported as missing) if they were deleted."""
     path = PromptCache(run / "prompt_cache", seed).path(PersonalizeSettings.from_summary(summary["settings"]))
     if not path.is_file():
         return math.nan, math.nan
-    global_prompt, _ = load_prompt(run / "global_prompt.safetensors")
     shifts = [prompt_shift(by_epoch[max(by_epoch)], global_prompt) for by_epoch, _ in load_local_prompts(path).values()]
     return (statistics.fmean(x["prompt_shift"] for x in shifts),
             statistics.fmean(x["prompt_shift_relative"] for x in shifts))
