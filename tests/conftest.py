@@ -5,9 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+# Before anything imports Ray, which reads these once: with a token file from an earlier Ray
+# session in ~/.ray, a cluster started without RAY_AUTH_MODE=token fails (the README's test
+# command, typed in a shell that does not set it).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from rayfed.config import ExperimentConfig, load_config
+import pytest  # noqa: E402
+
+from rayfed.config import ExperimentConfig, load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,8 +51,6 @@ def tiny_config(tmp_path):
 def ray_session():
     """One local Ray cluster for the whole test session: 2 CPUs and one faked GPU, so
     fractional-GPU actors schedule on a CPU machine (torch itself stays on the CPU)."""
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
     yield ray
