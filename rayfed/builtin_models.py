@@ -19,10 +19,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rayfed.errors import UserError
 from rayfed.paths import cache_dir
 
 
-class ModelNotAvailableError(RuntimeError):
+class ModelNotAvailableError(UserError, RuntimeError):
     """A built-in model was requested but the package that ships its weights is not installed."""
 
 

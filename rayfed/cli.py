@@ -1,114 +1,175 @@
-"""The ``rayfed`` command: run, resume, personalize, tune, study, plot, validate, partition, data/model prepare."""
+"""The ``rayfed`` command: one small function per subcommand, each importing only what it needs.
+
+A :class:`~rayfed.errors.UserError` (a bad key, a missing cache, a bad data file) and an ``OSError``
+(a missing file, a full disk) print as one line and exit 2; anything else is a bug and shows its
+traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from rayfed.builtin_models import ModelNotAvailableError
 from rayfed.config import ConfigError, load_config, to_yaml
-from rayfed.runtime.errors import WorkerLostError
+from rayfed.errors import UserError, WorkerLostError
 
 
-def main(argv: list[str] | None = None) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
+    from rayfed.experiment import run_experiment
+    from rayfed.report import print_run
+
+    cfg = load_config(args.config, args.overrides)
+    print_run(run_experiment(cfg, overwrite=args.overwrite), cfg.output_dir)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from rayfed.experiment import resume_experiment
+    from rayfed.report import print_run
+
+    print_run(resume_experiment(args.run_dir, args.overrides), args.run_dir)
+    return 0
+
+
+def cmd_personalize(args: argparse.Namespace) -> int:
+    from rayfed.experiment import run_personalization
+    from rayfed.report import print_personalization
+
+    print_personalization(run_personalization(args.run_dir, args.overrides), Path(args.run_dir))
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from rayfed.report import print_search
+    from rayfed.tuning import SearchInterrupted, run_search
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        print_search(run_search(cfg, resume=args.resume), Path(cfg.output_dir))
+    except SearchInterrupted as err:
+        print(f"rayfed: {err}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from rayfed.study.config import load_study
+    from rayfed.study.report import print_study, write_report
+    from rayfed.study.runner import run_study
+
+    study = load_study(args.config, args.overrides)
+    out = Path(study.output_dir)
+    if not args.report_only:
+        run_study(study, out)
+    print_study(write_report(study, out), out)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Figures from files only: a study directory draws the study's figures, any other directory
+    what its run, personalization or search files allow (neither needs torch or Ray)."""
+    path = Path(args.path)
+    directory = path.parent if path.is_file() else path
+    if (directory / "study.yaml").is_file():
+        from rayfed.study.plots import plot_study_dir
+
+        pngs = plot_study_dir(directory)
+    else:
+        from rayfed.plots import plot_path
+
+        pngs = plot_path(path)
+    for png in pngs:
+        print(png)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    from rayfed.report import print_partition
+
+    print_partition(load_config(args.config, args.overrides))
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from rayfed.data.bigbench import prepare_bigbench
+
+    print(f"data ready: {prepare_bigbench()}")
+    return 0
+
+
+def cmd_model_prepare(args: argparse.Namespace) -> int:
+    from rayfed.builtin_models import resolve_model_path
+
+    print(f"model ready: {resolve_model_path(args.name)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand with its arguments; each sets ``handler`` to its ``cmd_*`` function."""
     parser = argparse.ArgumentParser(prog="rayfed", description="Federated prompt tuning on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("run", "run an experiment"), ("tune", "Ray Tune search over config keys (tune: section)"),
-                       ("validate", "check a config and print it resolved"),
-                       ("partition", "print each client's task histogram and the heterogeneity")):
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], text: str, first: str, first_help: str,
+            overrides_help: str | None = "key=value overrides, e.g. algorithm.rounds=3") -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
-        p.add_argument("config", help="YAML config file, e.g. configs/quickstart.yaml")
-        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. algorithm.rounds=3")
-        if name == "tune":
-            p.add_argument("--resume", action="store_true", help="continue an interrupted search in output_dir")
-        if name == "run":
-            p.add_argument("--overwrite", action="store_true", help="start over in an output_dir that holds a run")
-    p = sub.add_parser("study", help="run (or continue) a study: federated runs, personalizations, verdicts")
-    p.add_argument("config", help="a study file, e.g. configs/study/quick.yaml")
-    p.add_argument("overrides", nargs="*", help="key=value overrides of the study file, e.g. seeds=[0]")
-    p.add_argument("--report-only", action="store_true", help="only analyze the finished jobs and redraw")
-    p = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint, bit for bit")
-    p.add_argument("run_dir", help="the interrupted run's output directory")
-    p.add_argument("overrides", nargs="*", help="runtime.*/ray.*/logging.*/personalize.* overrides")
-    p = sub.add_parser("personalize", help="personalize a finished run's global prompt: curves per epoch")
-    p.add_argument("run_dir", help="a finished run's output directory")
-    p.add_argument("overrides", nargs="*", help="personalize.*/eval.*/runtime.*/logging.* overrides")
-    p = sub.add_parser("plot", help="redraw every figure of a run, personalization or search directory")
-    p.add_argument("path")
+        p.add_argument(first, help=first_help)
+        if overrides_help:
+            p.add_argument("overrides", nargs="*", help=overrides_help)
+        p.set_defaults(handler=handler)
+        return p
+
+    config_help = "YAML config file, e.g. configs/quickstart.yaml"
+    add("run", cmd_run, "run an experiment", "config", config_help).add_argument(
+        "--overwrite", action="store_true", help="start over in an output_dir that holds a run")
+    add("tune", cmd_tune, "Ray Tune search over config keys (tune: section)", "config", config_help).add_argument(
+        "--resume", action="store_true", help="continue an interrupted search in output_dir")
+    add("validate", cmd_validate, "check a config and print it resolved", "config", config_help)
+    add("partition", cmd_partition, "print each client's task histogram and the heterogeneity", "config", config_help)
+    add("study", cmd_study, "run (or continue) a study: federated runs, personalizations, verdicts", "config",
+        "a study file, e.g. configs/study/quick.yaml", "key=value overrides of the study file, e.g. seeds=[0]",
+        ).add_argument("--report-only", action="store_true", help="only analyze the finished jobs and redraw")
+    add("resume", cmd_resume, "continue an interrupted run from its last checkpoint, bit for bit", "run_dir",
+        "the interrupted run's output directory", "runtime.*/ray.*/logging.*/personalize.* overrides")
+    add("personalize", cmd_personalize, "personalize a finished run's global prompt: curves per epoch", "run_dir",
+        "a finished run's output directory", "personalize.*/eval.*/runtime.*/logging.* overrides")
+    add("plot", cmd_plot, "redraw every figure of a run, personalization, search or study directory", "path",
+        "the directory (or a file in it)", None)
     data = sub.add_parser("data", help="data caches").add_subparsers(dest="data_command", required=True)
-    data.add_parser("prepare", help="download and extract the BIG-bench tasks into the cache")
+    data.add_parser("prepare", help="download and extract the BIG-bench tasks into the cache").set_defaults(
+        handler=cmd_data_prepare)
     model = sub.add_parser("model", help="model caches").add_subparsers(dest="model_command", required=True)
     prep = model.add_parser("prepare", help="convert a built-in model into the cache (once)")
     prep.add_argument("name", nargs="?", default="smollm2-135m")
-    # Flags may come after key=value overrides (argparse alone would stop at the first flag).
+    prep.set_defaults(handler=cmd_model_prepare)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Flags may come after ``key=value`` overrides (argparse alone would stop at the first flag)."""
+    parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and (not hasattr(args, "overrides") or any(e.startswith("-") for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
-        if args.command == "data":
-            from rayfed.data.bigbench import prepare_bigbench
-
-            print(f"data ready: {prepare_bigbench()}")
-        elif args.command == "model":
-            from rayfed.builtin_models import resolve_model_path
-
-            print(f"model ready: {resolve_model_path(args.name)}")
-        elif args.command == "plot":
-            from rayfed.plots import plot_path
-
-            for png in plot_path(Path(args.path)):
-                print(png)
-        elif args.command == "study":
-            from rayfed.study.config import load_study
-            from rayfed.study.report import print_study, write_report
-            from rayfed.study.runner import run_study
-
-            study = load_study(args.config, args.overrides)
-            out = Path(study.output_dir)
-            if not args.report_only:
-                run_study(study, out)
-            print_study(write_report(study, out), out)
-        elif args.command == "resume":
-            from rayfed.experiment import resume_experiment
-            from rayfed.report import print_run
-
-            print_run(resume_experiment(args.run_dir, args.overrides), args.run_dir)
-        elif args.command == "personalize":
-            from rayfed.experiment import run_personalization
-            from rayfed.report import print_personalization
-
-            print_personalization(run_personalization(args.run_dir, args.overrides), Path(args.run_dir))
-        else:
-            cfg = load_config(args.config, args.overrides)
-            if args.command == "validate":
-                print(to_yaml(cfg), end="")
-            elif args.command == "partition":
-                from rayfed.report import print_partition
-
-                print_partition(cfg)
-            elif args.command == "tune":
-                from rayfed.report import print_search
-                from rayfed.tuning import SearchInterrupted, run_search
-
-                try:
-                    print_search(run_search(cfg, resume=args.resume), Path(cfg.output_dir))
-                except SearchInterrupted as err:
-                    print(f"rayfed: {err}", file=sys.stderr)
-                    return 130
-            else:
-                from rayfed.experiment import run_experiment
-                from rayfed.report import print_run
-
-                print_run(run_experiment(cfg, overwrite=args.overwrite), cfg.output_dir)
-        return 0
+        return args.handler(args)
     except ConfigError as err:
         print(f"rayfed: config error: {err}", file=sys.stderr)
         return 2
-    except (OSError, ModelNotAvailableError, ValueError) as err:  # bad input or a full disk, not a bug
+    except (UserError, OSError) as err:  # bad input, a missing file or a full disk: not a bug
         cause = getattr(err, "cause", None) or err  # an error raised in a Ray actor: the original
         print(f"rayfed: {cause}", file=sys.stderr)
         return 2

@@ -16,6 +16,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rayfed.errors import UserError
+
+# The algorithm registry (rayfed.algorithms.ALGORITHMS) holds one entry per name; a test keeps them equal.
+ALGORITHM_NAMES = ("fedavg", "fedsgd")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SERVER_OPTIMIZERS = ("sgd", "adam")
 DATA_SOURCES = ("synthetic", "bigbench", "sni")
@@ -31,7 +35,7 @@ SCHEDULERS = ("none", "asha")
 SPACE_TYPES = ("grid", "choice", "uniform", "loguniform")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration problem; the message names the offending key."""
 
 
@@ -323,8 +327,6 @@ def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
 
 def validate(cfg: ExperimentConfig) -> None:
     """Cross-field and range checks that types alone cannot express."""
-    from rayfed.algorithms import ALGORITHMS  # late import: algorithms import this module's types
-
     m, d, p, a, e, r = cfg.model, cfg.data, cfg.partition, cfg.algorithm, cfg.eval, cfg.runtime
     _check(m.num_virtual_tokens >= 1, "model.num_virtual_tokens", "must be >= 1")
     _choice("model.prompt_init", m.prompt_init, PROMPT_INITS)
@@ -346,7 +348,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(p.global_test_examples >= 1, "partition.global_test_examples", "must be >= 1")
     _check(p.global_val_examples >= 0, "partition.global_val_examples", "must be >= 0")
 
-    _choice("algorithm.name", a.name, tuple(ALGORITHMS))
+    _choice("algorithm.name", a.name, ALGORITHM_NAMES)
     _check(a.rounds >= 1, "algorithm.rounds", "must be >= 1")
     _check(1 <= a.clients_per_round <= p.num_clients, "algorithm.clients_per_round",
            f"must be between 1 and partition.num_clients ({p.num_clients}), got {a.clients_per_round}")

@@ -31,6 +31,7 @@ from rayfed.checkpoint import (
 )
 from rayfed.config import ConfigError, ExperimentConfig, load_config, to_yaml
 from rayfed.data.sources import federated_data
+from rayfed.errors import UserError
 from rayfed.loggers import MetricLogger, build_loggers, log_round
 from rayfed.metrics import METRICS
 from rayfed.personalization import EpochCallback, PersonalizeSettings, personalize, score_reference
@@ -49,7 +50,7 @@ RESUME_OVERRIDABLE = ("runtime.", "ray.", "logging.", "personalize.")
 WANDB_ID = "wandb-run-id.txt"  # with W&B on: the run's id, so `rayfed resume` continues the same W&B run
 
 
-class RunExistsError(ValueError):
+class RunExistsError(UserError):
     """A run would overwrite a directory that already holds one."""
 
 
@@ -72,9 +73,9 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"key 'output_dir': cannot create {out} ({err.strerror or err})") from None
+        raise UserError(f"key 'output_dir': cannot create {out} ({err.strerror or err})") from None
     if not os.access(out, os.W_OK):
-        raise ValueError(f"key 'output_dir': {out} is not writable")
+        raise UserError(f"key 'output_dir': {out} is not writable")
     checkpoint = out / CHECKPOINT
     if resume:
         done, state, record = load_run_state(checkpoint)

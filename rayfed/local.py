@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rayfed.config import OptimizerConfig
 from rayfed.data.formatting import TokenizedExample, collate_train
 from rayfed.model import PromptModel
+from rayfed.settings import OptimizerSettings
 
 
 def per_example_loss(model: PromptModel, batch: list[TokenizedExample],
@@ -59,7 +59,7 @@ def steps_for(n: int, batch_size: int, local_steps: int | None, local_epochs: in
     return local_steps if local_steps is not None else int(local_epochs or 1) * math.ceil(n / batch_size)
 
 
-def make_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerSettings) -> torch.optim.Optimizer:
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.name == "adam":

@@ -1,10 +1,5 @@
-"""Metric names, text metrics (exact match, ROUGE-L) and per-client distribution summaries.
-
-Every metric name in rayfed is built here: ``{phase}/{split}/{metric}`` for one prompt's score
-(``eval/global_test/rouge_l``) and ``{phase}/{split}/{metric}_{stat}`` for a distribution over
-clients (``personalize/local_val/rouge_l_p10``). Parameters (an interpolation ratio, an epoch)
-are fields of a record, never part of a name, so names stay the same across trials.
-"""
+"""Text metrics (exact match, ROUGE-L) and per-client distribution summaries; the names they
+are reported under are ``rayfed.names``'."""
 
 from __future__ import annotations
 
@@ -14,11 +9,7 @@ from functools import lru_cache
 
 import numpy as np
 
-METRICS = ("loss", "exact_match", "rouge_l")
-STATS = ("mean", "p10", "min")
-LOCAL_SPLITS = ("local_val", "local_test")  # each client's own held-out data
-GLOBAL_SPLITS = ("global_val", "global_test")  # the federation's task mix, disjoint from clients
-SPLITS = LOCAL_SPLITS + GLOBAL_SPLITS
+from rayfed.names import GLOBAL_SPLITS, LOCAL_SPLITS, METRICS, SPLITS, STATS  # noqa: F401 - re-exported
 
 
 def summarize_clients(per_client: dict[int, dict[str, float]], prefix: str) -> dict[str, float]:

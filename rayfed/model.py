@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from peft import PeftModel, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
-from rayfed.config import ModelConfig
+from rayfed.errors import UserError
+from rayfed.settings import ModelSettings
 
 TINY_LLAMA = "tiny-llama"
 
@@ -65,7 +66,7 @@ class PromptModel:
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id  # type: ignore[attr-defined]
 
 
-def build_prompt_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int = 0) -> PromptModel:
+def build_prompt_model(cfg: ModelSettings, device: str | torch.device = "cpu", seed: int = 0) -> PromptModel:
     """Load the backbone, freeze it and wrap it with a soft prompt initialised per ``cfg``.
 
     The initial prompt depends only on the backbone, ``cfg`` and ``seed``, so every process that
@@ -85,7 +86,7 @@ def build_prompt_model(cfg: ModelConfig, device: str | torch.device = "cpu", see
     return model
 
 
-def initial_prompt(backbone, tokenizer, cfg: ModelConfig, seed: int) -> torch.Tensor:
+def initial_prompt(backbone, tokenizer, cfg: ModelSettings, seed: int) -> torch.Tensor:
     """``text``: embeddings of ``prompt_init_text`` tokens, repeated to fill the prompt (as PEFT's
     TEXT init); ``random``: Gaussian with the embedding matrix's standard deviation."""
     table = backbone.get_input_embeddings().weight.detach()
@@ -93,7 +94,7 @@ def initial_prompt(backbone, tokenizer, cfg: ModelConfig, seed: int) -> torch.Te
     if cfg.prompt_init == "text":
         ids = tokenizer(cfg.prompt_init_text, add_special_tokens=False)["input_ids"]
         if not ids:
-            raise ValueError("model.prompt_init_text tokenizes to nothing")
+            raise UserError("model.prompt_init_text tokenizes to nothing")
         ids = (ids * (n // len(ids) + 1))[:n]
         return table[torch.tensor(ids)].clone().float()
     gen = torch.Generator().manual_seed(seed)
@@ -124,11 +125,11 @@ def load_backbone(name: str, trust_remote_code: bool = False):
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
                                                          trust_remote_code=trust_remote_code)
         except ValueError as err:  # transformers: a config class with no causal-LM head
-            raise ValueError(f"model.name {name!r}: not a causal language model ({str(err).splitlines()[0]})") from None
+            raise UserError(f"model.name {name!r}: not a causal language model ({str(err).splitlines()[0]})") from None
         except OSError as err:
             if "safetensors" not in str(err).lower():
                 raise
-            raise ValueError(f"model.name {name!r}: no safetensors weights in {path}; rayfed never loads "
+            raise UserError(f"model.name {name!r}: no safetensors weights in {path}; rayfed never loads "
                              f"pickled weights (pytorch_model.bin). Convert them once, e.g. "
                              f"AutoModelForCausalLM.from_pretrained(path).save_pretrained(path)") from None
     if tokenizer.pad_token_id is None:

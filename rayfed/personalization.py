@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
-from rayfed.config import OptimizerConfig, PersonalizeConfig
+from rayfed.config import PersonalizeConfig
 from rayfed.core.selection import select_best
 from rayfed.metrics import summarize_clients
+from rayfed.settings import OptimizerSettings
 from rayfed.types import EvalSums
 
 Trained = dict[int, tuple[dict[int, torch.Tensor], dict[int, float]]]  # client -> (prompts, losses) by epoch
@@ -32,7 +33,7 @@ class PersonalizeSettings:
     epochs: int
     eval_every_epochs: int
     batch_size: int
-    optimizer: OptimizerConfig
+    optimizer: OptimizerSettings
     l2_strength: float
     interp_ratios: tuple[float, ...]
     global_eval_examples: int | None
@@ -41,13 +42,14 @@ class PersonalizeSettings:
 
     @classmethod
     def from_config(cls, cfg: PersonalizeConfig) -> PersonalizeSettings:
-        return cls(cfg.local_epochs, cfg.eval_every_epochs, cfg.batch_size, cfg.optimizer, cfg.l2_strength,
-                   tuple(cfg.interp_ratios), cfg.global_eval_examples, cfg.global_tolerance, cfg.validation)
+        return cls(cfg.local_epochs, cfg.eval_every_epochs, cfg.batch_size,
+                   OptimizerSettings.from_config(cfg.optimizer), cfg.l2_strength, tuple(cfg.interp_ratios),
+                   cfg.global_eval_examples, cfg.global_tolerance, cfg.validation)
 
     @classmethod
     def from_summary(cls, settings: dict[str, Any]) -> PersonalizeSettings:
         """The settings a personalization's ``summary.json`` records (``asdict`` of these)."""
-        return cls(**{**settings, "optimizer": OptimizerConfig(**settings["optimizer"]),
+        return cls(**{**settings, "optimizer": OptimizerSettings(**settings["optimizer"]),
                       "interp_ratios": tuple(settings["interp_ratios"])})
 
     def eval_epochs(self) -> list[int]:

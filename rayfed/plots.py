@@ -3,8 +3,8 @@
 ``plot_path(dir)`` draws what the files there allow, writing PNGs next to them: a run (``metrics.jsonl``)
 -> ``rounds.png``, then each ``personalize/*/`` study (``personalization.jsonl``, ``summary.json``) ->
 ``curves.png``, ``curves_by_epoch.png``, ``interpolation.png``; a search (``results.csv``, ``search.json``)
--> ``pareto.png``; a study (``study.yaml``, rayfed.study.plots) -> ``curves.png``, ``robustness.png``,
-``frontier.png``. Interpolation ratio 0 is the global prompt, 1 the client's own (local) prompt.
+-> ``pareto.png``. A study's figures are drawn by ``rayfed.study.plots`` (``rayfed plot`` picks which).
+Interpolation ratio 0 is the global prompt, 1 the client's own (local) prompt.
 """
 
 from __future__ import annotations
@@ -57,18 +57,10 @@ def plot_path(path: Path) -> list[Path]:
     jobs += [(plot_personalization, d) for d in [path, *sorted((path / "personalize").glob("*"))]
              if _is_personalization(d)]
     jobs += [(plot_search, path)] if (path / "results.csv").is_file() or (path / "search.json").is_file() else []
-    jobs += [(_plot_study, path)] if (path / "study.yaml").is_file() else []
     if not jobs:
         raise FileNotFoundError(f"{path}: no metrics.jsonl, personalization.jsonl, summary.json with a curve, "
                                 f"results.csv or search.json to plot")
     return [png for plot, directory in jobs for png in plot(directory)]
-
-
-def _plot_study(out: Path) -> list[Path]:
-    from rayfed.study.config import load_study
-    from rayfed.study.plots import plot_study
-
-    return plot_study(load_study(out / "study.yaml"), out)
 
 
 def plot_run(run_dir: Path) -> list[Path]:

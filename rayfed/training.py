@@ -26,12 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rayfed.config import OptimizerConfig
 from rayfed.core.regularization import l2_penalty
 from rayfed.data.formatting import TokenizedExample
 from rayfed.lengths import call_overhead_tokens, length_groups
 from rayfed.local import batches, make_optimizer, per_example_loss
 from rayfed.model import PromptModel
+from rayfed.settings import OptimizerSettings
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def groups(jobs: Sequence[PromptJob], max_rows: int | None) -> Iterator[list[int
         yield group
 
 
-def train_lockstep(model: PromptModel, jobs: Sequence[PromptJob], *, optimizer: OptimizerConfig,
+def train_lockstep(model: PromptModel, jobs: Sequence[PromptJob], *, optimizer: OptimizerSettings,
                    l2_strength: float = 0.0, max_rows: int | None = None) -> list[JobResult]:
     """Train every job's prompt; jobs run together in groups of at most ``max_rows`` rows per pass
     (None: all together). Returns each job's kept prompts and per-step losses, in job order."""
@@ -88,7 +88,7 @@ def train_lockstep(model: PromptModel, jobs: Sequence[PromptJob], *, optimizer: 
     return results  # type: ignore[return-value]
 
 
-def _train_group(model: PromptModel, jobs: Sequence[PromptJob], optimizer: OptimizerConfig,
+def _train_group(model: PromptModel, jobs: Sequence[PromptJob], optimizer: OptimizerSettings,
                  l2_strength: float) -> list[JobResult]:
     device = model.device
     params = [torch.nn.Parameter(job.init_prompt.detach().to(device, torch.float32, copy=True)) for job in jobs]
@@ -168,7 +168,7 @@ def gradients_lockstep(model: PromptModel, client_batches: Sequence[Sequence[Tok
 
 
 def train_prompt(model: PromptModel, data: Sequence[TokenizedExample], init_prompt: torch.Tensor, *,
-                 optimizer: OptimizerConfig, num_steps: int, batch_size: int, seed: int,
+                 optimizer: OptimizerSettings, num_steps: int, batch_size: int, seed: int,
                  l2_reference: torch.Tensor | None = None, l2_strength: float = 0.0,
                  ) -> tuple[torch.Tensor, float]:
     """Train the prompt from ``init_prompt`` with a fresh optimizer; return it and the mean loss.
@@ -206,7 +206,7 @@ def by_epoch(result: JobResult, job: PromptJob, epochs: int) -> tuple[dict[int, 
 
 
 def train_prompt_by_epoch(model: PromptModel, data: Sequence[TokenizedExample], init_prompt: torch.Tensor, *,
-                          optimizer: OptimizerConfig, epochs: int, keep_epochs: Sequence[int], batch_size: int,
+                          optimizer: OptimizerSettings, epochs: int, keep_epochs: Sequence[int], batch_size: int,
                           seed: int, l2_strength: float = 0.0) -> tuple[dict[int, torch.Tensor], dict[int, float]]:
     """Train from ``init_prompt`` for ``epochs`` passes with one optimizer (:func:`epoch_job`);
     return the prompt after each epoch in ``keep_epochs`` (0: the initial prompt) and each

@@ -115,3 +115,14 @@ def test_an_l2_pull_that_sgd_cannot_hold_warns_naming_the_key():
                        ["personalize.l2_strength=10", "personalize.optimizer.name=adam"]):  # a normalised step
             load_config("configs/smoke.yaml", ["personalize.optimizer.name=sgd", "personalize.optimizer.lr=0.316",
                                                *stable])
+
+
+def test_schema_lists_every_registered_algorithm():
+    """The schema validates algorithm.name without importing the algorithms; the two lists agree,
+    and every name builds its algorithm."""
+    from rayfed.algorithms import ALGORITHMS, build_algorithm
+    from rayfed.config import ALGORITHM_NAMES
+
+    assert set(ALGORITHM_NAMES) == set(ALGORITHMS)
+    for name in ALGORITHM_NAMES:
+        assert type(build_algorithm(load_config(None, [f"algorithm.name={name}"]).algorithm)).__name__.lower() == name

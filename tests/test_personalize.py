@@ -53,11 +53,13 @@ def test_curves_have_a_record_per_client_epoch_ratio_and_split(finished_run, tmp
     from rayfed.config import load_config
     from rayfed.data.partition import global_sets_of
     from rayfed.data.sources import federated_data
+    from rayfed.runtime.parts import RunParts
     from rayfed.runtime.worker import ClientWorker
 
     cfg = load_config(run_dir / "config.yaml")
     data = federated_data(cfg)
-    worker = ClientWorker(cfg, list(data.clients), global_sets_of(data))
+    parts = RunParts.from_config(cfg)
+    worker = ClientWorker(parts.model, parts.worker, parts.algorithm, list(data.clients), global_sets_of(data))
     (cache,) = tmp_path.glob("*.safetensors")
     local = load_local_prompts(cache)[2][0][3]
     rescored = worker.evaluate_client(2, {"p": local}, ("local_test",))["p"]["local_test"]

@@ -12,25 +12,27 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rayfed.config import AlgorithmConfig, OptimizerConfig
+from rayfed.config import AlgorithmConfig
 from rayfed.core.aggregation import aggregate_updates
 from rayfed.data.formatting import TokenizedExample
 from rayfed.local import steps_for
 from rayfed.model import PromptModel
+from rayfed.settings import OptimizerSettings
 from rayfed.training import step_job, train_lockstep
 from rayfed.types import ClientUpdate
 
 
 @dataclass(frozen=True)
 class FedAvg:
-    optimizer: OptimizerConfig
+    optimizer: OptimizerSettings
     batch_size: int
     local_steps: int | None
     local_epochs: int | None
 
     @classmethod
     def from_config(cls, cfg: AlgorithmConfig) -> FedAvg:
-        return cls(cfg.client_optimizer, cfg.batch_size, cfg.local_steps, cfg.local_epochs)
+        return cls(OptimizerSettings.from_config(cfg.client_optimizer), cfg.batch_size, cfg.local_steps,
+                   cfg.local_epochs)
 
     def client_updates(self, model: PromptModel, trains: Sequence[list[TokenizedExample]],
                        prompts: Sequence[torch.Tensor], seeds: Sequence[int], max_rows: int | None = None,

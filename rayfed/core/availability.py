@@ -18,8 +18,8 @@ import math
 
 import numpy as np
 
-from rayfed.config import AvailabilityConfig
 from rayfed.core.sampling import derive_seed
+from rayfed.settings import AvailabilitySettings
 
 
 def client_speed(seed: int, client_id: int, sigma: float) -> float:
@@ -30,7 +30,7 @@ def client_speed(seed: int, client_id: int, sigma: float) -> float:
                           .standard_normal()))
 
 
-def who_reports(sampled: list[int], cfg: AvailabilityConfig, seed: int, round_idx: int,
+def who_reports(sampled: list[int], cfg: AvailabilitySettings, seed: int, round_idx: int,
                 ) -> tuple[list[int], dict[int, str]]:
     """Split the round's sampled clients into ``(finished, {dropped client: reason})``."""
     finished: list[int] = []

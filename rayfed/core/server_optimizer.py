@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from rayfed.config import OptimizerConfig
+from rayfed.settings import OptimizerSettings
 
 
 class ServerOptimizer:
     """Owns the global prompt and a torch optimizer over it."""
 
-    def __init__(self, prompt: torch.Tensor, cfg: OptimizerConfig):
+    def __init__(self, prompt: torch.Tensor, cfg: OptimizerSettings):
         self.prompt = torch.nn.Parameter(prompt.detach().clone().float())
         if cfg.name == "sgd":
             self.opt: torch.optim.Optimizer = torch.optim.SGD(

@@ -58,6 +58,7 @@ from typing import Any, NamedTuple
 
 from tqdm import tqdm
 
+from rayfed.errors import UserError
 from rayfed.paths import cache_dir
 from rayfed.types import Example
 
@@ -197,7 +198,7 @@ def extract_tasks(archive: Path, out_dir: Path, tasks: Sequence[CuratedTask] = C
                     break
     missing = sorted(set(wanted) - set(found))
     if missing:
-        raise ValueError(f"{archive.name} lacks benchmark_tasks/{{{', '.join(missing)}}}/task.json")
+        raise UserError(f"{archive.name} lacks benchmark_tasks/{{{', '.join(missing)}}}/task.json")
 
     lines: list[str] = []
     task_stats: dict[str, dict[str, Any]] = {}
@@ -244,7 +245,7 @@ def load_bigbench(root: Path | None = None, *, tasks: list[str] | None = None) -
         return examples
     unknown = sorted(set(tasks) - {ex.task for ex in examples})
     if unknown:
-        raise ValueError(f"unknown BIG-bench tasks {unknown}; see rayfed.data.bigbench.CURATED_TASKS")
+        raise UserError(f"unknown BIG-bench tasks {unknown}; see rayfed.data.bigbench.CURATED_TASKS")
     wanted = set(tasks)
     return [ex for ex in examples if ex.task in wanted]
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rayfed.errors import UserError
 from rayfed.types import Example
 
 
@@ -90,7 +91,7 @@ def partition(
     per_client = train_examples + val_examples + test_examples
     available = sum(len(v) for v in pools.values())
     if available < per_client * num_clients:
-        raise ValueError(
+        raise UserError(
             f"the data holds {available} examples after the global test and validation sets, but partition.num_clients "
             f"x (train_examples + val_examples + test_examples) = {num_clients} x {per_client} are needed; "
             f"lower those or raise data.max_examples_per_task")

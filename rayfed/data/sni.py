@@ -16,18 +16,19 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+from rayfed.errors import UserError
 from rayfed.types import Example
 
 EXAMPLE_KEYS = tuple(f.name for f in fields(Example))
 MAX_LINE_BYTES = 1 << 20  # one example per line; a longer line is a broken file, not an example
 
 
-def load_sni(path: Path, *, max_examples_per_task: int | None = None) -> list[Example]:
-    """Load SNI examples from a directory of task files or from a JSONL file.
+def load_sni(path: Path) -> list[Example]:
+    """Load SNI examples from a directory of task files or from a JSONL file (the per-task cap is
+    ``rayfed.data.sources.cap_per_task``, applied to every source alike).
 
     Args:
         path: A directory holding ``task*.json`` files, or a ``.jsonl`` file.
-        max_examples_per_task: Keep at most this many examples per task (the first ones).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist or the directory holds no task files.
@@ -41,17 +42,11 @@ def load_sni(path: Path, *, max_examples_per_task: int | None = None) -> list[Ex
         files = sorted(path.glob("task*.json"))
         if not files:
             raise FileNotFoundError(f"no SNI task files (task*.json) in {path}")
-        per_task = [_load_task_file(f, max_examples_per_task) for f in files]
-        return [ex for examples in per_task for ex in examples]
-    examples = _load_jsonl(path)
-    if max_examples_per_task is None:
-        return examples
-    from rayfed.data.sources import cap_per_task
-
-    return cap_per_task(examples, max_examples_per_task)
+        return [ex for f in files for ex in _load_task_file(f)]
+    return _load_jsonl(path)
 
 
-def _load_task_file(path: Path, limit: int | None) -> list[Example]:
+def _load_task_file(path: Path) -> list[Example]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         definition = data["Definition"]
@@ -61,8 +56,8 @@ def _load_task_file(path: Path, limit: int | None) -> list[Example]:
         examples = [Example(path.stem, category, instruction, inst["input"].strip(), inst["output"][0].strip())
                     for inst in data["Instances"] if inst.get("output")]
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError, IndexError) as err:
-        raise ValueError(f"{path}: not an SNI task file ({type(err).__name__}: {err})") from err
-    return examples if limit is None else examples[:limit]
+        raise UserError(f"{path}: not an SNI task file ({type(err).__name__}: {err})") from err
+    return examples
 
 
 def _load_jsonl(path: Path) -> list[Example]:
@@ -70,25 +65,25 @@ def _load_jsonl(path: Path) -> list[Example]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             if len(raw) > MAX_LINE_BYTES:
-                raise ValueError(f"{path}:{lineno}: line of {len(raw):,} bytes, over the {MAX_LINE_BYTES:,}-byte "
+                raise UserError(f"{path}:{lineno}: line of {len(raw):,} bytes, over the {MAX_LINE_BYTES:,}-byte "
                                  f"limit for one example")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+                raise UserError(f"{path}:{lineno}: not UTF-8 text ({err.reason} at byte {err.start})") from None
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({err})") from err
+                raise UserError(f"{path}:{lineno}: invalid JSON ({err})") from err
             if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             missing = [key for key in EXAMPLE_KEYS if key not in obj]
             if missing:
                 names = ", ".join(repr(key) for key in missing)
-                raise ValueError(f"{path}:{lineno}: missing key {names} (need {', '.join(EXAMPLE_KEYS)})")
+                raise UserError(f"{path}:{lineno}: missing key {names} (need {', '.join(EXAMPLE_KEYS)})")
             examples.append(Example(**{key: str(obj[key]) for key in EXAMPLE_KEYS}))
     if not examples:
-        raise ValueError(f"{path}: no examples (the file is empty)")
+        raise UserError(f"{path}: no examples (the file is empty)")
     return examples

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rayfed.config import DataConfig, ExperimentConfig
 from rayfed.data.partition import FederatedData, partition
+from rayfed.errors import UserError
 from rayfed.types import Example
 
 
@@ -22,7 +23,7 @@ def load_examples(cfg: DataConfig, seed: int) -> list[Example]:
 
         unknown = sorted(set(cfg.tasks or []) - set(TASKS))
         if unknown:
-            raise ValueError(f"key 'data.tasks': no synthetic task {', '.join(unknown)} (known: {', '.join(TASKS)})")
+            raise UserError(f"key 'data.tasks': no synthetic task {', '.join(unknown)} (known: {', '.join(TASKS)})")
         return generate_synthetic(cfg.max_examples_per_task, seed, cfg.tasks)
     if cfg.source == "bigbench":
         from rayfed.data.bigbench import load_bigbench, prepare_bigbench
@@ -38,7 +39,7 @@ def load_examples(cfg: DataConfig, seed: int) -> list[Example]:
     else:
         raise ValueError(f"unknown data source {cfg.source!r}")
     if cfg.tasks is not None and not examples:
-        raise ValueError(f"key 'data.tasks': none of {', '.join(cfg.tasks)} is in the {cfg.source} data")
+        raise UserError(f"key 'data.tasks': none of {', '.join(cfg.tasks)} is in the {cfg.source} data")
     return cap_per_task(examples, cfg.max_examples_per_task)
 
 

@@ -15,19 +15,20 @@ from typing import Any, Protocol
 
 import torch
 
-from rayfed.algorithms import build_algorithm
-from rayfed.config import ExperimentConfig
+from rayfed.algorithms.base import Algorithm
 from rayfed.core.availability import who_reports
 from rayfed.core.interpolation import interpolate
 from rayfed.core.sampling import sample_clients
 from rayfed.core.server_optimizer import ServerOptimizer
-from rayfed.metrics import GLOBAL_SPLITS, LOCAL_SPLITS, summarize_clients
+from rayfed.errors import UserError
+from rayfed.metrics import summarize_clients
 from rayfed.personalization import PersonalizeSettings
 from rayfed.runtime.worker import ClientWorker
+from rayfed.settings import RoundSettings
 from rayfed.types import EvalSums, RoundResult
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(UserError):
     """A client's training produced a NaN or infinite loss or update."""
 
 class Executor(Protocol):
@@ -64,15 +65,13 @@ class InProcessExecutor:
 class Driver:
     """Federated training state, the round loop's body, and personalization's interpolation."""
 
-    def __init__(self, cfg: ExperimentConfig, executor: Executor):
-        self.cfg = cfg
+    def __init__(self, settings: RoundSettings, algorithm: Algorithm, executor: Executor):
+        self.settings = settings
         self.executor = executor
-        self.algorithm = build_algorithm(cfg.algorithm)
-        self.server = ServerOptimizer(executor.initial_prompt(), cfg.algorithm.server_optimizer)
-        p = cfg.partition
-        self.client_ids = list(range(p.num_clients))
-        self.local_splits = tuple(s for s in LOCAL_SPLITS if (p.val_examples if s == "local_val" else 1) > 0)
-        self.global_splits = tuple(s for s in GLOBAL_SPLITS if (p.global_val_examples if s == "global_val" else 1) > 0)
+        self.algorithm = algorithm
+        self.server = ServerOptimizer(executor.initial_prompt(), settings.server_optimizer)
+        self.client_ids = list(range(settings.num_clients))
+        self.local_splits, self.global_splits = settings.local_splits, settings.global_splits
 
     def global_prompt(self) -> torch.Tensor:
         return self.server.global_prompt()
@@ -94,10 +93,10 @@ class Driver:
         """Sample, drop the clients that would not report, fit, aggregate, step. Returns the
         round's training metrics and who was sampled, finished and dropped."""
         start = time.perf_counter()
-        p, a = self.cfg.partition, self.cfg.algorithm
-        sampled = sample_clients(p.num_clients, a.clients_per_round, self.cfg.seed, round_idx)
-        finished, dropped = who_reports(sampled, self.cfg.availability, self.cfg.seed, round_idx)
-        quorum = self.cfg.availability.min_clients
+        s = self.settings
+        sampled = sample_clients(s.num_clients, s.clients_per_round, s.seed, round_idx)
+        finished, dropped = who_reports(sampled, s.availability, s.seed, round_idx)
+        quorum = s.availability.min_clients
         updates = []
         if len(finished) >= quorum:
             prompt = self.server.global_prompt()
@@ -117,7 +116,7 @@ class Driver:
                 raise NonFiniteError(
                     f"round {round_idx}, client {u.client_id}: the training loss is {u.train_loss} and the update "
                     f"is {'finite' if bool(torch.isfinite(u.delta).all()) else 'not finite'}; lower "
-                    f"algorithm.client_optimizer.lr ({self.cfg.algorithm.client_optimizer.lr})")
+                    f"algorithm.client_optimizer.lr ({self.settings.client_lr})")
         pseudo_gradient = self.algorithm.aggregate(updates)
         self.server.step(pseudo_gradient)
         weights = sum(u.num_examples for u in updates)
@@ -136,7 +135,7 @@ class Driver:
         for split in self.global_splits:
             metrics.update({f"eval/{split}/{k}": v for k, v in self.evaluate_global(prompt, split).means().items()})
         per_client: dict[int, dict[str, float]] = {}
-        if self.cfg.eval.local:
+        if self.settings.evaluate_clients:
             scores = self.evaluate_clients({cid: {"global": prompt} for cid in self.client_ids}, self.local_splits)
             per_client = {cid: {f"eval/{split}/{k}": v for split, sums in s["global"].items()
                                 for k, v in sums.means().items()} for cid, s in scores.items()}

@@ -19,8 +19,9 @@ import torch
 
 from rayfed.config import ConfigError, ExperimentConfig, RayConfig
 from rayfed.data.partition import FederatedData, global_sets_of
+from rayfed.errors import WorkerLostError
 from rayfed.runtime.driver import Driver
-from rayfed.runtime.errors import WorkerLostError
+from rayfed.runtime.parts import RunParts
 from rayfed.runtime.placement import by_worker, num_workers
 from rayfed.runtime.worker import ClientWorker
 
@@ -167,10 +168,13 @@ def launch(cfg: ExperimentConfig, data: FederatedData) -> tuple[RemoteDriver, li
         max_task_retries=restarts if r.on_client_failure == "retry" else 0)
     global_sets = ray.put(global_sets_of(data))  # stored once, not once per actor
     shards = [ray.put(list(group.values())) for group in by_worker(((c.client_id, c) for c in data.clients), workers)]
-    actors = [worker_actor.remote(cfg, group, global_sets, r.torch_threads) for group in shards]
+    parts = RunParts.from_config(cfg)
+    actors = [worker_actor.remote(parts.model, parts.worker, parts.algorithm, group, global_sets, r.torch_threads)
+              for group in shards]
     ray.get([a.ready.remote() for a in actors])  # surfaces load errors now, not mid-round
     driver = RemoteDriver(ray.remote(Driver).options(num_cpus=r.num_cpus_driver).remote(
-        cfg, RayExecutor(actors, r.on_client_failure, r.max_retries)), keep_alive=[global_sets, *shards])
+        parts.rounds, parts.algorithm, RayExecutor(actors, r.on_client_failure, r.max_retries)),
+        keep_alive=[global_sets, *shards])
     driver.global_prompt()  # the driver actor is up too: start-up is not charged to the first round
     return driver, actors
 

@@ -17,9 +17,12 @@ def open_driver(cfg: ExperimentConfig, data: FederatedData) -> Iterator[Any]:
     actors and a driver actor, killed on exit without stopping a shared Ray session)."""
     if cfg.runtime.executor == "local":
         from rayfed.runtime.driver import Driver, InProcessExecutor
+        from rayfed.runtime.parts import RunParts
         from rayfed.runtime.worker import ClientWorker
 
-        yield Driver(cfg, InProcessExecutor(ClientWorker(cfg, list(data.clients), global_sets_of(data))))
+        parts = RunParts.from_config(cfg)
+        worker = ClientWorker(parts.model, parts.worker, parts.algorithm, list(data.clients), global_sets_of(data))
+        yield Driver(parts.rounds, parts.algorithm, InProcessExecutor(worker))
         return
     from rayfed.builtin_models import resolve_model_path
     from rayfed.runtime import ray_backend

@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from rayfed.algorithms import build_algorithm
-from rayfed.config import ExperimentConfig
+from rayfed.algorithms.base import Algorithm
 from rayfed.core.sampling import derive_seed
 from rayfed.data.formatting import TokenizedExample, tokenize
 from rayfed.data.partition import ClientData
 from rayfed.evaluation import evaluate_many
-from rayfed.metrics import GLOBAL_SPLITS
 from rayfed.model import build_prompt_model
+from rayfed.names import GLOBAL_SPLITS
 from rayfed.personalization import PersonalizeSettings
+from rayfed.settings import ModelSettings, WorkerSettings
 from rayfed.training import by_epoch, epoch_job, train_lockstep
 from rayfed.types import ClientUpdate, EvalSums, Example
 
@@ -32,36 +32,38 @@ class ClientWorker:
     """Local training and evaluation for the clients it hosts.
 
     Args:
-        cfg: The experiment config.
+        model: The backbone and the soft prompt's initialization.
+        settings: Seed, tokenization limits, evaluation and batching settings.
+        algorithm: The federated algorithm (what a client computes in a round).
         shards: The clients this worker hosts.
         global_sets: The global evaluation sets by split (``global_test``, ``global_val``).
         torch_threads: Threads for torch in this process (None: leave torch's default).
     """
 
-    def __init__(self, cfg: ExperimentConfig, shards: list[ClientData], global_sets: dict[str, list[Example]],
-                 torch_threads: int | None = None):
+    def __init__(self, model: ModelSettings, settings: WorkerSettings, algorithm: Algorithm,
+                 shards: list[ClientData], global_sets: dict[str, list[Example]], torch_threads: int | None = None):
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
-        use_gpu = cfg.runtime.num_gpus_per_worker > 0 and torch.cuda.is_available()
-        self.cfg = cfg
-        self.model = build_prompt_model(cfg.model, "cuda" if use_gpu else "cpu", seed=cfg.seed)
-        self.algorithm = build_algorithm(cfg.algorithm)
+        use_gpu = settings.use_gpu and torch.cuda.is_available()
+        self.settings = settings
+        self.model = build_prompt_model(model, "cuda" if use_gpu else "cpu", seed=settings.seed)
+        self.algorithm = algorithm
         self.train = {c.client_id: self._tokenize(c.train) for c in shards}
         self.local = {"local_val": {c.client_id: self._tokenize(c.val) for c in shards},
                       "local_test": {c.client_id: self._tokenize(c.test) for c in shards}}
         self.global_sets = {split: self._tokenize(examples) for split, examples in global_sets.items()}
 
     def _tokenize(self, examples) -> list[TokenizedExample]:
-        d = self.cfg.data
-        return tokenize(examples, self.model.tokenizer, d.max_source_tokens, d.max_target_tokens)
+        s = self.settings
+        return tokenize(examples, self.model.tokenizer, s.max_source_tokens, s.max_target_tokens)
 
     def each(self, method: str, args_by_client: dict[int, tuple]) -> dict[int, Any]:
         """``self.method(client_id, *args)`` for each hosted client, ids ascending: one call per
-        worker per phase, however many clients it hosts. With ``runtime.batch_clients`` the
+        worker per phase, however many clients it hosts. With ``batch_clients`` set the
         methods that have a batched twin (``_many_<method>``) run every client in lockstep."""
         args_by_client = dict(sorted(args_by_client.items()))
         many = getattr(self, f"_many_{method}", None)
-        if many is not None and self.cfg.runtime.batch_clients and len(args_by_client) > 1:
+        if many is not None and self.settings.batch_clients and len(args_by_client) > 1:
             return many(args_by_client)
         return {cid: getattr(self, method)(cid, *args) for cid, args in args_by_client.items()}
 
@@ -90,8 +92,8 @@ class ClientWorker:
         ids = list(args_by_client)
         updates = self.algorithm.client_updates(
             self.model, [self.train[cid] for cid in ids], [args_by_client[cid][0] for cid in ids],
-            [derive_seed(self.cfg.seed, "client", args_by_client[cid][1], cid) for cid in ids],
-            self.cfg.runtime.max_batch_rows)
+            [derive_seed(self.settings.seed, "client", args_by_client[cid][1], cid) for cid in ids],
+            self.settings.max_batch_rows)
         return {cid: ClientUpdate(cid, delta, len(self.train[cid]), loss) for cid, (delta, loss) in zip(ids, updates)}
 
     def personalize(self, client_id: int, global_prompt: torch.Tensor, settings: PersonalizeSettings,
@@ -107,10 +109,10 @@ class ClientWorker:
         if any(s != z for _, s in args_by_client.values()):  # one optimizer per lockstep; not so in a phase
             return {cid: self._many_personalize({cid: args})[cid] for cid, args in args_by_client.items()}
         jobs = {cid: epoch_job(self.train[cid], prompt, epochs=z.epochs, keep_epochs=z.eval_epochs(),
-                               batch_size=z.batch_size, seed=derive_seed(self.cfg.seed, "personalize", cid))
+                               batch_size=z.batch_size, seed=derive_seed(self.settings.seed, "personalize", cid))
                 for cid, (prompt, _) in args_by_client.items()}
         results = train_lockstep(self.model, list(jobs.values()), optimizer=z.optimizer, l2_strength=z.l2_strength,
-                                 max_rows=self.cfg.runtime.max_batch_rows)
+                                 max_rows=self.settings.max_batch_rows)
         return {cid: by_epoch(result, job, z.epochs) for (cid, job), result in zip(jobs.items(), results)}
 
     def evaluate_client(self, client_id: int, prompts: dict[Any, torch.Tensor], splits: tuple[str, ...],
@@ -132,7 +134,7 @@ class ClientWorker:
                     if data[split]:
                         keys.append((cid, key, split))
                         jobs.append((data[split], prompt))
-        e = self.cfg.eval
+        e = self.settings.eval
         sums = evaluate_many(self.model, jobs, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens)
         out: dict[int, dict[Any, dict[str, EvalSums]]] = {
             cid: {key: {} for key in prompts} for cid, (prompts, _, _) in args_by_client.items()}
@@ -146,7 +148,7 @@ class ClientWorker:
         A piece is ``eval.batch_size`` consecutive examples whatever the number of workers, so
         each piece's numbers, and their sum in piece order, do not depend on how many share them.
         """
-        data, size = self.global_sets[split], self.cfg.eval.batch_size
+        data, size = self.global_sets[split], self.settings.eval.batch_size
         return {piece: self._evaluate(data[piece * size:(piece + 1) * size], prompt)
                 for piece in range(shard, -(-len(data) // size), num_shards)}
 
@@ -156,10 +158,10 @@ class ClientWorker:
         full = self.global_sets[split]
         if global_subsample is None or global_subsample >= len(full):
             return full
-        rng = np.random.default_rng(derive_seed(self.cfg.seed, "subsample", client_id, GLOBAL_SPLITS.index(split)))
+        rng = np.random.default_rng(derive_seed(self.settings.seed, "subsample", client_id, GLOBAL_SPLITS.index(split)))
         return [full[i] for i in sorted(rng.choice(len(full), size=global_subsample, replace=False))]
 
     def _evaluate(self, data: list[TokenizedExample], prompt: torch.Tensor) -> EvalSums:
-        e = self.cfg.eval
+        e = self.settings.eval
         return evaluate_many(self.model, [(data, prompt)], batch_size=e.batch_size,
                              max_new_tokens=e.max_new_tokens)[0]

@@ -24,10 +24,17 @@ import torch
 from rayfed.checkpoint import PromptCache, load_local_prompts, load_prompt
 from rayfed.core.selection import pareto_mask
 from rayfed.personalization import PersonalizeSettings, prompt_shift
-from rayfed.study.config import StudyConfig, personalize_overrides
-from rayfed.study.runner import run_dir, selected_lrs
+from rayfed.study.config import StudyConfig
+from rayfed.study.layout import (
+    Curve,
+    at_epoch,
+    frontier_points,
+    load_curves,
+    read_json,
+    run_dir,
+    selected_lrs,
+)
 
-LOCAL, GLOBAL = "local_test/rouge_l_mean", "global_test/rouge_l_mean"
 CLAIMS = {
     1: "A high personalization lr raises local ROUGE-L fast and drops global ROUGE-L; a lower lr keeps global "
        "higher and needs several times more epochs to reach a similar local score.",
@@ -36,8 +43,6 @@ CLAIMS = {
     4: "With few local updates, the l2 pull and global/local interpolation each give a better local/global "
        "frontier than plain fine-tuning.",
 }
-
-Curve = list[tuple[int, float, float]]  # (epoch, local, global), ratio 1
 
 
 def analyze(s: StudyConfig, out: Path) -> dict[str, Any]:
@@ -76,23 +81,24 @@ def claim1(s: StudyConfig, seeds: list[dict]) -> tuple[list[dict], dict]:
             "global change, last epoch": {}}
     parts = [
         _part(f"lr {high:g} raises local test ROUGE-L at epoch {first}",
-              [_at(d["curves"][high], first)[1] - _at(d["curves"][high], 0)[1] for d in seeds]),
+              [at_epoch(d["curves"][high], first)[1] - at_epoch(d["curves"][high], 0)[1] for d in seeds]),
         _part(f"lr {high:g} lowers global test ROUGE-L by epoch {p.epochs}",
-              [_at(d["curves"][high], 0)[2] - _at(d["curves"][high], p.epochs)[2] for d in seeds]),
+              [at_epoch(d["curves"][high], 0)[2] - at_epoch(d["curves"][high], p.epochs)[2] for d in seeds]),
         _part(f"lr {low:g} keeps global higher than lr {high:g} at epoch {p.epochs}",
-              [_at(d["curves"][low], p.epochs)[2] - _at(d["curves"][high], p.epochs)[2] for d in seeds]),
+              [at_epoch(d["curves"][low], p.epochs)[2] - at_epoch(d["curves"][high], p.epochs)[2] for d in seeds]),
     ]
-    factors = [_epochs_to_reach(d["curves"][low], _at(d["curves"][high], first)[1], p.epochs) / first for d in seeds]
+    factors = [_epochs_to_reach(d["curves"][low], at_epoch(d["curves"][high], first)[1], p.epochs) / first
+               for d in seeds]
     parts.append(_part(f"lr {low:g} needs more epochs than lr {high:g} to reach its epoch-{first} local score "
                        f"(factor; a curve that never reaches it counts as {p.epochs + p.eval_every_epochs} epochs)",
                        [f - 1 for f in factors]))
     for lr in p.lrs:
-        reach = [_epochs_to_reach(d["curves"][lr], _at(d["curves"][high], first)[1], p.epochs) for d in seeds]
+        reach = [_epochs_to_reach(d["curves"][lr], at_epoch(d["curves"][high], first)[1], p.epochs) for d in seeds]
         rows["epochs to reach the high lr's first-epoch local score"][f"lr {lr:g}"] = _stats(reach)
         rows["local gain, first epoch"][f"lr {lr:g}"] = _stats(
-            [_at(d["curves"][lr], first)[1] - _at(d["curves"][lr], 0)[1] for d in seeds])
+            [at_epoch(d["curves"][lr], first)[1] - at_epoch(d["curves"][lr], 0)[1] for d in seeds])
         rows["global change, last epoch"][f"lr {lr:g}"] = _stats(
-            [_at(d["curves"][lr], p.epochs)[2] - _at(d["curves"][lr], 0)[2] for d in seeds])
+            [at_epoch(d["curves"][lr], p.epochs)[2] - at_epoch(d["curves"][lr], 0)[2] for d in seeds])
     return parts, rows
 
 
@@ -119,10 +125,10 @@ def claim3(s: StudyConfig, seeds: list[dict]) -> tuple[list[dict], dict]:
     parts = [_part(f"{main} loses less global test ROUGE-L than {label}",
                    [a - b for a, b in zip(robust[main], robust[label], strict=True)])
              for label in s.algorithms if label != main]
-    table = {label: {"global before": _stats([_at(d["robustness"][label], 0)[2] for d in seeds]),
+    table = {label: {"global before": _stats([at_epoch(d["robustness"][label], 0)[2] for d in seeds]),
                      "global after (last epoch)": _stats([d["robustness"][label][-1][2] for d in seeds]),
                      "mean global change": _stats(robust[label]),
-                     "local gain (last epoch)": _stats([c[-1][1] - _at(c, 0)[1]
+                     "local gain (last epoch)": _stats([c[-1][1] - at_epoch(c, 0)[1]
                                                         for c in (d["robustness"][label] for d in seeds)]),
                      "prompt row norm": _stats([d["prompt_norm"][label] for d in seeds]),
                      "row shift (last epoch)": _stats([d["shift"][label][0] for d in seeds]),
@@ -168,16 +174,6 @@ def _corner(pts: dict[str, list[tuple[float, float]]], skip_dominated: bool = Fa
     if skip_dominated:
         points = [pt for pt in points if pt == start or pt[0] > start[0] or pt[1] > start[1]]
     return min(x for x, _ in points), min(y for _, y in points)
-
-
-def frontier_points(s: StudyConfig, d: dict) -> dict[str, list[tuple[float, float]]]:
-    p = s.personalize
-    few = d["few"]
-    start = _at(d["curves"][p.lrs[0]], 0)[1:]  # the global prompt
-    plain = [start] + [(loc, glo) for lr in p.lrs for e, loc, glo in d["curves"][lr] if 0 < e <= p.few_epochs]
-    l2 = [start] + [few[f"l2={v:g}"][p.few_epochs][1.0] for v in [0.0, *p.l2_strengths]]
-    interp = [start] + [few["l2=0"][p.few_epochs][r] for r in sorted(few["l2=0"][p.few_epochs])]
-    return {"plain": plain, "l2": l2, "interpolation": interp}
 
 
 def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
@@ -229,7 +225,7 @@ def lr_grid(s: StudyConfig, out: Path, conc: float) -> dict[str, dict[str, dict[
         for lr in arm.lrs:
             path = run_dir(out, label, conc, lr, s.seeds[0]) / "summary.json"
             if path.is_file():
-                summary = _read(path)
+                summary = read_json(path)
                 grid.setdefault(label, {})[f"{lr:g}"] = {"global_val": summary["final_val"].get("rouge_l"),
                                                          "global_test": summary["final"].get("rouge_l")}
     return grid
@@ -243,7 +239,7 @@ def not_trained(s: StudyConfig, out: Path, conc: float, lrs: dict[str, float]) -
         for seed in s.seeds:
             path = run_dir(out, label, conc, lrs[label], seed) / "summary.json"
             if path.is_file():
-                end = _read(path)["final_val"]
+                end = read_json(path)["final_val"]
                 first = _initial_val(path.parent)
                 if first is not None and end.get("rouge_l", 0.0) < first:
                     notes.append(f"{label} at concentration {conc:g}, seed {seed} (lr {lrs[label]:g}): global "
@@ -262,28 +258,16 @@ def _initial_val(run: Path) -> float | None:
 # --- Reading the result files -------------------------------------------------------------------
 
 def load_seed(s: StudyConfig, out: Path, conc: float, seed: int, lrs: dict[str, float]) -> dict | None:
-    """One seed's curves, or None while any of its jobs is unfinished."""
-    p = s.personalize
-    try:
-        runs = {label: run_dir(out, label, conc, lrs[label], seed) for label in s.algorithms}
-        pers = {label: {name: _read(runs[label] / "personalize" / name / "summary.json")
-                        for name in personalize_overrides(s, label)} for label in s.algorithms}
-    except FileNotFoundError:
+    """One seed's curves (``rayfed.study.layout.load_curves``) with each algorithm's prompt row norm
+    and how far personalization moved it, or None while any of its jobs is unfinished."""
+    d = load_curves(s, out, conc, seed, lrs)
+    if d is None:
         return None
-    prompts = {label: load_prompt(runs[label] / "global_prompt.safetensors")[0] for label in s.algorithms}
-    main = pers[p.main_algorithm]
-    few = {}
-    for name, summary in main.items():
-        if name.startswith("few,"):
-            by_epoch: dict[int, dict[float, tuple[float, float]]] = {}
-            for row in summary["curve"]:
-                by_epoch.setdefault(row["epoch"], {})[row["interp_ratio"]] = (row[LOCAL], row[GLOBAL])
-            few[name.removeprefix("few,")] = by_epoch
-    return {"curves": {lr: _curve(main[f"lr={lr:g}"]) for lr in p.lrs},
-            "robustness": {label: _curve(pers[label][f"lr={p.robustness_lr:g}"]) for label in s.algorithms},
-            "few": few, "prompt_norm": {label: prompt_norm(prompts[label]) for label in s.algorithms},
-            "shift": {label: local_prompt_shift(runs[label], prompts[label], pers[label][f"lr={p.robustness_lr:g}"],
-                                                seed) for label in s.algorithms}}
+    prompts = {label: load_prompt(d["runs"][label] / "global_prompt.safetensors")[0] for label in s.algorithms}
+    d["prompt_norm"] = {label: prompt_norm(prompts[label]) for label in s.algorithms}
+    d["shift"] = {label: local_prompt_shift(d["runs"][label], prompts[label], d["robustness_summaries"][label], seed)
+                  for label in s.algorithms}
+    return d
 
 
 def prompt_norm(prompt: torch.Tensor) -> float:
@@ -305,14 +289,6 @@ def local_prompt_shift(run: Path, global_prompt: torch.Tensor, summary: dict, se
             statistics.fmean(x["prompt_shift_relative"] for x in shifts))
 
 
-def _curve(summary: dict) -> Curve:
-    return sorted((r["epoch"], r[LOCAL], r[GLOBAL]) for r in summary["curve"] if r["interp_ratio"] == 1.0)
-
-
-def _at(curve: Curve, epoch: int) -> tuple[int, float, float]:
-    return next(pt for pt in curve if pt[0] == epoch)
-
-
 def _epochs_to_reach(curve: Curve, target: float, epochs: int) -> float:
     """The first evaluated epoch whose local score reaches ``target``; past the end if none."""
     step = curve[1][0] - curve[0][0] if len(curve) > 1 else 1
@@ -320,7 +296,7 @@ def _epochs_to_reach(curve: Curve, target: float, epochs: int) -> float:
 
 
 def _robustness(curve: Curve) -> float:
-    base = _at(curve, 0)[2]
+    base = at_epoch(curve, 0)[2]
     return statistics.fmean(g - base for e, _, g in curve if e > 0)
 
 
@@ -329,6 +305,3 @@ def _stats(values: list[float]) -> dict[str, float | None]:
     return {"mean": statistics.fmean(clean) if clean else None,
             "std": statistics.stdev(clean) if len(clean) > 1 else None, "n": len(clean)}
 
-
-def _read(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))

@@ -17,12 +17,16 @@ import numpy as np
 
 from rayfed.core.selection import pareto_mask
 from rayfed.plots import REF_STYLE, _save, plt
-from rayfed.study.claims import frontier_points, load_seed
-from rayfed.study.config import StudyConfig
-from rayfed.study.runner import selected_lrs
+from rayfed.study.config import StudyConfig, load_study
+from rayfed.study.layout import frontier_points, load_curves, selected_lrs
 
 PLANE = ("local test ROUGE-L (personalization)", "global test ROUGE-L (robustness)")
 METHOD_STYLE = {"plain": ("C7", "o"), "l2": ("C2", "s"), "interpolation": ("C4", "^")}
+
+
+def plot_study_dir(out: Path) -> list[Path]:
+    """The figures of the study in ``out`` (its ``study.yaml``), as ``rayfed plot OUT`` draws them."""
+    return plot_study(load_study(out / "study.yaml"), out)
 
 
 def plot_study(s: StudyConfig, out: Path) -> list[Path]:
@@ -32,7 +36,7 @@ def plot_study(s: StudyConfig, out: Path) -> list[Path]:
             lrs = selected_lrs(s, out, conc)
         except (FileNotFoundError, KeyError):
             continue
-        seeds = [d for seed in s.seeds if (d := load_seed(s, out, conc, seed, lrs)) is not None]
+        seeds = [d for seed in s.seeds if (d := load_curves(s, out, conc, seed, lrs)) is not None]
         if seeds:
             per_conc[conc] = seeds
     if not per_conc:

@@ -34,21 +34,7 @@ from omegaconf import OmegaConf
 
 from rayfed.checkpoint import CHECKPOINT
 from rayfed.study.config import StudyConfig, personalize_overrides, run_config
-
-
-def run_dir(out: Path, label: str, concentration: float, lr: float, seed: int) -> Path:
-    return out / f"c{concentration:g}" / label / f"lr{lr:g}" / f"seed{seed}"
-
-
-def selected_lrs(s: StudyConfig, out: Path, concentration: float) -> dict[str, float]:
-    """Each algorithm's lr for ``concentration``: the only one, or the best on global validation
-    ROUGE-L among the first seed's finished runs (KeyError when one has not finished)."""
-    chosen = {}
-    for label, arm in s.algorithms.items():
-        scores = [_read(run_dir(out, label, concentration, lr, s.seeds[0]) / "summary.json")["final_val"]["rouge_l"]
-                  for lr in arm.lrs] if len(arm.lrs) > 1 else [0.0]
-        chosen[label] = arm.lrs[max(range(len(scores)), key=lambda i: (scores[i], -i))]
-    return chosen
+from rayfed.study.layout import run_dir, selected_lrs
 
 
 @dataclass(frozen=True)
@@ -239,6 +225,3 @@ def estimate_text(recorded: list[dict[str, Any]], left: dict[str, int], parallel
     total = sum(n * (sum(seconds[k]) / len(seconds[k]) if k in seconds else overall) for k, n in left.items())
     return f"; about {total / parallel_runs / 3600:.1f} h left"
 
-
-def _read(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from rayfed.data.sni import load_sni
+from rayfed.data.sources import cap_per_task
 from rayfed.types import Example
 
 
@@ -34,7 +35,7 @@ def test_directory_of_task_files(sni_dir):
 
 
 def test_directory_cap_per_task(sni_dir):
-    examples = load_sni(sni_dir, max_examples_per_task=1)
+    examples = cap_per_task(load_sni(sni_dir), 1)
     assert [(ex.task, ex.target) for ex in examples] == [("task001_toy_answering", "yes"), ("task002_toy_typing", "a")]
 
 
@@ -44,7 +45,7 @@ def test_jsonl_file(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     assert load_sni(path) == [Example(**r) for r in rows]
-    assert [ex.task for ex in load_sni(path, max_examples_per_task=1)] == ["t1", "t2"]
+    assert [ex.task for ex in cap_per_task(load_sni(path), 1)] == ["t1", "t2"]
 
 
 def test_jsonl_bad_line_names_line_and_key(tmp_path):

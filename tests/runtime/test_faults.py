@@ -9,8 +9,8 @@ import ray
 import torch
 
 from rayfed.data.sources import federated_data
+from rayfed.errors import WorkerLostError
 from rayfed.runtime import ray_backend
-from rayfed.runtime.errors import WorkerLostError
 
 pytestmark = pytest.mark.ray
 

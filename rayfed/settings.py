@@ -1,0 +1,112 @@
+"""Small frozen settings, built once from the config at the edge and passed per call.
+
+Nothing below the builders (workers, the driver, local training, the pure core) reads the
+config: each gets only the settings it uses, as one of these records. Each ``from_config``
+takes the config (or its section) it is built from; this module imports only ``rayfed.names``, so
+any layer may use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rayfed.names import GLOBAL_SPLITS, LOCAL_SPLITS
+
+if TYPE_CHECKING:
+    from rayfed.config import AvailabilityConfig, ExperimentConfig, ModelConfig, OptimizerConfig
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """A client, server or personalization optimizer: sgd | adam | adamw."""
+
+    name: str
+    lr: float
+    momentum: float = 0.0  # sgd only
+    weight_decay: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: OptimizerConfig) -> OptimizerSettings:
+        return cls(cfg.name, cfg.lr, cfg.momentum, cfg.weight_decay)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The backbone and how the soft prompt starts (``model:``)."""
+
+    name: str
+    num_virtual_tokens: int
+    prompt_init: str
+    prompt_init_text: str
+    trust_remote_code: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> ModelSettings:
+        return cls(cfg.name, cfg.num_virtual_tokens, cfg.prompt_init, cfg.prompt_init_text, cfg.trust_remote_code)
+
+
+@dataclass(frozen=True)
+class AvailabilitySettings:
+    """Simulated availability (``availability:``; rayfed.core.availability)."""
+
+    dropout: float = 0.0
+    speed_sigma: float = 0.0
+    deadline: float | None = None
+    min_clients: int = 1
+
+    @classmethod
+    def from_config(cls, cfg: AvailabilityConfig) -> AvailabilitySettings:
+        return cls(cfg.dropout, cfg.speed_sigma, cfg.deadline, cfg.min_clients)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a prompt is scored: batch size and the generation limit (``eval:``)."""
+
+    batch_size: int
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a client worker needs besides its model, algorithm and data."""
+
+    seed: int
+    max_source_tokens: int
+    max_target_tokens: int
+    eval: EvalSettings
+    batch_clients: bool = False  # lockstep training and pooled evaluation of the hosted clients
+    max_batch_rows: int = 256
+    use_gpu: bool = False  # a GPU share was requested (used only if torch sees one)
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig) -> WorkerSettings:
+        r = cfg.runtime
+        return cls(cfg.seed, cfg.data.max_source_tokens, cfg.data.max_target_tokens,
+                   EvalSettings(cfg.eval.batch_size, cfg.eval.max_new_tokens), r.batch_clients, r.max_batch_rows,
+                   r.num_gpus_per_worker > 0)
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    """What the driver needs to run rounds and evaluations."""
+
+    seed: int
+    num_clients: int
+    clients_per_round: int
+    server_optimizer: OptimizerSettings
+    availability: AvailabilitySettings
+    local_splits: tuple[str, ...]  # the non-empty ones
+    global_splits: tuple[str, ...]
+    evaluate_clients: bool = True  # also score the global prompt on every client's own splits
+    client_lr: float | None = None  # named in the error when training diverges
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig) -> RoundSettings:
+        p, a = cfg.partition, cfg.algorithm
+        return cls(cfg.seed, p.num_clients, a.clients_per_round, OptimizerSettings.from_config(a.server_optimizer),
+                   AvailabilitySettings.from_config(cfg.availability),
+                   tuple(s for s in LOCAL_SPLITS if (p.val_examples if s == "local_val" else 1) > 0),
+                   tuple(s for s in GLOBAL_SPLITS if (p.global_val_examples if s == "global_val" else 1) > 0),
+                   cfg.eval.local, a.client_optimizer.lr)
