@@ -326,8 +326,15 @@ def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
 
 
 def validate(cfg: ExperimentConfig) -> None:
-    """Cross-field and range checks that types alone cannot express."""
-    m, d, p, a, e, r = cfg.model, cfg.data, cfg.partition, cfg.algorithm, cfg.eval, cfg.runtime
+    """Cross-field and range checks that types alone cannot express, section by section."""
+    for check in (_validate_model_and_data, _validate_partition, _validate_algorithm, _validate_availability,
+                  _validate_eval, _validate_personalize, _validate_runtime, _validate_outputs):
+        check(cfg)
+
+
+def _validate_model_and_data(cfg: ExperimentConfig) -> None:
+    """The ``model:`` and ``data:`` sections."""
+    m, d = cfg.model, cfg.data
     _check(m.num_virtual_tokens >= 1, "model.num_virtual_tokens", "must be >= 1")
     _choice("model.prompt_init", m.prompt_init, PROMPT_INITS)
     _choice("data.source", d.source, DATA_SOURCES)
@@ -336,6 +343,10 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(d.max_source_tokens >= 1, "data.max_source_tokens", "must be >= 1")
     _check(d.max_target_tokens >= 2, "data.max_target_tokens", "must be >= 2 (target + EOS)")
 
+
+def _validate_partition(cfg: ExperimentConfig) -> None:
+    """The ``partition:`` section."""
+    p = cfg.partition
     _check(p.num_clients >= 1, "partition.num_clients", "must be >= 1")
     _choice("partition.scheme", p.scheme, PARTITION_SCHEMES)
     _choice("partition.unit", p.unit, PARTITION_UNITS)
@@ -348,6 +359,10 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(p.global_test_examples >= 1, "partition.global_test_examples", "must be >= 1")
     _check(p.global_val_examples >= 0, "partition.global_val_examples", "must be >= 0")
 
+
+def _validate_algorithm(cfg: ExperimentConfig) -> None:
+    """The ``algorithm:`` section and its optimizers."""
+    p, a = cfg.partition, cfg.algorithm
     _choice("algorithm.name", a.name, ALGORITHM_NAMES)
     _check(a.rounds >= 1, "algorithm.rounds", "must be >= 1")
     _check(1 <= a.clients_per_round <= p.num_clients, "algorithm.clients_per_round",
@@ -364,6 +379,10 @@ def validate(cfg: ExperimentConfig) -> None:
         _check(0 <= opt.momentum < 1, f"{key}.momentum", "must be in [0, 1)")
         _check(opt.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
 
+
+def _validate_availability(cfg: ExperimentConfig) -> None:
+    """The ``availability:`` section."""
+    a = cfg.algorithm
     v = cfg.availability
     _check(0 <= v.dropout < 1, "availability.dropout", "must be in [0, 1)")
     _check(v.speed_sigma >= 0, "availability.speed_sigma", "must be >= 0")
@@ -371,10 +390,17 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(1 <= v.min_clients <= a.clients_per_round, "availability.min_clients",
            f"must be between 1 and algorithm.clients_per_round ({a.clients_per_round})")
 
+
+def _validate_eval(cfg: ExperimentConfig) -> None:
+    """The ``eval:`` section."""
+    e = cfg.eval
     _check(e.eval_every >= 1, "eval.eval_every", "must be >= 1")
     _check(e.batch_size >= 1, "eval.batch_size", "must be >= 1")
     _check(e.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
 
+
+def _validate_personalize(cfg: ExperimentConfig) -> None:
+    """The ``personalize:`` section."""
     z = cfg.personalize
     _check(z.local_epochs >= 1, "personalize.local_epochs", "must be >= 1")
     _check(z.eval_every_epochs >= 1, "personalize.eval_every_epochs", "must be >= 1")
@@ -394,6 +420,10 @@ def validate(cfg: ExperimentConfig) -> None:
         _check(0.0 <= ratio <= 1.0, "personalize.interp_ratios", f"every ratio must be in [0, 1], got {ratio}")
     _check(len(set(z.interp_ratios)) == len(z.interp_ratios), "personalize.interp_ratios", "has duplicates")
 
+
+def _validate_runtime(cfg: ExperimentConfig) -> None:
+    """The ``runtime:`` section."""
+    p, r = cfg.partition, cfg.runtime
     _choice("runtime.executor", r.executor, EXECUTORS)
     _check(r.num_workers is None or 1 <= r.num_workers <= p.num_clients, "runtime.num_workers",
            f"must be between 1 and partition.num_clients ({p.num_clients}), or null (one per client)")
@@ -406,12 +436,14 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(r.num_cpus_driver > 0, "runtime.num_cpus_driver", "must be > 0")
     _check(r.torch_threads >= 1, "runtime.torch_threads", "must be >= 1")
 
+
+def _validate_outputs(cfg: ExperimentConfig) -> None:
+    """The ``checkpoint:``, ``logging:`` and ``tune:`` sections."""
     _check(cfg.checkpoint.every >= 1, "checkpoint.every", "must be >= 1")
     w = cfg.logging.wandb
     _check(w.mode is None or w.mode in WANDB_MODES, "logging.wandb.mode",
            f"{w.mode!r} is not one of {', '.join(WANDB_MODES)} (or null)")
     validate_tune(cfg.tune)
-
 
 def warn_unstable_l2(opt: OptimizerConfig, strength: float) -> None:
     """Warn when plain SGD cannot hold the l2 pull: its step scales the prompt's offset from the

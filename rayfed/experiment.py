@@ -33,7 +33,7 @@ from rayfed.config import ConfigError, ExperimentConfig, load_config, to_yaml
 from rayfed.data.sources import federated_data
 from rayfed.errors import UserError
 from rayfed.loggers import MetricLogger, build_loggers, log_round
-from rayfed.metrics import METRICS
+from rayfed.names import EVAL, METRICS, metric_key
 from rayfed.personalization import EpochCallback, PersonalizeSettings, personalize, score_reference
 from rayfed.runtime.session import open_driver
 from rayfed.types import RoundResult
@@ -70,20 +70,7 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
     """
     started = time.perf_counter()
     out = Path(cfg.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"key 'output_dir': cannot create {out} ({err.strerror or err})") from None
-    if not os.access(out, os.W_OK):
-        raise UserError(f"key 'output_dir': {out} is not writable")
-    checkpoint = out / CHECKPOINT
-    if resume:
-        done, state, record = load_run_state(checkpoint)
-    else:
-        if not overwrite and ((out / "summary.json").exists() or checkpoint.exists()):
-            raise RunExistsError(f"{out} already holds a run: continue it with `rayfed resume {out}`, choose "
-                                 f"another output_dir, or start over with --overwrite")
-        done, state, record = 0, {}, {}
+    done, state, record = _open_output(out, resume=resume, overwrite=overwrite)
 
     # --- Data: load and partition once, here; shards travel to the workers once. Bad data or a
     # bad model fails here and in open_driver, before anything in output_dir is touched.
@@ -105,17 +92,7 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
             else:
                 initial = final = driver.evaluate(0)
                 log_round(loggers, initial)
-            for round_idx in range(done + 1, cfg.algorithm.rounds + 1):
-                result = driver.run_round(round_idx)
-                evaluation = None
-                if round_idx % cfg.eval.eval_every == 0 or round_idx == cfg.algorithm.rounds:
-                    evaluation = final = driver.evaluate(round_idx)
-                log_round(loggers, result, evaluation)
-                save_prompt(out / "global_prompt.safetensors", driver.global_prompt(),
-                            {"round": str(round_idx), "config": cfg.name})
-                if round_idx % cfg.checkpoint.every == 0 or round_idx == cfg.algorithm.rounds:
-                    save_run_state(checkpoint, round_idx, driver.state(),
-                                   {"initial": asdict(initial), "final": asdict(final)})
+            final = _train_rounds(cfg, driver, loggers, out, first=done + 1, initial=initial, final=final)
 
             # --- Personalization (optional): the same phase `rayfed personalize` runs on a finished run.
             personal = None
@@ -128,7 +105,53 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
                 logger.close()
 
     # --- Results.
-    summary = {
+    summary = _run_summary(cfg, initial, final, time.perf_counter() - started)
+    if personal is not None:
+        summary["personalization"] = personal
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return summary
+
+
+def _open_output(out: Path, *, resume: bool, overwrite: bool) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
+    """Check that ``out`` can be written and holds no run (unless resuming or overwriting); return
+    the checkpoint's ``(round, driver state, record)`` when resuming, else a fresh start."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"key 'output_dir': cannot create {out} ({err.strerror or err})") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"key 'output_dir': {out} is not writable")
+    checkpoint = out / CHECKPOINT
+    if resume:
+        return load_run_state(checkpoint)
+    if not overwrite and ((out / "summary.json").exists() or checkpoint.exists()):
+        raise RunExistsError(f"{out} already holds a run: continue it with `rayfed resume {out}`, choose "
+                             f"another output_dir, or start over with --overwrite")
+    return 0, {}, {}
+
+
+def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger], out: Path, *, first: int,
+                  initial: RoundResult, final: RoundResult) -> RoundResult:
+    """Rounds ``first`` to the last: train, evaluate every ``eval.eval_every`` rounds (and the last),
+    log, save the global prompt, checkpoint. Returns the last evaluation."""
+    for round_idx in range(first, cfg.algorithm.rounds + 1):
+        result = driver.run_round(round_idx)
+        evaluation = None
+        if round_idx % cfg.eval.eval_every == 0 or round_idx == cfg.algorithm.rounds:
+            evaluation = final = driver.evaluate(round_idx)
+        log_round(loggers, result, evaluation)
+        save_prompt(out / "global_prompt.safetensors", driver.global_prompt(),
+                    {"round": str(round_idx), "config": cfg.name})
+        if round_idx % cfg.checkpoint.every == 0 or round_idx == cfg.algorithm.rounds:
+            save_run_state(out / CHECKPOINT, round_idx, driver.state(),
+                           {"initial": asdict(initial), "final": asdict(final)})
+    return final
+
+
+def _run_summary(cfg: ExperimentConfig, initial: RoundResult, final: RoundResult, seconds: float) -> dict[str, Any]:
+    """summary.json of a run: the global test scores before and after, the final validation and
+    local scores, each client's final scores."""
+    return {
         "name": cfg.name,
         "rounds": cfg.algorithm.rounds,
         "initial": _scores(initial, "global_test"),
@@ -136,12 +159,8 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
         "final_val": _scores(final, "global_val"),
         "final_local": {k: v for k, v in final.metrics.items() if k.startswith("eval/local_")},
         "clients": {str(cid): m for cid, m in final.client_metrics.items()},
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
     }
-    if personal is not None:
-        summary["personalization"] = personal
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-    return summary
 
 
 def resume_experiment(run_dir: str | Path, overrides: list[str] | None = None,
@@ -316,4 +335,5 @@ def _result(record: dict[str, Any]) -> RoundResult:
 
 
 def _scores(result: RoundResult, split: str) -> dict[str, float]:
-    return {k: result.metrics[f"eval/{split}/{k}"] for k in METRICS if f"eval/{split}/{k}" in result.metrics}
+    names = {m: metric_key(split, m, phase=EVAL) for m in METRICS}
+    return {m: result.metrics[name] for m, name in names.items() if name in result.metrics}

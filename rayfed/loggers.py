@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from rayfed.config import ExperimentConfig
+from rayfed.names import EVAL, PERSONALIZE, metric_key
 from rayfed.types import RoundResult
 
 
@@ -45,13 +46,13 @@ class JsonlLogger:
 class ConsoleLogger:
     """One progress line per round and per personalization curve row."""
 
-    SHOWN = (("train/loss", "train_loss"), ("eval/global_test/loss", "loss"),
-             ("eval/global_test/exact_match", "em"), ("eval/global_test/rouge_l", "rougeL"),
-             ("eval/global_val/rouge_l", "val_rougeL"), ("eval/local_test/rouge_l_mean", "local_rougeL"))
-    PERSONAL = (("personalize/local_val/rouge_l_mean", "local_val"),
-                ("personalize/global_val/rouge_l_mean", "global_val"),
-                ("personalize/local_test/rouge_l_mean", "local_test"),
-                ("personalize/global_test/rouge_l_mean", "global_test"))
+    SHOWN = (("train/loss", "train_loss"), (metric_key("global_test", "loss", phase=EVAL), "loss"),
+             (metric_key("global_test", "exact_match", phase=EVAL), "em"),
+             (metric_key("global_test", "rouge_l", phase=EVAL), "rougeL"),
+             (metric_key("global_val", "rouge_l", phase=EVAL), "val_rougeL"),
+             (metric_key("local_test", "rouge_l", "mean", EVAL), "local_rougeL"))
+    PERSONAL = tuple((metric_key(split, "rouge_l", "mean", PERSONALIZE), split)
+                     for split in ("local_val", "global_val", "local_test", "global_test"))
 
     def __init__(self, total_rounds: int, stream: TextIO = sys.stdout):
         self.total_rounds = total_rounds

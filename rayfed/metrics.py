@@ -9,7 +9,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from rayfed.names import GLOBAL_SPLITS, LOCAL_SPLITS, METRICS, SPLITS, STATS  # noqa: F401 - re-exported
+from rayfed.names import METRICS
 
 
 def summarize_clients(per_client: dict[int, dict[str, float]], prefix: str) -> dict[str, float]:

@@ -18,7 +18,7 @@ SPLITS = LOCAL_SPLITS + GLOBAL_SPLITS
 EVAL, PERSONALIZE = "eval", "personalize"  # the phases that score prompts
 
 
-def key(split: str, metric: str, stat: str | None = None, phase: str | None = None) -> str:
+def metric_key(split: str, metric: str, stat: str | None = None, phase: str | None = None) -> str:
     """``[{phase}/]{split}/{metric}[_{stat}]``."""
     name = f"{split}/{metric}" + (f"_{stat}" if stat else "")
     return f"{phase}/{name}" if phase else name
@@ -37,7 +37,7 @@ def objectives_of(row: dict) -> dict[str, float]:
     """The flat report names from a curve row (``local_val/rouge_l_mean`` -> ``local_val_rouge_l``)."""
     out = {}
     for split in ("local_val", "global_val", "local_test", "global_test"):
-        name = key(split, "rouge_l", "mean")
+        name = metric_key(split, "rouge_l", "mean")
         if name in row:
             out[objective(split)] = float(row[name])
     return out

@@ -26,15 +26,16 @@ from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from rayfed.names import EVAL, METRICS, SPLITS, metric_key, objective  # noqa: E402
+
 DPI = 120
-SPLITS = ("local_val", "local_test", "global_val", "global_test")
-METRICS = ("loss", "exact_match", "rouge_l")
 SPLIT_STYLE = {"val": "-", "test": "--"}  # validation solid, test dashed, everywhere
 REF_STYLE = {"marker": "*", "s": 220, "edgecolors": "black", "zorder": 6}
 ROUND_SERIES = [  # (metrics.jsonl key, label, color, line style): global blue, local orange
-    ("eval/global_test/rouge_l", "global test", "C0", "-"), ("eval/global_val/rouge_l", "global val", "C0", "--"),
-    ("eval/local_test/rouge_l_mean", "local test (client mean)", "C1", "-"),
-    ("eval/local_val/rouge_l_mean", "local val (client mean)", "C1", "--"),
+    (metric_key("global_test", "rouge_l", phase=EVAL), "global test", "C0", "-"),
+    (metric_key("global_val", "rouge_l", phase=EVAL), "global val", "C0", "--"),
+    (metric_key("local_test", "rouge_l", "mean", EVAL), "local test (client mean)", "C1", "-"),
+    (metric_key("local_val", "rouge_l", "mean", EVAL), "local val (client mean)", "C1", "--"),
 ]
 SEL_STYLE = {"s": 260, "facecolors": "none", "edgecolors": "red", "linewidths": 2, "zorder": 7}
 
@@ -82,12 +83,13 @@ def plot_run(run_dir: Path) -> list[Path]:
         return []
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (metric, specs) in zip(axes[0], panels):
-        for key, label, color, ls in specs:
-            x, y = _series(rows, key)
+        for key_, label, color, ls in specs:
+            x, y = _series(rows, key_)
             if x.size:
                 ax.plot(x, y, ls, color=color, label=label, marker="o" if x.size <= 30 else None, ms=3)
-            if key == "eval/local_test/rouge_l_mean" and _series(rows, key, "eval/local_test/rouge_l_p10")[0].size:
-                ax.fill_between(*_series(rows, key, "eval/local_test/rouge_l_p10"), color=color, alpha=0.18, lw=0,
+            p10 = key_.replace("_mean", "_p10")
+            if key_ == metric_key("local_test", "rouge_l", "mean", EVAL) and _series(rows, key_, p10)[0].size:
+                ax.fill_between(*_series(rows, key_, p10), color=color, alpha=0.18, lw=0,
                                 label="local test p10 to mean")
         ax.set(xlabel="round", ylabel=metric, title=f"{metric} over rounds")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -115,13 +117,13 @@ def plot_personalization(pers_dir: Path) -> list[Path]:
     summary = _read_json(pers_dir / "summary.json")
     records = _read_jsonl(pers_dir / "personalization.jsonl") if (pers_dir / "personalization.jsonl").is_file() else []
     curve = [p for p in summary.get("curve") or _curve_from_records(records) if _finite(p.get("interp_ratio"))]
-    splits = [s for s in ("val", "test") if any(f"local_{s}/rouge_l_mean" in p for p in curve)]
+    splits = [s for s in ("val", "test") if any(metric_key(f"local_{s}", "rouge_l", "mean") in p for p in curve)]
     if not splits:
         return []
     ref, sel, name = summary.get("reference") or {}, summary.get("selected"), summary.get("name") or pers_dir.name
     ratios = sorted({p["interp_ratio"] for p in curve})
     color = {r: plt.get_cmap("viridis")(0.85 * i / max(len(ratios) - 1, 1)) for i, r in enumerate(ratios)}
-    local, glob = "local_{s}/rouge_l_mean", "global_{s}/rouge_l_mean"
+    local, glob = metric_key("local_{s}", "rouge_l", "mean"), metric_key("global_{s}", "rouge_l", "mean")
     handles = [Line2D([], [], color=color[r], marker="o", label=f"ratio {r:g}") for r in ratios]
     handles += [Line2D([], [], color="0.3", ls=SPLIT_STYLE[s], label=s) for s in splits]
 
@@ -193,8 +195,8 @@ def plot_search(search_dir: Path) -> list[Path]:
     if (search_dir / "results.csv").is_file():
         with open(search_dir / "results.csv", newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-    split = "test" if rows and not any(_finite(_num(r.get("local_val_rouge_l"))) for r in rows) else "val"
-    lx, gy = f"local_{split}_rouge_l", f"global_{split}_rouge_l"
+    split = "test" if rows and not any(_finite(_num(r.get(objective("local_val")))) for r in rows) else "val"
+    lx, gy = objective(f"local_{split}"), objective(f"global_{split}")
     pts = [r for r in rows if _finite(_num(r.get(lx))) and _finite(_num(r.get(gy)))]
     ref = meta.get("reference") or {}
     if not pts and not ref:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rayfed.config import ExperimentConfig
+from rayfed.names import OBJECTIVES, metric_key
 
 SPLIT_COLUMNS = (("local_val", 11), ("global_val", 12), ("local_test", 12), ("global_test", 13))
 
@@ -48,8 +49,8 @@ def print_personalization(summary: dict[str, Any], run_dir: Path) -> None:
     print(header)
 
     def line(label: str, row: dict[str, Any]) -> str:
-        return label + "".join(f"{row[f'{s}/rouge_l_mean']:>{w}.4f}" if f"{s}/rouge_l_mean" in row else f"{'-':>{w}}"
-                               for s, w in SPLIT_COLUMNS)
+        cells = [(row.get(metric_key(s, "rouge_l", "mean")), w) for s, w in SPLIT_COLUMNS]
+        return label + "".join(f"{v:>{w}.4f}" if v is not None else f"{'-':>{w}}" for v, w in cells)
 
     print(line(f"{'global prompt':>12}", summary["reference"]))
     for row in summary["curve"]:
@@ -73,8 +74,7 @@ def print_search(summary: dict[str, Any], output_dir: Path) -> None:
     for row in rows:
         if row["pareto"]:
             print("  ".join(f"{_short(row[p]):>{len(p)}}" for p in params)
-                  + "".join(f"{row.get(k, float('nan')):>11.4f}" for k in
-                            ("local_val_rouge_l", "global_val_rouge_l", "local_test_rouge_l", "global_test_rouge_l")))
+                  + "".join(f"{row.get(k, float('nan')):>11.4f}" for k in OBJECTIVES))
     if summary.get("selected"):
         s = summary["selected"]
         print(f"selected ({summary['rule']}): " + ", ".join(f"{p}={_short(s[p])}" for p in params))

@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from rayfed.config import ConfigError, ExperimentConfig, SpaceParam, load_config, to_yaml
 from rayfed.core.selection import pareto_mask, rule_text, select_best
 from rayfed.experiment import load_finished_run, run_experiment, run_personalization
+from rayfed.names import EVAL, GLOBAL_SPLITS, GLOBAL_VAL, LOCAL_VAL, OBJECTIVES, SPLITS, metric_key, objectives_of
 from rayfed.runtime.placement import check_bundles_fit, run_bundles
 
 # The design card's search: l2 strength on a log grid that includes 0, x interpolation ratio.
@@ -37,8 +38,7 @@ DEFAULT_SPACE = {
     "personalize.interp_ratios": SpaceParam("grid", [0.25, 0.5, 0.75, 1.0]),
 }
 RATIO_KEY = "personalize.interp_ratios"
-LOCAL, GLOBAL = "local_val_rouge_l", "global_val_rouge_l"
-OBJECTIVES = (LOCAL, GLOBAL, "local_test_rouge_l", "global_test_rouge_l")
+LOCAL, GLOBAL = LOCAL_VAL, GLOBAL_VAL
 
 
 class SearchInterrupted(RuntimeError):
@@ -152,9 +152,9 @@ def _trainable(cfg: ExperimentConfig, out: Path, base_run: Path | None):
 
         def report(epoch: int, rows: list[dict[str, Any]]) -> None:
             if epoch == 0:  # every ratio is still the global prompt: the un-personalized reference
-                reference.update({f"reference/{k}": v for k, v in _objectives(rows[0]).items()})
+                reference.update({f"reference/{k}": v for k, v in objectives_of(rows[0]).items()})
             structured = {f"personalize/{k}": v for k, v in rows[0].items() if "/" in k}
-            tune.report({"epoch": epoch, **structured, **_objectives(rows[0]), **reference})
+            tune.report({"epoch": epoch, **structured, **objectives_of(rows[0]), **reference})
 
         # The search config's personalization settings on top of the base run's, then the trial's.
         inherited = [o for o in base_overrides if o.startswith(PERSONALIZE_OVERRIDABLE)]
@@ -185,36 +185,26 @@ class _RoundReporter:
     def log(self, event: dict[str, Any]) -> None:
         from ray import tune
 
-        if event.get("event") == "round" and "eval/global_val/rouge_l" in event:
+        if event.get("event") == "round" and metric_key("global_val", "rouge_l", phase=EVAL) in event:
             tune.report({"round": event["round"], **{k: v for k, v in event.items() if k.startswith("eval/")},
-                         **_objectives(_round_row(event))})
+                         **objectives_of(_round_row(event))})
         elif (event.get("event") == "personalize" and event["epoch"] == self.cfg.personalize.local_epochs
               and event["interp_ratio"] == self.cfg.personalize.interp_ratios[0]):
             row = {k.removeprefix("personalize/"): v for k, v in event.items()}
-            tune.report({"round": self.cfg.algorithm.rounds, "epoch": event["epoch"], **_objectives(row)})
+            tune.report({"round": self.cfg.algorithm.rounds, "epoch": event["epoch"], **objectives_of(row)})
 
     def close(self) -> None:
         pass
 
 
 def _round_row(event: dict[str, Any]) -> dict[str, float]:
-    """A round event in the curve rows' terms: the global prompt's score per split."""
-    row = {}
-    for split in ("local_val", "local_test"):
-        row[f"{split}/rouge_l_mean"] = event.get(f"eval/{split}/rouge_l_mean", math.nan)
-    for split in ("global_val", "global_test"):
-        row[f"{split}/rouge_l_mean"] = event.get(f"eval/{split}/rouge_l", math.nan)
-    return row
+    """A round event in the curve rows' terms: the global prompt's score per split (a client mean
+    on the clients' own splits, one score on the global sets)."""
+    def stat(split: str) -> str | None:
+        return None if split in GLOBAL_SPLITS else "mean"
 
-
-def _objectives(row: dict[str, Any]) -> dict[str, float]:
-    """The fixed report names from a curve row: ``local_val/rouge_l_mean`` -> ``local_val_rouge_l``."""
-    out = {}
-    for name in OBJECTIVES:
-        key = f"{name.removesuffix('_rouge_l')}/rouge_l_mean"
-        if key in row:
-            out[name] = float(row[key])
-    return out
+    return {metric_key(split, "rouge_l", "mean"): event.get(metric_key(split, "rouge_l", stat(split), EVAL), math.nan)
+            for split in SPLITS}
 
 
 GRID = "grid"  # the one Tune key holding every grid point, in rayfed's order

@@ -11,6 +11,9 @@ from pathlib import Path
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
 
 from rayfed.config import ExperimentConfig, load_config  # noqa: E402
@@ -55,3 +58,26 @@ def ray_session():
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
     yield ray
     ray.shutdown()
+
+
+# A meta-path finder that makes torch, Ray and the model stack unimportable in a subprocess.
+BLOCK_HEAVY = ("import sys\n"
+               "class Block:\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] in ('torch', 'ray', 'transformers', 'peft'):\n"
+               "            raise ImportError(f'{name} is blocked in this test')\n"
+               "sys.meta_path.insert(0, Block())\n")
+
+
+@pytest.fixture
+def plot_without_torch_or_ray():
+    """``plot(PATH)``: ``rayfed plot PATH`` in a process where torch and Ray cannot be imported; the
+    PNGs it printed."""
+
+    def plot(path: Path) -> list[str]:
+        code = BLOCK_HEAVY + f"from rayfed.cli import main\nsys.exit(main(['plot', {str(path)!r}]))\n"
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    return plot

@@ -10,7 +10,7 @@ from rayfed.checkpoint import load_local_prompts, load_prompt
 from rayfed.cli import main
 from rayfed.config import ConfigError
 from rayfed.experiment import personalization_driver, run_experiment, run_personalization
-from rayfed.metrics import SPLITS
+from rayfed.names import SPLITS
 
 WITH_VAL = ["runtime.executor=local", "partition.val_examples=4", "partition.global_val_examples=8"]
 ADAM = ["personalize.local_epochs=3", "personalize.optimizer.name=adam", "personalize.optimizer.lr=0.05"]

@@ -171,3 +171,14 @@ def test_plots_import_neither_torch_nor_ray(tmp_path):
             f"p.plot_path(Path({str(tmp_path / 'run')!r})); p.plot_path(Path({str(tmp_path / 'search')!r})); "
             f"assert 'torch' not in sys.modules and 'ray' not in sys.modules, 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+
+def test_rayfed_plot_needs_neither_torch_nor_ray(tmp_path, plot_without_torch_or_ray):
+    write_run(tmp_path / "run")
+    write_personalization(tmp_path / "run" / "personalize" / "a", epochs=2, ratios=(0.0, 1.0))
+    write_personalization(tmp_path / "pers", epochs=2, ratios=(0.0, 1.0))
+    write_search(tmp_path / "search", trials=6)
+    assert {Path(p).name for p in plot_without_torch_or_ray(tmp_path / "run")} >= {"rounds.png", "curves.png"}
+    assert {Path(p).name for p in plot_without_torch_or_ray(tmp_path / "pers")} >= {"curves.png"}
+    assert [Path(p).name for p in plot_without_torch_or_ray(tmp_path / "search")] == ["pareto.png"]

@@ -12,7 +12,8 @@ import pytest
 from rayfed.cli import main
 from rayfed.study.claims import _part, claim4, hypervolume, verdict
 from rayfed.study.config import load_study, personalize_overrides
-from rayfed.study.runner import estimate_text, run_dir
+from rayfed.study.layout import run_dir
+from rayfed.study.runner import estimate_text
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "study" / "tiny.yaml"
@@ -273,3 +274,9 @@ def test_parallel_runs_are_ray_tasks_with_the_same_numbers(ray_session, tmp_path
         mine, theirs = (json.loads(p.read_text()) for p in (path, seq / path.relative_to(par)))
         mine.pop("seconds"), theirs.pop("seconds")
         assert mine == theirs, path
+
+
+def test_rayfed_plot_on_a_study_needs_neither_torch_nor_ray(study, plot_without_torch_or_ray):
+    _, out = study
+    assert sorted(Path(p).name for p in plot_without_torch_or_ray(out)) == ["curves.png", "frontier.png",
+                                                                          "robustness.png"]

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-LOCAL_VAL = "local_val/rouge_l_mean"
-GLOBAL_VAL = "global_val/rouge_l_mean"
+from rayfed.names import metric_key
+
+LOCAL_VAL = metric_key("local_val", "rouge_l", "mean")
+GLOBAL_VAL = metric_key("global_val", "rouge_l", "mean")
 
 
 def rule_text(tolerance: float, local_key: str = LOCAL_VAL, global_key: str = GLOBAL_VAL) -> str:

@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rayfed.names import metric_key
 from rayfed.study.config import StudyConfig, personalize_overrides
 
-LOCAL, GLOBAL = "local_test/rouge_l_mean", "global_test/rouge_l_mean"
+LOCAL, GLOBAL = metric_key("local_test", "rouge_l", "mean"), metric_key("global_test", "rouge_l", "mean")
 Curve = list[tuple[int, float, float]]  # (epoch, local, global), ratio 1
 
 

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 
@@ -16,8 +18,14 @@ def test_weighted_mean_matches_hand_computed_value():
 
 
 def test_aggregation_ignores_arrival_order():
-    ups = [ClientUpdate(c, torch.randn(3, 5), n, 0.0) for c, n in [(2, 10), (0, 3), (1, 7)]]
-    assert torch.equal(aggregate_updates(ups), aggregate_updates(list(reversed(ups))))
+    """Float addition is not associative: with a large and a small delta, the sum depends on the
+    order it is taken in (1/3 survives only if it is added after the large terms cancel), so any
+    arrival order must give the client-id order's result bit for bit."""
+    deltas = {0: 1.0, 1: 1e17, 2: -1e17}
+    ups = {c: ClientUpdate(c, torch.tensor([d], dtype=torch.float64), 1, 0.0) for c, d in deltas.items()}
+    results = [aggregate_updates([ups[c] for c in order]) for order in itertools.permutations(ups)]
+    assert len({r.item() for r in results}) == 1
+    assert torch.equal(results[0], aggregate_updates([ups[0], ups[1], ups[2]]))
 
 
 def test_weighted_mean_rejects_empty_and_zero_weights():
