@@ -295,6 +295,28 @@ def _finish(merged: DictConfig, overrides: list[str] | None) -> ExperimentConfig
     return cfg
 
 
+def replace_keys(cfg: ExperimentConfig, values: dict[str, Any]) -> ExperimentConfig:
+    """``cfg`` with dotted keys set to typed values (a Tune trial's sample, the keys a search
+    phase fixes), coerced to each key's schema type and checked like a loaded config; no strings
+    are parsed. ``cfg`` itself is left as it was.
+
+    Raises:
+        ConfigError: naming the key for an unknown key, a wrong type or an inconsistent value.
+    """
+    node: DictConfig = OmegaConf.structured(cfg)
+    for key, value in values.items():
+        try:
+            OmegaConf.update(node, key, value, merge=False)
+        except OmegaConfBaseException as err:
+            raise ConfigError(_describe(err, f"key {key!r} = {value!r}")) from None
+    try:
+        out: ExperimentConfig = OmegaConf.to_object(node)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        raise ConfigError(_describe(err, "config")) from None
+    validate(out)
+    return out
+
+
 def to_yaml(cfg: ExperimentConfig) -> str:
     """The fully resolved config as YAML (written to ``output_dir/config.yaml``)."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -197,7 +197,17 @@ def run_personalization(run_dir: str | Path, overrides: list[str] | None = None,
     if driver is not None:
         _check_overridable(overrides or [], SHARED_DRIVER_OVERRIDABLE, "personalizing on a shared driver")
     cfg, global_prompt = load_finished_run(run_dir, overrides or [])
-    name = cfg.personalize.name or _name_from(overrides or [])
+    return personalize_run(run_dir, cfg, global_prompt, cfg.personalize.name or _name_from(overrides or []), loggers,
+                           prompt_cache=prompt_cache, on_epoch=on_epoch, driver=driver)
+
+
+def personalize_run(run_dir: str | Path, cfg: ExperimentConfig, global_prompt: torch.Tensor, name: str,
+                    loggers: list[MetricLogger] | None = None, *, prompt_cache: Path | None = None,
+                    on_epoch: EpochCallback | None = None, driver: Any = None) -> dict[str, Any]:
+    """Personalize a finished run already loaded (``load_finished_run``): ``cfg`` is its config
+    with this personalization's settings (a Tune trial sets them with ``replace_keys``), the
+    results go to ``run_dir/personalize/<name>/``. The other arguments are
+    :func:`run_personalization`'s."""
     # Without a shared driver, this call's own workers (the same seed and config: the run's shards).
     own = open_driver(cfg, federated_data(cfg)) if driver is None else nullcontext(driver)
     with own as driver:

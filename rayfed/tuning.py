@@ -21,14 +21,15 @@ import csv
 import itertools
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from rayfed.config import ConfigError, ExperimentConfig, SpaceParam, load_config, to_yaml
+from rayfed.config import ConfigError, ExperimentConfig, SpaceParam, TuneConfig, replace_keys, to_yaml
 from rayfed.core.selection import pareto_mask, rule_text, select_best
-from rayfed.experiment import load_finished_run, run_experiment, run_personalization
+from rayfed.experiment import load_finished_run, personalize_run, run_experiment
 from rayfed.names import EVAL, GLOBAL_SPLITS, GLOBAL_VAL, LOCAL_VAL, OBJECTIVES, SPLITS, metric_key, objectives_of
 from rayfed.runtime.placement import check_bundles_fit, run_bundles
 
@@ -61,7 +62,10 @@ def run_search(cfg: ExperimentConfig, *, resume: bool = False) -> dict[str, Any]
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     start_ray(cfg.ray)
-    base_run = prepare_base_run(cfg, out) if t.kind == "personalize" else None
+    base_run = None
+    if t.kind == "personalize":
+        base = prepare_base_run(cfg, out)
+        base_run = (base, *load_finished_run(base, []))
     resources = run_bundles(cfg, cfg.tune.cpus_per_trial)
     check_bundles_fit(cfg, resources, ray.cluster_resources(), "one trial", "tune.cpus_per_trial")
 
@@ -91,7 +95,7 @@ def check_space(cfg: ExperimentConfig, space: dict[str, SpaceParam]) -> None:
         values = param.values if param.values else [param.low, param.high]
         for value in values:
             try:
-                load_config(None, [*_overrides(cfg), *_trial_overrides(cfg, {key: value})])
+                replace_keys(_shared(cfg), trial_values(cfg, {key: value}))
             except ConfigError as err:
                 raise ConfigError(f"tune.space.{key}: value {value!r} does not apply: {err}") from None
     if cfg.tune.kind == "personalize":
@@ -119,30 +123,33 @@ def prepare_base_run(cfg: ExperimentConfig, out: Path) -> Path:
     try:
         load_finished_run(base, [])
     except (FileNotFoundError, ConfigError):
-        base_cfg = load_config(None, [*_overrides(cfg), f"output_dir={base}", "personalize.enabled=false",
-                                      "logging.wandb.enabled=false"])
+        base_cfg = replace_keys(_shared(cfg), {"output_dir": str(base), "personalize.enabled": False,
+                                               "logging.wandb.enabled": False})
         run_experiment(base_cfg)
     return base
 
 
-def _trainable(cfg: ExperimentConfig, out: Path, base_run: Path | None):
-    """The function each trial runs; it reports through ``tune.report`` under fixed names."""
-    from rayfed.experiment import PERSONALIZE_OVERRIDABLE
-
-    base_overrides = _overrides(cfg)
+def _trainable(cfg: ExperimentConfig, out: Path, base_run: tuple[Path, ExperimentConfig, Any] | None):
+    """The function each trial runs; it reports through ``tune.report`` under fixed names. Its
+    config is built from typed objects (``replace_keys``): the search's config for a federation
+    trial; for a personalize trial the base run's (``base_run``: its directory, config and global
+    prompt, loaded once) with the search's personalize/eval/runtime/ray/logging sections."""
     search_name = cfg.name
+    if base_run is not None:
+        base_dir, run_cfg, global_prompt = base_run
+        inherited = replace(run_cfg, personalize=cfg.personalize, eval=cfg.eval, runtime=cfg.runtime, ray=cfg.ray,
+                            logging=cfg.logging)
 
     def trial(config: dict[str, Any]) -> None:
         from ray import tune
 
-        params = trial_params(config)
         trial_id = tune.get_context().get_trial_id()
-        overrides = _trial_overrides(cfg, params)
+        values = trial_values(cfg, trial_params(config))
         if cfg.logging.wandb.enabled and cfg.logging.wandb.group is None:
-            overrides.append(f"logging.wandb.group={search_name}")
+            values["logging.wandb.group"] = search_name
         if base_run is None:  # federation: a whole run per trial
-            trial_cfg = load_config(None, [*base_overrides, *overrides, f"output_dir={out / 'trials' / trial_id}",
-                                           f"name={search_name}-{trial_id}"])
+            trial_cfg = replace_keys(_shared(cfg), {**values, "output_dir": str(out / "trials" / trial_id),
+                                                    "name": f"{search_name}-{trial_id}"})
             try:
                 run_experiment(trial_cfg, loggers=[_RoundReporter(trial_cfg)])
             finally:
@@ -156,11 +163,10 @@ def _trainable(cfg: ExperimentConfig, out: Path, base_run: Path | None):
             structured = {f"personalize/{k}": v for k, v in rows[0].items() if "/" in k}
             tune.report({"epoch": epoch, **structured, **objectives_of(rows[0]), **reference})
 
-        # The search config's personalization settings on top of the base run's, then the trial's.
-        inherited = [o for o in base_overrides if o.startswith(PERSONALIZE_OVERRIDABLE)]
+        name = f"{search_name}-{trial_id}"
         try:
-            run_personalization(base_run, [*inherited, *overrides, f"personalize.name={search_name}-{trial_id}"],
-                                loggers=[], prompt_cache=out / "local_prompts", on_epoch=report)
+            personalize_run(base_dir, replace_keys(inherited, {**values, "personalize.name": name}),
+                            global_prompt, name, loggers=[], prompt_cache=out / "local_prompts", on_epoch=report)
         finally:
             _end_wandb(cfg)
 
@@ -266,33 +272,17 @@ def _tune_config(cfg: ExperimentConfig):
     return tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=t.num_samples)
 
 
-def _overrides(cfg: ExperimentConfig) -> list[str]:
-    """The whole resolved config as dotlist overrides (trials rebuild it in their own process)."""
-    container = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-    container.pop("tune", None)  # type: ignore[union-attr]
-    return [f"{k}={json.dumps(v)}" for k, v in _flatten(container).items()]  # type: ignore[arg-type]
+def _shared(cfg: ExperimentConfig) -> ExperimentConfig:
+    """What every trial starts from: the search's config without its ``tune:`` section."""
+    return replace(cfg, tune=TuneConfig())
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _trial_overrides(cfg: ExperimentConfig, params: dict[str, Any]) -> list[str]:
-    """``key=value`` for a trial's sampled values; a scalar for a list key is a one-element list."""
+def trial_values(cfg: ExperimentConfig, params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's sampled values by key; a scalar for a list key (``personalize.interp_ratios``) is a
+    one-element list: each trial then scores that one ratio. The one place that wraps it."""
     schema = OmegaConf.structured(cfg)
-    out = []
-    for key, value in params.items():
-        current = OmegaConf.select(schema, key, default=None)
-        if OmegaConf.is_list(current) and not isinstance(value, list | tuple):
-            value = [value]
-        out.append(f"{key}={json.dumps(value)}")
-    return out
+    return {key: [value] if OmegaConf.is_list(OmegaConf.select(schema, key, default=None))
+            and not isinstance(value, list | tuple) else value for key, value in params.items()}
 
 
 def write_results(cfg: ExperimentConfig, out: Path, params: list[str],
