@@ -83,12 +83,15 @@ class PromptCache:
             save_local_prompts(path, trained)
             return trained, False
 
-    def reference(self, settings, score):
-        """The global prompt's scores per client and split (cached by the global subsample size)."""
+    def reference(self, settings, evaluation, score):
+        """The global prompt's scores per client and split, cached by what they depend on: the
+        global subsample size, whether validation is scored, and the evaluation settings
+        (``eval.*``, which personalizations sharing one run's workers may change)."""
         from rayfed.types import EvalSums
 
         path = self.root / (f"reference-{settings.global_eval_examples or 'all'}"
-                            f"{'' if settings.validation else '-test'}.json")
+                            f"{'' if settings.validation else '-test'}"
+                            f"-b{evaluation.batch_size}-t{evaluation.max_new_tokens}.json")
         with self._lock(path):
             if path.exists():
                 raw = json.loads(path.read_text())

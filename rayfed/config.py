@@ -287,8 +287,13 @@ def _finish(merged: DictConfig, overrides: list[str] | None) -> ExperimentConfig
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         merged = _merge(merged, OmegaConf.from_dotlist([item]), f"override {item!r}")
+    return _checked(merged)
+
+
+def _checked(node: DictConfig) -> ExperimentConfig:
+    """The typed config of a merged node, validated."""
     try:
-        cfg: ExperimentConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        cfg: ExperimentConfig = OmegaConf.to_object(node)  # type: ignore[assignment]
     except OmegaConfBaseException as err:
         raise ConfigError(_describe(err, "config")) from None
     validate(cfg)
@@ -309,12 +314,7 @@ def replace_keys(cfg: ExperimentConfig, values: dict[str, Any]) -> ExperimentCon
             OmegaConf.update(node, key, value, merge=False)
         except OmegaConfBaseException as err:
             raise ConfigError(_describe(err, f"key {key!r} = {value!r}")) from None
-    try:
-        out: ExperimentConfig = OmegaConf.to_object(node)  # type: ignore[assignment]
-    except OmegaConfBaseException as err:
-        raise ConfigError(_describe(err, "config")) from None
-    validate(out)
-    return out
+    return _checked(node)
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

@@ -36,13 +36,15 @@ from rayfed.loggers import MetricLogger, build_loggers, log_round
 from rayfed.names import EVAL, METRICS, metric_key
 from rayfed.personalization import EpochCallback, PersonalizeSettings, personalize, score_reference
 from rayfed.runtime.session import open_driver
+from rayfed.settings import EvalSettings
 from rayfed.types import RoundResult
 
 # What `rayfed personalize` may change in a finished run's config: how to personalize, evaluate,
 # run and log, never what was trained (model, data, partition, algorithm, seed).
 PERSONALIZE_OVERRIDABLE = ("personalize.", "eval.", "runtime.", "ray.", "logging.")
-# What may differ between personalizations that share one run's workers (personalization_driver).
-SHARED_DRIVER_OVERRIDABLE = ("personalize.", "logging.")
+# What may differ between personalizations that share one run's workers (personalization_driver):
+# how to personalize, score and log; the workers themselves are built from the rest.
+SHARED_DRIVER_OVERRIDABLE = ("personalize.", "eval.", "logging.")
 # What `rayfed resume` may change: where and how the rest of the run runs, not what it trains.
 RESUME_OVERRIDABLE = ("runtime.", "ray.", "logging.", "personalize.")
 
@@ -239,6 +241,7 @@ def personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.T
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     settings = PersonalizeSettings.from_config(cfg.personalize)
+    evaluation = EvalSettings.from_config(cfg.eval)
     cache = PromptCache(prompt_cache, cfg.seed) if prompt_cache is not None else None
 
     def status(message: str) -> None:  # progress for a phase that takes minutes (console only)
@@ -271,15 +274,16 @@ def personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.T
 
     def score():
         return score_reference(driver, global_prompt, list(range(cfg.partition.num_clients)),
-                               settings.global_eval_examples, settings.validation)
+                               settings.global_eval_examples, evaluation, settings.validation)
 
     status(f"{cfg.partition.num_clients} clients fine-tune the global prompt for {settings.epochs} epoch(s)")
     trained, reused = cache.local_prompts(settings, train) if cache else (train(), False)
     status(f"local prompts {'reused from the cache' if reused else 'trained'} in "
            f"{time.perf_counter() - clock['since']:.0f} s; scoring the global prompt")
     clock["since"] = time.perf_counter()
-    reference = cache.reference(settings, score) if cache else None
-    result = personalize(driver, global_prompt, settings, trained, reference=reference, on_epoch=epoch_done)
+    reference = cache.reference(settings, evaluation, score) if cache else None
+    result = personalize(driver, global_prompt, settings, trained, evaluation, reference=reference,
+                         on_epoch=epoch_done)
     with open(out / "personalization.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in result.records)
     summary = {"name": out.name, "settings": asdict(settings), "reference": result.reference,

@@ -19,7 +19,7 @@ import torch
 from rayfed.config import PersonalizeConfig
 from rayfed.core.selection import select_best
 from rayfed.metrics import summarize_clients
-from rayfed.settings import OptimizerSettings
+from rayfed.settings import EvalSettings, OptimizerSettings
 from rayfed.types import EvalSums
 
 Trained = dict[int, tuple[dict[int, torch.Tensor], dict[int, float]]]  # client -> (prompts, losses) by epoch
@@ -77,22 +77,23 @@ class PersonalizationResult:
 EpochCallback = Callable[[int, list[dict[str, Any]]], None]
 
 
-def personalize(driver: Any, global_prompt: torch.Tensor, settings: PersonalizeSettings, trained: Trained, *,
-                reference: Scores | None = None, on_epoch: EpochCallback | None = None) -> PersonalizationResult:
-    """Score each evaluated epoch of the trained local prompts (``driver.personalize_train``);
-    ``on_epoch(epoch, curve_rows)`` sees each epoch's rows as soon as they exist. ``reference``:
-    the global prompt's scores (``score_reference``), if already known."""
+def personalize(driver: Any, global_prompt: torch.Tensor, settings: PersonalizeSettings, trained: Trained,
+                evaluation: EvalSettings, *, reference: Scores | None = None,
+                on_epoch: EpochCallback | None = None) -> PersonalizationResult:
+    """Score each evaluated epoch of the trained local prompts (``driver.personalize_train``) as
+    ``evaluation`` says; ``on_epoch(epoch, curve_rows)`` sees each epoch's rows as soon as they
+    exist. ``reference``: the global prompt's scores (``score_reference``), if already known."""
     local_splits, global_splits = scored_splits(driver, settings.validation)
     subsample = settings.global_eval_examples
     client_ids = sorted(trained)
     ref = reference if reference is not None else score_reference(driver, global_prompt, client_ids, subsample,
-                                                                  settings.validation)
+                                                                  evaluation, settings.validation)
 
     result = PersonalizationResult()
     for epoch in settings.eval_epochs():
         moved = [r for r in settings.interp_ratios if r > 0] if epoch > 0 else []
         scores = driver.personalize_evaluate(global_prompt, {cid: trained[cid][0][epoch] for cid in client_ids},
-                                             moved, local_splits + global_splits, subsample) if moved else {}
+                                             moved, local_splits + global_splits, evaluation, subsample) if moved else {}
         rows = []
         for ratio in settings.interp_ratios:
             per_client = {cid: scores[cid][ratio] if ratio in moved else ref[cid] for cid in client_ids}
@@ -128,16 +129,16 @@ def scored_splits(driver: Any, validation: bool) -> tuple[tuple[str, ...], tuple
             tuple(n for n in global_ if validation or not n.endswith("_val")))
 
 
-def score_reference(driver: Any, global_prompt: torch.Tensor, client_ids: list[int],
-                    subsample: int | None, validation: bool = True) -> Scores:
+def score_reference(driver: Any, global_prompt: torch.Tensor, client_ids: list[int], subsample: int | None,
+                    evaluation: EvalSettings, validation: bool = True) -> Scores:
     """The un-personalized global prompt's scores per client and split: on each client's own
     splits, and on the global sets (scored once for everyone, or on each client's subsample)."""
     local_splits, global_splits = scored_splits(driver, validation)
     ref = {cid: s["ref"] for cid, s in driver.evaluate_clients(
         {cid: {"ref": global_prompt} for cid in client_ids},
-        local_splits + (global_splits if subsample else ()), subsample).items()}
+        local_splits + (global_splits if subsample else ()), evaluation, subsample).items()}
     if not subsample:
-        shared = {split: driver.evaluate_global(global_prompt, split) for split in global_splits}
+        shared = {split: driver.evaluate_global(global_prompt, split, evaluation) for split in global_splits}
         for cid in client_ids:
             ref[cid].update(shared)
     return ref

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from rayfed.names import GLOBAL_SPLITS, LOCAL_SPLITS
 
 if TYPE_CHECKING:
-    from rayfed.config import AvailabilityConfig, ExperimentConfig, ModelConfig, OptimizerConfig
+    from rayfed.config import AvailabilityConfig, EvalConfig, ExperimentConfig, ModelConfig, OptimizerConfig
 
 
 @dataclass(frozen=True)
@@ -62,20 +62,25 @@ class AvailabilitySettings:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How a prompt is scored: batch size and the generation limit (``eval:``)."""
+    """How a prompt is scored: batch size and the generation limit (``eval:``). Passed with every
+    scoring call, so workers started for one run can score with other settings."""
 
     batch_size: int
     max_new_tokens: int
 
+    @classmethod
+    def from_config(cls, cfg: EvalConfig) -> EvalSettings:
+        return cls(cfg.batch_size, cfg.max_new_tokens)
+
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """What a client worker needs besides its model, algorithm and data."""
+    """What a client worker needs besides its model, algorithm and data (how it scores comes with
+    each call: :class:`EvalSettings`)."""
 
     seed: int
     max_source_tokens: int
     max_target_tokens: int
-    eval: EvalSettings
     batch_clients: bool = False  # lockstep training and pooled evaluation of the hosted clients
     max_batch_rows: int = 256
     use_gpu: bool = False  # a GPU share was requested (used only if torch sees one)
@@ -83,9 +88,8 @@ class WorkerSettings:
     @classmethod
     def from_config(cls, cfg: ExperimentConfig) -> WorkerSettings:
         r = cfg.runtime
-        return cls(cfg.seed, cfg.data.max_source_tokens, cfg.data.max_target_tokens,
-                   EvalSettings(cfg.eval.batch_size, cfg.eval.max_new_tokens), r.batch_clients, r.max_batch_rows,
-                   r.num_gpus_per_worker > 0)
+        return cls(cfg.seed, cfg.data.max_source_tokens, cfg.data.max_target_tokens, r.batch_clients,
+                   r.max_batch_rows, r.num_gpus_per_worker > 0)
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class RoundSettings:
     availability: AvailabilitySettings
     local_splits: tuple[str, ...]  # the non-empty ones
     global_splits: tuple[str, ...]
+    eval: EvalSettings  # how the rounds' evaluations score
     evaluate_clients: bool = True  # also score the global prompt on every client's own splits
     client_lr: float | None = None  # named in the error when training diverges
 
@@ -109,4 +114,4 @@ class RoundSettings:
                    AvailabilitySettings.from_config(cfg.availability),
                    tuple(s for s in LOCAL_SPLITS if (p.val_examples if s == "local_val" else 1) > 0),
                    tuple(s for s in GLOBAL_SPLITS if (p.global_val_examples if s == "global_val" else 1) > 0),
-                   cfg.eval.local, a.client_optimizer.lr)
+                   EvalSettings.from_config(cfg.eval), cfg.eval.local, a.client_optimizer.lr)

@@ -12,7 +12,7 @@ A step's rows from several clients are sorted by length and run in a few forward
 similar length (``rayfed.lengths``), then one backward: padding every row to the longest of all
 clients' rows would waste a quarter or more of the compute on real task mixes.
 
-One client alone is the ordinary local training path (``rayfed.local.train_prompt`` and
+One client alone is the ordinary local training path (``train_prompt`` below and
 personalization call this with a single job), so batched and per-client training run the same
 code and differ only by floating-point rounding in the shared matrix products.
 """

@@ -55,6 +55,7 @@ def test_curves_have_a_record_per_client_epoch_ratio_and_split(finished_run, tmp
     from rayfed.data.sources import federated_data
     from rayfed.runtime.parts import RunParts
     from rayfed.runtime.worker import ClientWorker
+    from rayfed.settings import EvalSettings
 
     cfg = load_config(run_dir / "config.yaml")
     data = federated_data(cfg)
@@ -62,7 +63,8 @@ def test_curves_have_a_record_per_client_epoch_ratio_and_split(finished_run, tmp
     worker = ClientWorker(parts.model, parts.worker, parts.algorithm, list(data.clients), global_sets_of(data))
     (cache,) = tmp_path.glob("*.safetensors")
     local = load_local_prompts(cache)[2][0][3]
-    rescored = worker.evaluate_client(2, {"p": local}, ("local_test",))["p"]["local_test"]
+    rescored = worker.evaluate_client(2, {"p": local}, ("local_test",), EvalSettings.from_config(cfg.eval))["p"][
+        "local_test"]
     (record,) = [r for r in records if (r["client_id"], r["epoch"], r["interp_ratio"], r["split"]) ==
                  (2, 3, 1, "local_test")]
     assert record["loss"] == pytest.approx(rescored.means()["loss"], rel=1e-6)
@@ -210,16 +212,19 @@ def test_without_validation_only_test_splits_are_scored_with_the_same_numbers(fi
 
 
 def test_personalizations_on_one_shared_driver_equal_each_on_its_own(finished_run):
-    """What the study does for a run's personalizations: one set of workers for all of them."""
+    """What the study does for a run's personalizations: one set of workers for all of them. How a
+    personalization scores (eval.*) comes with each call, so it may differ too."""
     run_dir, _ = finished_run
-    settings = {"shared_plain": [*ADAM], "shared_l2": [*ADAM, "personalize.l2_strength=0.5"]}
+    settings = {"shared_plain": [*ADAM], "shared_l2": [*ADAM, "personalize.l2_strength=0.5"],
+                "shared_eval": [*ADAM, "eval.batch_size=2", "eval.max_new_tokens=3"]}
     alone = {name: run_personalization(run_dir, [*o, f"personalize.name={name}"], loggers=[])
              for name, o in settings.items()}
     with personalization_driver(run_dir) as driver:
         shared = {name: run_personalization(run_dir, [*o, f"personalize.name={name}"], loggers=[], driver=driver)
                   for name, o in settings.items()}
-        with pytest.raises(ConfigError, match="key 'eval.batch_size'"):  # the workers were built without it
-            run_personalization(run_dir, ["eval.batch_size=2"], loggers=[], driver=driver)
+        with pytest.raises(ConfigError, match="key 'runtime.max_batch_rows'"):  # the workers were built without it
+            run_personalization(run_dir, ["runtime.max_batch_rows=2"], loggers=[], driver=driver)
     for name in settings:
         assert shared[name]["curve"] == alone[name]["curve"]  # bit for bit
     assert shared["shared_plain"]["curve"] != shared["shared_l2"]["curve"]
+    assert shared["shared_plain"]["curve"] != shared["shared_eval"]["curve"]  # generations cut at 3 tokens

@@ -22,9 +22,10 @@ from rayfed.core.sampling import sample_clients
 from rayfed.core.server_optimizer import ServerOptimizer
 from rayfed.errors import UserError
 from rayfed.metrics import summarize_clients
+from rayfed.names import EVAL, metric_key
 from rayfed.personalization import PersonalizeSettings
 from rayfed.runtime.worker import ClientWorker
-from rayfed.settings import RoundSettings
+from rayfed.settings import EvalSettings, RoundSettings
 from rayfed.types import EvalSums, RoundResult
 
 
@@ -133,28 +134,31 @@ class Driver:
         prompt = self.server.global_prompt()
         metrics: dict[str, float] = {}
         for split in self.global_splits:
-            metrics.update({f"eval/{split}/{k}": v for k, v in self.evaluate_global(prompt, split).means().items()})
+            sums = self.evaluate_global(prompt, split, self.settings.eval)
+            metrics.update({metric_key(split, k, phase=EVAL): v for k, v in sums.means().items()})
         per_client: dict[int, dict[str, float]] = {}
         if self.settings.evaluate_clients:
-            scores = self.evaluate_clients({cid: {"global": prompt} for cid in self.client_ids}, self.local_splits)
-            per_client = {cid: {f"eval/{split}/{k}": v for split, sums in s["global"].items()
+            scores = self.evaluate_clients({cid: {"global": prompt} for cid in self.client_ids}, self.local_splits,
+                                           self.settings.eval)
+            per_client = {cid: {metric_key(split, k, phase=EVAL): v for split, sums in s["global"].items()
                                 for k, v in sums.means().items()} for cid, s in scores.items()}
             for split in self.local_splits:
-                metrics.update(summarize_clients(per_client, f"eval/{split}"))
+                metrics.update(summarize_clients(per_client, f"{EVAL}/{split}"))
         metrics["time/eval_s"] = time.perf_counter() - start
         return RoundResult(round_idx, metrics, per_client)
 
-    def evaluate_global(self, prompt: torch.Tensor, split: str) -> EvalSums:
+    def evaluate_global(self, prompt: torch.Tensor, split: str, evaluation: EvalSettings) -> EvalSums:
         """One prompt on a whole global set, its pieces spread over the workers."""
         pieces: dict[int, EvalSums] = {}
-        for part in self.executor.sharded("evaluate_global", (prompt, split)):
+        for part in self.executor.sharded("evaluate_global", (prompt, split, evaluation)):
             pieces.update(part)
         return sum((pieces[i] for i in sorted(pieces)), EvalSums())
 
     def evaluate_clients(self, prompts: dict[int, dict[Any, torch.Tensor]], splits: Sequence[str],
-                         global_subsample: int | None = None) -> dict[int, dict[Any, dict[str, EvalSums]]]:
+                         evaluation: EvalSettings, global_subsample: int | None = None,
+                         ) -> dict[int, dict[Any, dict[str, EvalSums]]]:
         """Each client scores its own prompts (keyed by any label) on the given splits."""
-        return self.executor.each("evaluate_client", {cid: (p, tuple(splits), global_subsample)
+        return self.executor.each("evaluate_client", {cid: (p, tuple(splits), evaluation, global_subsample)
                                                       for cid, p in prompts.items()})
 
     def personalize_train(self, global_prompt: torch.Tensor, settings: PersonalizeSettings,
@@ -163,9 +167,9 @@ class Driver:
         return self.executor.each("personalize", {cid: (global_prompt, settings) for cid in self.client_ids})
 
     def personalize_evaluate(self, global_prompt: torch.Tensor, local_prompts: dict[int, torch.Tensor],
-                             ratios: Sequence[float], splits: Sequence[str], global_subsample: int | None,
-                             ) -> dict[int, dict[float, dict[str, EvalSums]]]:
+                             ratios: Sequence[float], splits: Sequence[str], evaluation: EvalSettings,
+                             global_subsample: int | None) -> dict[int, dict[float, dict[str, EvalSums]]]:
         """Score ``(1 - r) * global + r * local`` for every client and ratio ``r`` on ``splits``."""
         prompts = {cid: {r: interpolate(global_prompt, local, r) for r in ratios}
                    for cid, local in local_prompts.items()}
-        return self.evaluate_clients(prompts, splits, global_subsample)
+        return self.evaluate_clients(prompts, splits, evaluation, global_subsample)

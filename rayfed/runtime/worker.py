@@ -23,7 +23,7 @@ from rayfed.evaluation import evaluate_many
 from rayfed.model import build_prompt_model
 from rayfed.names import GLOBAL_SPLITS
 from rayfed.personalization import PersonalizeSettings
-from rayfed.settings import ModelSettings, WorkerSettings
+from rayfed.settings import EvalSettings, ModelSettings, WorkerSettings
 from rayfed.training import by_epoch, epoch_job, train_lockstep
 from rayfed.types import ClientUpdate, EvalSums, Example
 
@@ -116,41 +116,46 @@ class ClientWorker:
         return {cid: by_epoch(result, job, z.epochs) for (cid, job), result in zip(jobs.items(), results)}
 
     def evaluate_client(self, client_id: int, prompts: dict[Any, torch.Tensor], splits: tuple[str, ...],
-                        global_subsample: int | None = None) -> dict[Any, dict[str, EvalSums]]:
+                        evaluation: EvalSettings, global_subsample: int | None = None,
+                        ) -> dict[Any, dict[str, EvalSums]]:
         """Score each of a client's prompts (keyed by any label) on the given splits: its own
         ``local_val``/``local_test`` and the ``global_val``/``global_test`` sets, the latter on a
         seeded per-client subsample of ``global_subsample`` examples if set. Every (prompt,
         split) pair shares the evaluation passes."""
-        return self._many_evaluate_client({client_id: (prompts, splits, global_subsample)})[client_id]
+        return self._many_evaluate_client({client_id: (prompts, splits, evaluation, global_subsample)})[client_id]
 
     def _many_evaluate_client(self, args_by_client: dict[int, tuple[dict[Any, torch.Tensor], tuple[str, ...],
-                                                                      int | None]],
+                                                                      EvalSettings, int | None]],
                               ) -> dict[int, dict[Any, dict[str, EvalSums]]]:
+        e = next(iter(args_by_client.values()))[2]
+        if any(args[2] != e for args in args_by_client.values()):  # one pooled pass per setting; not so in a phase
+            return {cid: self._many_evaluate_client({cid: args})[cid] for cid, args in args_by_client.items()}
         keys, jobs = [], []
-        for cid, (prompts, splits, subsample) in args_by_client.items():
+        for cid, (prompts, splits, _, subsample) in args_by_client.items():
             data = {split: self._client_split(cid, split, subsample) for split in splits}
             for key, prompt in prompts.items():
                 for split in splits:
                     if data[split]:
                         keys.append((cid, key, split))
                         jobs.append((data[split], prompt))
-        e = self.settings.eval
         sums = evaluate_many(self.model, jobs, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens)
         out: dict[int, dict[Any, dict[str, EvalSums]]] = {
-            cid: {key: {} for key in prompts} for cid, (prompts, _, _) in args_by_client.items()}
+            cid: {key: {} for key in prompts} for cid, (prompts, *_) in args_by_client.items()}
         for (cid, key, split), result in zip(keys, sums):
             out[cid][key][split] = result
         return out
 
-    def evaluate_global(self, prompt: torch.Tensor, split: str, shard: int, num_shards: int) -> dict[int, EvalSums]:
+    def evaluate_global(self, prompt: torch.Tensor, split: str, evaluation: EvalSettings, shard: int,
+                        num_shards: int) -> dict[int, EvalSums]:
         """Evaluate pieces ``shard, shard + num_shards, ...`` of a global set, by piece index.
 
-        A piece is ``eval.batch_size`` consecutive examples whatever the number of workers, so
-        each piece's numbers, and their sum in piece order, do not depend on how many share them.
+        A piece is ``evaluation.batch_size`` consecutive examples whatever the number of workers,
+        so each piece's numbers, and their sum in piece order, do not depend on how many share them.
         """
-        data, size = self.global_sets[split], self.settings.eval.batch_size
-        return {piece: self._evaluate(data[piece * size:(piece + 1) * size], prompt)
-                for piece in range(shard, -(-len(data) // size), num_shards)}
+        data, e = self.global_sets[split], evaluation
+        return {piece: evaluate_many(self.model, [(data[piece * e.batch_size:(piece + 1) * e.batch_size], prompt)],
+                                     batch_size=e.batch_size, max_new_tokens=e.max_new_tokens)[0]
+                for piece in range(shard, -(-len(data) // e.batch_size), num_shards)}
 
     def _client_split(self, client_id: int, split: str, global_subsample: int | None) -> list[TokenizedExample]:
         if split in self.local:
@@ -160,8 +165,3 @@ class ClientWorker:
             return full
         rng = np.random.default_rng(derive_seed(self.settings.seed, "subsample", client_id, GLOBAL_SPLITS.index(split)))
         return [full[i] for i in sorted(rng.choice(len(full), size=global_subsample, replace=False))]
-
-    def _evaluate(self, data: list[TokenizedExample], prompt: torch.Tensor) -> EvalSums:
-        e = self.settings.eval
-        return evaluate_many(self.model, [(data, prompt)], batch_size=e.batch_size,
-                             max_new_tokens=e.max_new_tokens)[0]
