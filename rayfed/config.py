@@ -274,12 +274,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return _finish(merged, overrides)
 
 
-def config_from_mapping(mapping: dict[str, Any], overrides: list[str] | None = None,
-                        source: str = "config") -> ExperimentConfig:
-    """Like :func:`load_config`, with the YAML already read into a mapping (a section of
-    another file, e.g. a study's ``experiment:``); errors name ``source``."""
+def config_from_mapping(mapping: dict[str, Any], source: str = "config",
+                        values: dict[str, Any] | None = None) -> ExperimentConfig:
+    """The config of a mapping already read from YAML (a section of another file, e.g. a study's
+    ``experiment:``) with dotted keys set to typed ``values``, validated once all are applied;
+    errors name ``source``."""
     merged = _merge(OmegaConf.structured(ExperimentConfig), OmegaConf.create(mapping), source)
-    return _finish(merged, overrides)
+    return _checked(_update(merged, values or {}, source))
 
 
 def _finish(merged: DictConfig, overrides: list[str] | None) -> ExperimentConfig:
@@ -308,13 +309,17 @@ def replace_keys(cfg: ExperimentConfig, values: dict[str, Any]) -> ExperimentCon
     Raises:
         ConfigError: naming the key for an unknown key, a wrong type or an inconsistent value.
     """
-    node: DictConfig = OmegaConf.structured(cfg)
+    return _checked(_update(OmegaConf.structured(cfg), values, "config"))
+
+
+def _update(node: DictConfig, values: dict[str, Any], source: str) -> DictConfig:
+    """``node`` with each dotted key set to its value, type-checked by the schema."""
     for key, value in values.items():
         try:
             OmegaConf.update(node, key, value, merge=False)
         except OmegaConfBaseException as err:
-            raise ConfigError(_describe(err, f"key {key!r} = {value!r}")) from None
-    return _checked(node)
+            raise ConfigError(_describe(err, f"{source}: {key} = {value!r}")) from None
+    return node
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

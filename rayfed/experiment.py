@@ -227,10 +227,19 @@ def personalize_run(run_dir: str | Path, cfg: ExperimentConfig, global_prompt: t
 def personalization_driver(run_dir: str | Path, overrides: list[str] | None = None) -> Iterator[Any]:
     """A finished run's workers and data, for one or several personalizations: starting the
     workers (model loads, shards tokenized) took 16 s for a SmolLM2 run on 2 busy cores, and the
-    workers depend only on the run's config and seed, never on personalization settings."""
-    cfg, _ = load_finished_run(run_dir, overrides or [])
-    with open_driver(cfg, federated_data(cfg)) as driver:  # the same seed and config: the run's shards
+    workers depend only on the run's config and seed, never on how it is personalized or scored."""
+    with open_finished_run(run_dir, overrides) as (_, _, driver):
         yield driver
+
+
+@contextmanager
+def open_finished_run(run_dir: str | Path, overrides: list[str] | None = None,
+                      ) -> Iterator[tuple[ExperimentConfig, torch.Tensor, Any]]:
+    """``(config, global prompt, driver)`` of a finished run, its workers started once for the
+    personalizations that follow (:func:`personalize_run` with ``driver=``)."""
+    cfg, global_prompt = load_finished_run(run_dir, overrides or [])
+    with open_driver(cfg, federated_data(cfg)) as driver:  # the same seed and config: the run's shards
+        yield cfg, global_prompt, driver
 
 
 def personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.Tensor, out: Path,

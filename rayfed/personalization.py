@@ -92,8 +92,9 @@ def personalize(driver: Any, global_prompt: torch.Tensor, settings: PersonalizeS
     result = PersonalizationResult()
     for epoch in settings.eval_epochs():
         moved = [r for r in settings.interp_ratios if r > 0] if epoch > 0 else []
-        scores = driver.personalize_evaluate(global_prompt, {cid: trained[cid][0][epoch] for cid in client_ids},
-                                             moved, local_splits + global_splits, evaluation, subsample) if moved else {}
+        local = {cid: trained[cid][0][epoch] for cid in client_ids}
+        scores = driver.personalize_evaluate(global_prompt, local, moved, local_splits + global_splits, evaluation,
+                                             subsample) if moved else {}
         rows = []
         for ratio in settings.interp_ratios:
             per_client = {cid: scores[cid][ratio] if ratio in moved else ref[cid] for cid in client_ids}

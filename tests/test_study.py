@@ -11,7 +11,7 @@ import pytest
 
 from rayfed.cli import main
 from rayfed.study.claims import _part, claim4, hypervolume, verdict
-from rayfed.study.config import load_study, personalize_overrides
+from rayfed.study.config import load_study, personalize_jobs
 from rayfed.study.layout import run_dir
 from rayfed.study.runner import estimate_text
 
@@ -48,7 +48,7 @@ def test_every_output_file_is_written(study):
             for seed in s.seeds:
                 run = run_dir(out, label, conc, lrs[label], seed)
                 assert (run / "summary.json").is_file() and (run / "global_prompt.safetensors").is_file()
-                for name in personalize_overrides(s, label):
+                for name in personalize_jobs(s, label):
                     assert (run / "personalize" / name / "summary.json").is_file(), (run, name)
     # The selection run of the lr that lost is there too, for the first seed only.
     assert (out / "c0.1" / "fedavg_sgd").is_dir() and len(list((out / "c0.1" / "fedavg_sgd").glob("lr*"))) == 2

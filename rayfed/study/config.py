@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rayfed.config import ConfigError, ExperimentConfig, config_from_mapping
+from rayfed.config import ConfigError, ExperimentConfig, config_from_mapping, replace_keys
 
 
 @dataclass
@@ -111,8 +111,11 @@ def check_study(s: StudyConfig, source: str) -> None:
     for label in s.algorithms:  # every run and personalization config must load
         for conc in s.concentrations:
             cfg = run_config(s, label, conc, s.seeds[0], s.algorithms[label].lrs[0], source)
-            for overrides in personalize_overrides(s, label).values():
-                config_from_mapping(_mapping(cfg), overrides, f"{source}: personalize")
+            for values in personalize_jobs(s, label).values():
+                try:
+                    replace_keys(cfg, values)
+                except ConfigError as err:
+                    raise ConfigError(f"{source}: personalize: {err}") from None
     exp = run_config(s, p.main_algorithm, s.concentrations[0], s.seeds[0], s.algorithms[p.main_algorithm].lrs[0],
                      source)
     if exp.partition.val_examples < 1 or exp.partition.global_val_examples < 1:
@@ -122,52 +125,37 @@ def check_study(s: StudyConfig, source: str) -> None:
 
 def run_config(s: StudyConfig, label: str, concentration: float, seed: int, lr: float,
                source: str = "study", output_dir: str | None = None) -> ExperimentConfig:
-    """The config of one federated run of the study."""
+    """The config of one federated run of the study: ``experiment:`` with its algorithm's ``set:``
+    keys, the learning rate, the concentration and the seed."""
     arm = s.algorithms[label]
-    overrides = [f"{k}={_yaml(v)}" for k, v in arm.set.items()]
-    overrides += [f"{arm.lr_key}={lr}", f"partition.concentration={concentration}", f"seed={seed}",
-                  f"name={s.name}-{label}-c{concentration:g}-lr{lr:g}-seed{seed}", f"output_dir={output_dir or '.'}"]
+    values = {**arm.set, arm.lr_key: lr, "partition.concentration": concentration, "seed": seed,
+              "name": f"{s.name}-{label}-c{concentration:g}-lr{lr:g}-seed{seed}", "output_dir": output_dir or "."}
     if OmegaConf.select(OmegaConf.create(s.experiment), "logging.wandb.group") is None:
-        overrides.append(f"logging.wandb.group={s.name}")  # W&B: the study's runs side by side
+        values["logging.wandb.group"] = s.name  # W&B: the study's runs side by side
     try:
-        return config_from_mapping(s.experiment, overrides, f"{source}: experiment (algorithm {label})")
+        return config_from_mapping(s.experiment, f"{source}: experiment (algorithm {label})", values)
     except ConfigError as err:
         raise ConfigError(str(err)) from None
 
 
-def personalize_overrides(s: StudyConfig, label: str | None = None) -> dict[str, list[str]]:
-    """The personalizations of one finished run of algorithm ``label``, by name. The main
-    algorithm's run gets the lr curves (ratio 1) and, for claim 4, the few-update runs (l2 = 0
-    scoring every interpolation ratio, and one run per l2 strength); the others only the curve at
-    ``robustness_lr`` (claim 3). ``label`` None: the main algorithm's."""
+def personalize_jobs(s: StudyConfig, label: str | None = None) -> dict[str, dict[str, Any]]:
+    """The personalizations of one finished run of algorithm ``label``, by name, each the typed
+    ``personalize.*`` values it sets on the run's config. The main algorithm's run gets the lr
+    curves (ratio 1) and, for claim 4, the few-update runs (l2 = 0 scoring every interpolation
+    ratio, and one run per l2 strength); the others only the curve at ``robustness_lr`` (claim 3).
+    ``label`` None: the main algorithm's."""
     p = s.personalize
-    common = [f"personalize.{k}={_yaml(v)}" for k, v in p.set.items()]
+    common = {f"personalize.{k}": v for k, v in p.set.items()}
     jobs = {}
     for lr in p.lrs if label in (None, p.main_algorithm) else [p.robustness_lr]:
-        jobs[f"lr={lr:g}"] = [*common, f"personalize.optimizer.lr={lr}", f"personalize.local_epochs={p.epochs}",
-                              f"personalize.eval_every_epochs={p.eval_every_epochs}",
-                              "personalize.l2_strength=0.0", "personalize.interp_ratios=[1.0]"]
-    few = [*common, f"personalize.optimizer.lr={p.lrs[0]}", f"personalize.local_epochs={p.few_epochs}",
-           f"personalize.eval_every_epochs={p.few_epochs}"]
-    ratios = ",".join(str(r) for r in sorted({*p.interp_ratios, 1.0}))
-    if label not in (None, p.main_algorithm):
-        return {name: [*o, f"personalize.name={name}"] for name, o in jobs.items()}
-    jobs["few,l2=0"] = [*few, "personalize.l2_strength=0.0", f"personalize.interp_ratios=[{ratios}]"]
-    for l2 in p.l2_strengths:
-        jobs[f"few,l2={l2:g}"] = [*few, f"personalize.l2_strength={l2}", "personalize.interp_ratios=[1.0]"]
-    return {name: [*o, f"personalize.name={name}"] for name, o in jobs.items()}
-
-
-def _mapping(cfg: ExperimentConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
-
-
-def _yaml(value: Any) -> str:
-    """A value as an OmegaConf dotlist literal."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_yaml(v) for v in value) + "]"
-    return str(value)
+        jobs[f"lr={lr:g}"] = {**common, "personalize.optimizer.lr": lr, "personalize.local_epochs": p.epochs,
+                              "personalize.eval_every_epochs": p.eval_every_epochs,
+                              "personalize.l2_strength": 0.0, "personalize.interp_ratios": [1.0]}
+    if label in (None, p.main_algorithm):
+        few = {**common, "personalize.optimizer.lr": p.lrs[0], "personalize.local_epochs": p.few_epochs,
+               "personalize.eval_every_epochs": p.few_epochs}
+        jobs["few,l2=0"] = {**few, "personalize.l2_strength": 0.0,
+                            "personalize.interp_ratios": sorted({*p.interp_ratios, 1.0})}
+        for l2 in p.l2_strengths:
+            jobs[f"few,l2={l2:g}"] = {**few, "personalize.l2_strength": l2, "personalize.interp_ratios": [1.0]}
+    return {name: {**values, "personalize.name": name} for name, values in jobs.items()}

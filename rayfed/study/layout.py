@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rayfed.names import metric_key
-from rayfed.study.config import StudyConfig, personalize_overrides
+from rayfed.study.config import StudyConfig, personalize_jobs
 
 LOCAL, GLOBAL = metric_key("local_test", "rouge_l", "mean"), metric_key("global_test", "rouge_l", "mean")
 Curve = list[tuple[int, float, float]]  # (epoch, local, global), ratio 1
@@ -40,7 +40,7 @@ def load_curves(s: StudyConfig, out: Path, conc: float, seed: int, lrs: dict[str
     try:
         runs = {label: run_dir(out, label, conc, lrs[label], seed) for label in s.algorithms}
         pers = {label: {name: read_json(runs[label] / "personalize" / name / "summary.json")
-                        for name in personalize_overrides(s, label)} for label in s.algorithms}
+                        for name in personalize_jobs(s, label)} for label in s.algorithms}
     except FileNotFoundError:
         return None
     main = pers[p.main_algorithm]

@@ -26,26 +26,27 @@ import socket
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from rayfed.checkpoint import CHECKPOINT
-from rayfed.study.config import StudyConfig, personalize_overrides, run_config
+from rayfed.study.config import StudyConfig, personalize_jobs, run_config
 from rayfed.study.layout import run_dir, selected_lrs
 
 
 @dataclass(frozen=True)
 class Job:
     """One unfinished job: a federated run (``run``; resumed when it left a checkpoint) or one
-    personalization of it (``overrides``), numbered in the order a sequential study meets it."""
+    personalization of it (the typed ``personalize.*`` ``values`` it sets on the run's config),
+    numbered in the order a sequential study meets it."""
 
     number: int
     kind: str
     path: Path
-    overrides: tuple[str, ...] = ()
+    values: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -71,15 +72,15 @@ def run_study(s: StudyConfig, out: Path, log: Callable[[str], None] = print) -> 
 
     def chain(label: str, conc: float, seed: int, lr: float, personalize: bool) -> Chain:
         path, jobs = run_dir(out, label, conc, lr, seed), []
-        names = personalize_overrides(s, label) if personalize else {}
-        for kind, job_path, overrides in [("run", path, []), *(("personalize", path / "personalize" / name, o)
-                                                             for name, o in names.items())]:
+        names = personalize_jobs(s, label) if personalize else {}
+        for kind, job_path, values in [("run", path, {}), *(("personalize", path / "personalize" / name, v)
+                                                           for name, v in names.items())]:
             if job_path in seen:
                 continue
             seen.add(job_path)
             if (job_path / "summary.json").is_file():
                 continue
-            jobs.append(Job(len(seen), kind, job_path, tuple(overrides)))
+            jobs.append(Job(len(seen), kind, job_path, values))
         return Chain(label, conc, seed, lr, tuple(jobs))
 
     # Learning-rate selection: the first seed's run at every lr of every algorithm.
@@ -134,11 +135,12 @@ def run_chains(s: StudyConfig, out: Path, chains: list[Chain], total: int, log: 
 def run_chain(s: StudyConfig, out: Path, chain: Chain, total: int, log: Callable[[str], None] = print) -> None:
     """One chain's jobs in order; its personalizations share one set of workers, started by the
     first that runs. Each finished job appends its time to ``jobs.jsonl``."""
-    from rayfed.experiment import personalization_driver, resume_experiment, run_experiment, run_personalization
+    from rayfed.config import replace_keys
+    from rayfed.experiment import open_finished_run, personalize_run, resume_experiment, run_experiment
 
     path = run_dir(out, chain.label, chain.concentration, chain.lr, chain.seed)
     with ExitStack() as stack:
-        driver = _on_first_use(stack, lambda: personalization_driver(path))
+        finished = _on_first_use(stack, lambda: open_finished_run(path))
         for job in chain.jobs:
             if (job.path / "summary.json").is_file():  # finished since the chain was planned
                 continue
@@ -152,7 +154,9 @@ def run_chain(s: StudyConfig, out: Path, chain: Chain, total: int, log: Callable
             elif kind == "resume":
                 resume_experiment(path)
             else:
-                run_personalization(path, list(job.overrides), prompt_cache=path / "prompt_cache", driver=driver())
+                cfg, global_prompt, driver = finished()
+                personalize_run(path, replace_keys(cfg, job.values), global_prompt, job.path.name,
+                                prompt_cache=path / "prompt_cache", driver=driver)
             record = {"job": str(job.path.relative_to(out)), "kind": kind,
                       "seconds": round(time.perf_counter() - started, 1), "host": socket.gethostname(),
                       "pid": os.getpid()}  # where it ran (Ray prefixes a parallel run's log lines with its pid)
@@ -186,7 +190,7 @@ def progress_by_kind(s: StudyConfig, out: Path) -> dict[str, tuple[int, int]]:
               for label, arm in s.algorithms.items() if len(arm.lrs) > 1 for lr in arm.lrs}
     selected_twice = len([a for a in s.algorithms.values() if len(a.lrs) > 1]) * len(s.concentrations)
     runs = len(select) + len(s.seeds) * len(s.concentrations) * len(s.algorithms) - selected_twice
-    personalizations = len(s.seeds) * len(s.concentrations) * sum(len(personalize_overrides(s, label))
+    personalizations = len(s.seeds) * len(s.concentrations) * sum(len(personalize_jobs(s, label))
                                                                   for label in s.algorithms)
     done = {path for path in select if (path / "summary.json").is_file()}
     done_personalizations: set[Path] = set()
@@ -199,7 +203,7 @@ def progress_by_kind(s: StudyConfig, out: Path) -> dict[str, tuple[int, int]]:
             for label in s.algorithms:
                 path = run_dir(out, label, conc, lrs[conc][label], seed)
                 done |= {path} if (path / "summary.json").is_file() else set()
-                done_personalizations |= {job for name in personalize_overrides(s, label)
+                done_personalizations |= {job for name in personalize_jobs(s, label)
                                           if ((job := path / "personalize" / name) / "summary.json").is_file()}
     return {"run": (len(done), runs), "personalize": (len(done_personalizations), personalizations)}
 
