@@ -1,7 +1,7 @@
 """Evaluation speed: rayfed's fused, pooled evaluation against the two-pass reference, in one run.
 
 Evaluation used to run, per batch, a teacher-forced forward for the loss and then ``generate``
-(a second prefill of the same sources, then a KV-cache greedy loop). ``rayfed.evaluation`` gets
+(a second prefill of the same sources, then a KV-cache greedy loop). ``rayfed.local.evaluation`` gets
 both from one forward per example, and ``evaluate_many`` pools the rows of many (split, prompt)
 pairs into full passes. This times three paths on the quickstart evaluation workload (the
 initial prompt on the global test set and on every client's test split, the config's
@@ -32,10 +32,10 @@ import torch
 from rayfed.config import load_config
 from rayfed.data.formatting import TokenizedExample, tokenize
 from rayfed.data.sources import federated_data
-from rayfed.evaluation import evaluate, evaluate_many, generate
-from rayfed.local import per_example_loss
+from rayfed.local.evaluation import evaluate, evaluate_many, generate
+from rayfed.local.loss import per_example_loss
 from rayfed.metrics import exact_match, rouge_l
-from rayfed.model import TINY_LLAMA, PromptModel, build_prompt_model
+from rayfed.model.prompt_model import TINY_LLAMA, PromptModel, build_prompt_model
 from rayfed.types import EvalSums
 
 Evaluate = Callable[..., EvalSums]

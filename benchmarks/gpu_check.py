@@ -28,7 +28,7 @@ import torch
 
 from rayfed.config import load_config
 from rayfed.data.sources import federated_data
-from rayfed.model import build_prompt_model
+from rayfed.model.prompt_model import build_prompt_model
 
 
 def utilization_sampler(samples: list[tuple[float, float]], stop: threading.Event) -> None:

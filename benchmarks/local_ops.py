@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from rayfed.config import load_config
 from rayfed.data.formatting import collate_generate, collate_train, tokenize
 from rayfed.data.synthetic import generate_synthetic
-from rayfed.evaluation import generate
-from rayfed.local import per_example_loss
-from rayfed.model import build_prompt_model
+from rayfed.local.evaluation import generate
+from rayfed.local.loss import per_example_loss
+from rayfed.model.prompt_model import build_prompt_model
 
 
 def peft_loss(model, batch):

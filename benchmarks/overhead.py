@@ -56,7 +56,7 @@ from rayfed.core.sampling import derive_seed, sample_clients
 from rayfed.core.server_optimizer import ServerOptimizer
 from rayfed.data.formatting import tokenize
 from rayfed.data.sources import federated_data
-from rayfed.model import build_prompt_model
+from rayfed.model.prompt_model import build_prompt_model
 from rayfed.types import ClientUpdate
 
 WORKLOADS: dict[str, tuple[str, list[str]]] = {

@@ -18,7 +18,7 @@ from rayfed.errors import UserError, WorkerLostError
 
 def cmd_run(args: argparse.Namespace) -> int:
     from rayfed.experiment import run_experiment
-    from rayfed.report import print_run
+    from rayfed.outputs.report import print_run
 
     cfg = load_config(args.config, args.overrides)
     print_run(run_experiment(cfg, overwrite=args.overwrite), cfg.output_dir)
@@ -27,22 +27,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from rayfed.experiment import resume_experiment
-    from rayfed.report import print_run
+    from rayfed.outputs.report import print_run
 
     print_run(resume_experiment(args.run_dir, args.overrides), args.run_dir)
     return 0
 
 
 def cmd_personalize(args: argparse.Namespace) -> int:
-    from rayfed.experiment import run_personalization
-    from rayfed.report import print_personalization
+    from rayfed.outputs.report import print_personalization
+    from rayfed.personalization.phase import run_personalization
 
     print_personalization(run_personalization(args.run_dir, args.overrides), Path(args.run_dir))
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from rayfed.report import print_search
+    from rayfed.outputs.report import print_search
     from rayfed.tuning import SearchInterrupted, run_search
 
     cfg = load_config(args.config, args.overrides)
@@ -77,7 +77,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
         pngs = plot_study_dir(directory)
     else:
-        from rayfed.plots import plot_path
+        from rayfed.outputs.plots import plot_path
 
         pngs = plot_path(path)
     for png in pngs:
@@ -91,7 +91,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
-    from rayfed.report import print_partition
+    from rayfed.outputs.report import print_partition
 
     print_partition(load_config(args.config, args.overrides))
     return 0
@@ -105,7 +105,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_model_prepare(args: argparse.Namespace) -> int:
-    from rayfed.builtin_models import resolve_model_path
+    from rayfed.model.builtin import resolve_model_path
 
     print(f"model ready: {resolve_model_path(args.name)}")
     return 0

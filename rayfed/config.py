@@ -322,6 +322,15 @@ def _update(node: DictConfig, values: dict[str, Any], source: str) -> DictConfig
     return node
 
 
+def check_overridable(overrides: list[str], allowed: tuple[str, ...], doing: str) -> None:
+    """Refuse, naming the key, a ``key=value`` override outside the ``allowed`` key prefixes."""
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if not key.startswith(allowed):
+            raise ConfigError(f"key '{key}': cannot change when {doing} (only "
+                              f"{', '.join(k + '*' for k in allowed)} may)")
+
+
 def to_yaml(cfg: ExperimentConfig) -> str:
     """The fully resolved config as YAML (written to ``output_dir/config.yaml``)."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))

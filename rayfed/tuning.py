@@ -29,8 +29,9 @@ from omegaconf import OmegaConf
 
 from rayfed.config import ConfigError, ExperimentConfig, SpaceParam, TuneConfig, replace_keys, to_yaml
 from rayfed.core.selection import pareto_mask, rule_text, select_best
-from rayfed.experiment import load_finished_run, personalize_run, run_experiment
+from rayfed.experiment import run_experiment
 from rayfed.names import EVAL, GLOBAL_SPLITS, GLOBAL_VAL, LOCAL_VAL, OBJECTIVES, SPLITS, metric_key, objectives_of
+from rayfed.personalization.phase import load_finished_run, personalize_run
 from rayfed.runtime.placement import check_bundles_fit, run_bundles
 
 # The design card's search: l2 strength on a log grid that includes 0, x interpolation ratio.
@@ -337,12 +338,12 @@ def _search_reference(trials: list[tuple[dict[str, Any], dict[str, Any], Any]]) 
 
 def _publish(cfg: ExperimentConfig, out: Path, summary: dict[str, Any], columns: list[str]) -> None:
     """Draw pareto.png; with W&B on, log it and the results table once for the whole search."""
-    from rayfed.plots import plot_search
+    from rayfed.outputs.plots import plot_search
 
     pngs = plot_search(out)
     if not cfg.logging.wandb.enabled:
         return
-    from rayfed.loggers import build_loggers
+    from rayfed.outputs.loggers import build_loggers
 
     for logger in build_loggers(cfg, out, [], job_type="search"):
         logger.log({"event": "table", "key": "tune/results", "columns": columns,

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import torch
 
-from rayfed.checkpoint import load_prompt
 from rayfed.config import AvailabilityConfig
 from rayfed.core.availability import client_speed, who_reports
 from rayfed.experiment import run_experiment
+from rayfed.outputs.checkpoint import load_prompt
 
 
 def test_dropouts_are_seeded_per_round_and_stragglers_are_the_slow_clients():

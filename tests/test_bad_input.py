@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rayfed.checkpoint import CHECKPOINT, load_run_state
 from rayfed.cli import main
 from rayfed.experiment import run_experiment
-from rayfed.model import _tiny_llama
+from rayfed.model.prompt_model import _tiny_llama
+from rayfed.outputs.checkpoint import CHECKPOINT, load_run_state
 from rayfed.runtime.driver import NonFiniteError
 
 FAST = ["runtime.executor=local", "algorithm.rounds=1"]
@@ -145,7 +145,7 @@ def test_a_nan_loss_stops_the_run_naming_round_and_client_and_keeps_the_last_che
 
 
 def test_a_disk_that_fills_mid_write_leaves_the_previous_checkpoint_loadable(tmp_path, tiny_overrides, monkeypatch):
-    import rayfed.checkpoint as checkpoint
+    import rayfed.outputs.checkpoint as checkpoint
 
     real = checkpoint.save_file
     calls = {"n": 0}

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from rayfed.config import ConfigError, load_config
-from rayfed.model import TINY_LLAMA
+from rayfed.model.prompt_model import TINY_LLAMA
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from rayfed.checkpoint import load_prompt
 from rayfed.experiment import run_experiment
+from rayfed.outputs.checkpoint import load_prompt
 
 
 def test_in_process_run_lowers_global_loss_and_writes_outputs(tiny_config):

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rayfed.checkpoint import load_prompt
 from rayfed.config import load_config
 from rayfed.experiment import run_experiment
-from rayfed.model import build_prompt_model
+from rayfed.model.prompt_model import build_prompt_model
+from rayfed.outputs.checkpoint import load_prompt
 from rayfed.paths import cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]

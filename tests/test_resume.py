@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rayfed.checkpoint import CHECKPOINT, load_prompt, load_run_state
 from rayfed.config import OptimizerConfig
 from rayfed.core.server_optimizer import ServerOptimizer
 from rayfed.experiment import RunExistsError, run_experiment
+from rayfed.outputs.checkpoint import CHECKPOINT, load_prompt, load_run_state
 
 SERVERS = {
     "sgd-momentum": ["algorithm.server_optimizer.name=sgd", "algorithm.server_optimizer.lr=1.0",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rayfed.experiment import run_experiment
-from rayfed.model import _tiny_llama, load_backbone
+from rayfed.model.prompt_model import _tiny_llama, load_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ from typing import Protocol
 import torch
 
 from rayfed.data.formatting import TokenizedExample
-from rayfed.model import PromptModel
+from rayfed.model.prompt_model import PromptModel
 from rayfed.types import ClientUpdate
 
 
@@ -24,7 +24,7 @@ class Algorithm(Protocol):
                        ) -> list[tuple[torch.Tensor, float]]:
         """``(delta, mean_train_loss)`` of each client in one round, from its train split, the
         prompt it starts from (the global one) and its seed.
-        Several clients run in lockstep (``rayfed.training``), at most ``max_rows`` rows per pass
+        Several clients run in lockstep (``rayfed.local.training``), at most ``max_rows`` rows per pass
         (None: all); one client at a time is the same computation."""
         ...
 

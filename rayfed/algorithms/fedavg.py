@@ -15,10 +15,9 @@ import torch
 from rayfed.config import AlgorithmConfig
 from rayfed.core.aggregation import aggregate_updates
 from rayfed.data.formatting import TokenizedExample
-from rayfed.local import steps_for
-from rayfed.model import PromptModel
+from rayfed.local.training import step_job, steps_for, train_lockstep
+from rayfed.model.prompt_model import PromptModel
 from rayfed.settings import OptimizerSettings
-from rayfed.training import step_job, train_lockstep
 from rayfed.types import ClientUpdate
 
 

@@ -14,8 +14,8 @@ import torch
 from rayfed.config import AlgorithmConfig
 from rayfed.core.aggregation import aggregate_updates
 from rayfed.data.formatting import TokenizedExample
-from rayfed.model import PromptModel
-from rayfed.training import gradient_batch, gradients_lockstep
+from rayfed.local.training import gradient_batch, gradients_lockstep
+from rayfed.model.prompt_model import PromptModel
 from rayfed.types import ClientUpdate
 
 

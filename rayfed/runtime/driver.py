@@ -23,7 +23,7 @@ from rayfed.core.server_optimizer import ServerOptimizer
 from rayfed.errors import UserError
 from rayfed.metrics import summarize_clients
 from rayfed.names import EVAL, metric_key
-from rayfed.personalization import PersonalizeSettings
+from rayfed.personalization.settings import PersonalizeSettings
 from rayfed.runtime.worker import ClientWorker
 from rayfed.settings import EvalSettings, RoundSettings
 from rayfed.types import EvalSums, RoundResult

@@ -24,7 +24,7 @@ def open_driver(cfg: ExperimentConfig, data: FederatedData) -> Iterator[Any]:
         worker = ClientWorker(parts.model, parts.worker, parts.algorithm, list(data.clients), global_sets_of(data))
         yield Driver(parts.rounds, parts.algorithm, InProcessExecutor(worker))
         return
-    from rayfed.builtin_models import resolve_model_path
+    from rayfed.model.builtin import resolve_model_path
     from rayfed.runtime import ray_backend
 
     resolve_model_path(cfg.model.name)  # convert a built-in model once, before actors load it

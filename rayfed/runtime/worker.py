@@ -19,12 +19,12 @@ from rayfed.algorithms.base import Algorithm
 from rayfed.core.sampling import derive_seed
 from rayfed.data.formatting import TokenizedExample, tokenize
 from rayfed.data.partition import ClientData
-from rayfed.evaluation import evaluate_many
-from rayfed.model import build_prompt_model
+from rayfed.local.evaluation import evaluate_many
+from rayfed.local.training import by_epoch, epoch_job, train_lockstep
+from rayfed.model.prompt_model import build_prompt_model
 from rayfed.names import GLOBAL_SPLITS
-from rayfed.personalization import PersonalizeSettings
+from rayfed.personalization.settings import PersonalizeSettings
 from rayfed.settings import EvalSettings, ModelSettings, WorkerSettings
-from rayfed.training import by_epoch, epoch_job, train_lockstep
 from rayfed.types import ClientUpdate, EvalSums, Example
 
 

@@ -21,9 +21,11 @@ from typing import Any
 
 import torch
 
-from rayfed.checkpoint import PromptCache, load_local_prompts, load_prompt
 from rayfed.core.selection import pareto_mask
-from rayfed.personalization import PersonalizeSettings, prompt_shift
+from rayfed.outputs.checkpoint import load_prompt
+from rayfed.personalization.cache import PromptCache, load_local_prompts
+from rayfed.personalization.curves import prompt_shift
+from rayfed.personalization.settings import PersonalizeSettings
 from rayfed.study.config import StudyConfig
 from rayfed.study.layout import (
     Curve,
@@ -279,7 +281,7 @@ def prompt_norm(prompt: torch.Tensor) -> float:
 def local_prompt_shift(run: Path, global_prompt: torch.Tensor, summary: dict, seed: int) -> tuple[float, float]:
     """How far a personalization of ``run``'s ``global_prompt`` moved the clients' prompts by its
     last epoch, mean over clients: ``prompt_shift`` and ``prompt_shift_relative``
-    (rayfed.personalization), from the local prompts in the run's ``prompt_cache/``; NaN
+    (rayfed.personalization.curves), from the local prompts in the run's ``prompt_cache/``; NaN
     (reported as missing) if they were deleted."""
     path = PromptCache(run / "prompt_cache", seed).path(PersonalizeSettings.from_summary(summary["settings"]))
     if not path.is_file():

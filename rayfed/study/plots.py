@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from rayfed.core.selection import pareto_mask
-from rayfed.plots import REF_STYLE, _save, plt
+from rayfed.outputs.plots import REF_STYLE, _save, plt
 from rayfed.study.config import StudyConfig, load_study
 from rayfed.study.layout import frontier_points, load_curves, selected_lrs
 

@@ -36,7 +36,7 @@ def write_report(s: StudyConfig, out: Path) -> dict[str, Any]:
 def _publish_wandb(s: StudyConfig, out: Path, analysis: dict[str, Any], figures: list[Path]) -> None:
     """With W&B on in the experiment section: one run for the whole study (job type ``study``,
     in the study's group) holding the verdicts, every part and the figures."""
-    from rayfed.loggers import build_loggers
+    from rayfed.outputs.loggers import build_loggers
     from rayfed.study.config import run_config
 
     label = s.personalize.main_algorithm

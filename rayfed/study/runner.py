@@ -32,7 +32,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from rayfed.checkpoint import CHECKPOINT
+from rayfed.outputs.checkpoint import CHECKPOINT
 from rayfed.study.config import StudyConfig, personalize_jobs, run_config
 from rayfed.study.layout import run_dir, selected_lrs
 
@@ -136,7 +136,8 @@ def run_chain(s: StudyConfig, out: Path, chain: Chain, total: int, log: Callable
     """One chain's jobs in order; its personalizations share one set of workers, started by the
     first that runs. Each finished job appends its time to ``jobs.jsonl``."""
     from rayfed.config import replace_keys
-    from rayfed.experiment import open_finished_run, personalize_run, resume_experiment, run_experiment
+    from rayfed.experiment import resume_experiment, run_experiment
+    from rayfed.personalization.phase import open_finished_run, personalize_run
 
     path = run_dir(out, chain.label, chain.concentration, chain.lr, chain.seed)
     with ExitStack() as stack:

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rayfed.checkpoint import load_prompt
 from rayfed.experiment import run_experiment
+from rayfed.outputs.checkpoint import load_prompt
 
 pytestmark = pytest.mark.ray
 

@@ -1,4 +1,4 @@
-"""rayfed.plots: every figure redrawn from fixture output files, without torch or Ray."""
+"""rayfed.outputs.plots: every figure redrawn from fixture output files, without torch or Ray."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rayfed.plots import plot_path
+from rayfed.outputs.plots import plot_path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SPLITS = ("local_val", "local_test", "global_val", "global_test")
 METRICS = ("loss", "exact_match", "rouge_l")
@@ -167,7 +167,7 @@ def test_plots_import_neither_torch_nor_ray(tmp_path):
     write_run(tmp_path / "run")
     write_personalization(tmp_path / "run" / "personalize" / "a", epochs=2, ratios=(0.0, 1.0))
     write_search(tmp_path / "search", trials=6)
-    code = (f"import sys, rayfed.plots as p; from pathlib import Path; "
+    code = (f"import sys, rayfed.outputs.plots as p; from pathlib import Path; "
             f"p.plot_path(Path({str(tmp_path / 'run')!r})); p.plot_path(Path({str(tmp_path / 'search')!r})); "
             f"assert 'torch' not in sys.modules and 'ray' not in sys.modules, 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

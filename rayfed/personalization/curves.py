@@ -8,60 +8,20 @@ ratio 0 at every epoch) is scored once and reused, since it is the same prompt.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from rayfed.config import PersonalizeConfig
 from rayfed.core.selection import select_best
 from rayfed.metrics import summarize_clients
-from rayfed.settings import EvalSettings, OptimizerSettings
+from rayfed.personalization.settings import PersonalizeSettings
+from rayfed.settings import EvalSettings
 from rayfed.types import EvalSums
 
 Trained = dict[int, tuple[dict[int, torch.Tensor], dict[int, float]]]  # client -> (prompts, losses) by epoch
 Scores = dict[int, dict[str, EvalSums]]  # client -> split -> sums
-
-
-@dataclass(frozen=True)
-class PersonalizeSettings:
-    """What one personalization run does; passed into every call (a Tune trial brings its own)."""
-
-    epochs: int
-    eval_every_epochs: int
-    batch_size: int
-    optimizer: OptimizerSettings
-    l2_strength: float
-    interp_ratios: tuple[float, ...]
-    global_eval_examples: int | None
-    global_tolerance: float
-    validation: bool = True
-
-    @classmethod
-    def from_config(cls, cfg: PersonalizeConfig) -> PersonalizeSettings:
-        return cls(cfg.local_epochs, cfg.eval_every_epochs, cfg.batch_size,
-                   OptimizerSettings.from_config(cfg.optimizer), cfg.l2_strength, tuple(cfg.interp_ratios),
-                   cfg.global_eval_examples, cfg.global_tolerance, cfg.validation)
-
-    @classmethod
-    def from_summary(cls, settings: dict[str, Any]) -> PersonalizeSettings:
-        """The settings a personalization's ``summary.json`` records (``asdict`` of these)."""
-        return cls(**{**settings, "optimizer": OptimizerSettings(**settings["optimizer"]),
-                      "interp_ratios": tuple(settings["interp_ratios"])})
-
-    def eval_epochs(self) -> list[int]:
-        """0, every ``eval_every_epochs``-th epoch, and the last one."""
-        return sorted(set(range(0, self.epochs + 1, self.eval_every_epochs)) | {self.epochs})
-
-    def training_key(self, seed: int) -> str:
-        """Identifies the local prompts: settings that differ only in how they are scored
-        (ratios, subsample, tolerance) share them."""
-        train = {k: v for k, v in asdict(self).items()
-                 if k not in ("interp_ratios", "global_eval_examples", "global_tolerance", "validation")}
-        return hashlib.sha256(json.dumps([seed, train], sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass

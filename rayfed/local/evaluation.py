@@ -2,7 +2,7 @@
 
 :func:`evaluate` scores one prompt on one dataset; :func:`evaluate_many` scores many (dataset,
 prompt) pairs in pooled passes with the same numbers. :func:`generate` is the plain greedy
-decoder they are checked against (benchmarks/eval_speed.py, tests/test_eval_speed.py).
+decoder they are checked against (benchmarks/eval_speed.py, tests/local/test_evaluation.py).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from rayfed.data.formatting import TokenizedExample, collate_generate
-from rayfed.lengths import call_overhead_tokens, length_groups
+from rayfed.local.lengths import call_overhead_tokens, length_groups
 from rayfed.metrics import exact_match, rouge_l
-from rayfed.model import PromptModel
+from rayfed.model.prompt_model import PromptModel
 from rayfed.types import EvalSums
 
 

@@ -8,15 +8,15 @@ from collections import Counter
 import pytest
 import torch
 
-import rayfed.evaluation as local
+import rayfed.local.evaluation as local
 from rayfed.config import OptimizerConfig
 from rayfed.data.formatting import TokenizedExample, tokenize
 from rayfed.data.synthetic import generate_synthetic
-from rayfed.evaluation import evaluate, evaluate_many, generate
-from rayfed.local import per_example_loss
+from rayfed.local.evaluation import evaluate, evaluate_many, generate
+from rayfed.local.loss import per_example_loss
+from rayfed.local.training import train_prompt
 from rayfed.metrics import exact_match, rouge_l
-from rayfed.model import PromptModel, build_prompt_model
-from rayfed.training import train_prompt
+from rayfed.model.prompt_model import PromptModel, build_prompt_model
 from rayfed.types import EvalSums
 
 

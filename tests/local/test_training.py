@@ -7,10 +7,10 @@ from rayfed.algorithms.fedavg import FedAvg
 from rayfed.config import OptimizerConfig
 from rayfed.data.formatting import TokenizedExample, tokenize
 from rayfed.data.synthetic import generate_synthetic
-from rayfed.lengths import call_overhead_tokens, length_groups
-from rayfed.local import per_example_loss
-from rayfed.model import build_prompt_model
-from rayfed.training import by_epoch, epoch_job, lockstep_losses, train_lockstep
+from rayfed.local.lengths import call_overhead_tokens, length_groups
+from rayfed.local.loss import per_example_loss
+from rayfed.local.training import by_epoch, epoch_job, lockstep_losses, train_lockstep
+from rayfed.model.prompt_model import build_prompt_model
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ with fewer steps than the others stops taking part: its parameter gets no gradie
 optimizers skip a parameter without one (no momentum, no step count, no weight decay).
 
 A step's rows from several clients are sorted by length and run in a few forward passes of
-similar length (``rayfed.lengths``), then one backward: padding every row to the longest of all
+similar length (``rayfed.local.lengths``), then one backward: padding every row to the longest of all
 clients' rows would waste a quarter or more of the compute on real task mixes.
 
 One client alone is the ordinary local training path (``train_prompt`` below and
@@ -28,10 +28,35 @@ import torch
 
 from rayfed.core.regularization import l2_penalty
 from rayfed.data.formatting import TokenizedExample
-from rayfed.lengths import call_overhead_tokens, length_groups
-from rayfed.local import batches, make_optimizer, per_example_loss
-from rayfed.model import PromptModel
+from rayfed.local.lengths import call_overhead_tokens, length_groups
+from rayfed.local.loss import per_example_loss
+from rayfed.model.prompt_model import PromptModel
 from rayfed.settings import OptimizerSettings
+
+
+def batches(n: int, batch_size: int, num_steps: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Index batches for ``num_steps`` steps, walking through fresh permutations epoch by epoch."""
+    out, order = [], np.empty(0, dtype=int)
+    for _ in range(num_steps):
+        if len(order) < min(batch_size, n):
+            order = np.concatenate([order, rng.permutation(n)])
+        out.append(order[:batch_size])
+        order = order[batch_size:]
+    return out
+
+
+def steps_for(n: int, batch_size: int, local_steps: int | None, local_epochs: int | None) -> int:
+    return local_steps if local_steps is not None else int(local_epochs or 1) * math.ceil(n / batch_size)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerSettings) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.name!r}")
 
 
 @dataclass(frozen=True)
@@ -41,7 +66,7 @@ class PromptJob:
     Attributes:
         data: The client's tokenized training examples.
         init_prompt: The prompt it starts from, ``[virtual, hidden]``.
-        plan: Index batches into ``data``, one per step (``rayfed.local.batches``).
+        plan: Index batches into ``data``, one per step (``batches``).
         keep_steps: Step counts after which to return the prompt (0: the initial prompt).
         l2_reference: The prompt the l2 pull is toward (None: no pull).
     """
@@ -125,7 +150,7 @@ def lockstep_losses(model: PromptModel, rows: Sequence[Sequence[TokenizedExample
     """Per-example losses of several clients' rows (flattened in order), ``prompts`` one per row.
 
     One client's rows are one pass, exactly as in per-client training. The rows of several
-    clients are sorted by length and run in groups (``rayfed.lengths``), so that no row is padded
+    clients are sorted by length and run in groups (``rayfed.local.lengths``), so that no row is padded
     to the longest of every client's; the losses come back in the rows' order.
     """
     flat = [ex for r in rows for ex in r]

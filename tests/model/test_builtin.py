@@ -1,4 +1,4 @@
-"""Tests for built-in model resolution (rayfed.builtin_models)."""
+"""Tests for built-in model resolution (rayfed.model.builtin)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rayfed import builtin_models
-from rayfed.builtin_models import ModelNotAvailableError, resolve_model_path
+from rayfed.model import builtin as builtin_models
+from rayfed.model.builtin import ModelNotAvailableError, resolve_model_path
 from rayfed.paths import cache_dir
 
 

@@ -64,6 +64,14 @@ def plot_path(path: Path) -> list[Path]:
     return [png for plot, directory in jobs for png in plot(directory)]
 
 
+def draw_and_log(out: Path, loggers: list[Any], recurse: bool = True) -> None:
+    """Redraw the figures of ``out`` (only its run's with ``recurse`` off) from the files just
+    written and hand each to the loggers as an ``image`` event (W&B shows them)."""
+    for png in plot_path(out) if recurse else plot_run(out):
+        for logger in loggers:
+            logger.log({"event": "image", "key": f"plots/{png.stem}", "path": str(png)})
+
+
 def plot_run(run_dir: Path) -> list[Path]:
     """``rounds.png``: ROUGE-L and loss over federated rounds, from the ``round`` events of ``metrics.jsonl``.
 

@@ -6,11 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rayfed.checkpoint import load_local_prompts, load_prompt
 from rayfed.cli import main
 from rayfed.config import ConfigError
-from rayfed.experiment import personalization_driver, run_experiment, run_personalization
+from rayfed.experiment import run_experiment
 from rayfed.names import SPLITS
+from rayfed.outputs.checkpoint import load_prompt
+from rayfed.personalization.cache import load_local_prompts
+from rayfed.personalization.phase import personalization_driver, run_personalization
 
 WITH_VAL = ["runtime.executor=local", "partition.val_examples=4", "partition.global_val_examples=8"]
 ADAM = ["personalize.local_epochs=3", "personalize.optimizer.name=adam", "personalize.optimizer.lr=0.05"]
@@ -145,7 +147,7 @@ def test_personalize_cli_writes_under_the_run_and_refuses_to_change_what_was_tra
 def test_an_unfinished_run_is_refused(finished_run, tmp_path):
     import shutil
 
-    from rayfed.checkpoint import save_prompt
+    from rayfed.outputs.checkpoint import save_prompt
 
     run_dir, _ = finished_run
     partial = tmp_path / "partial"
@@ -159,8 +161,8 @@ def test_by_epoch_training_ends_where_one_shot_training_does(tiny_config):
     from rayfed.config import OptimizerConfig
     from rayfed.data.formatting import tokenize
     from rayfed.data.sources import federated_data
-    from rayfed.model import build_prompt_model
-    from rayfed.training import train_prompt, train_prompt_by_epoch
+    from rayfed.local.training import train_prompt, train_prompt_by_epoch
+    from rayfed.model.prompt_model import build_prompt_model
 
     cfg = tiny_config()
     model = build_prompt_model(cfg.model)
@@ -178,7 +180,7 @@ def test_by_epoch_training_ends_where_one_shot_training_does(tiny_config):
 def test_personalization_reports_progress_with_an_estimate_on_the_console(finished_run):
     import io
 
-    from rayfed.loggers import ConsoleLogger
+    from rayfed.outputs.loggers import ConsoleLogger
 
     run_dir, _ = finished_run
     stream = io.StringIO()

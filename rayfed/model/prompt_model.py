@@ -116,7 +116,7 @@ def load_backbone(name: str, trust_remote_code: bool = False):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from rayfed.builtin_models import resolve_model_path
+        from rayfed.model.builtin import resolve_model_path
 
         hf_logging.disable_progress_bar()  # one bar per client actor is noise
         path = resolve_model_path(name)

@@ -90,7 +90,7 @@ def build_loggers(cfg: ExperimentConfig, out: Path, extra: list[MetricLogger] | 
     if cfg.logging.wandb.enabled:
         from omegaconf import OmegaConf
 
-        from rayfed.wandb_logger import WandbLogger
+        from rayfed.outputs.wandb_logger import WandbLogger
 
         out.mkdir(parents=True, exist_ok=True)
         config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)

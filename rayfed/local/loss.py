@@ -1,6 +1,6 @@
-"""The per-example loss, step batching and client optimizers that local training is made of.
+"""The per-example loss that local training and FedSGD gradients are made of.
 
-Plain functions over a :class:`~rayfed.model.PromptModel` and tokenized examples; no Ray here.
+A plain function over a :class:`~rayfed.model.prompt_model.PromptModel` and tokenized examples; no Ray here.
 The loss of a batch is the mean over examples of each example's mean target-token
 cross-entropy, so a weighted mean over clients (weights = example counts) equals the loss of the
 union of their data.
@@ -8,15 +8,11 @@ union of their data.
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from rayfed.data.formatting import TokenizedExample, collate_train
-from rayfed.model import PromptModel
-from rayfed.settings import OptimizerSettings
+from rayfed.model.prompt_model import PromptModel
 
 
 def per_example_loss(model: PromptModel, batch: list[TokenizedExample],
@@ -42,28 +38,3 @@ def per_example_loss(model: PromptModel, batch: list[TokenizedExample],
     sums = torch.zeros(n_rows, device=token_loss.device).index_add(0, rows, token_loss)
     counts = torch.zeros(n_rows, device=token_loss.device).index_add(0, rows, torch.ones_like(token_loss))
     return sums / counts.clamp(min=1)
-
-
-def batches(n: int, batch_size: int, num_steps: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Index batches for ``num_steps`` steps, walking through fresh permutations epoch by epoch."""
-    out, order = [], np.empty(0, dtype=int)
-    for _ in range(num_steps):
-        if len(order) < min(batch_size, n):
-            order = np.concatenate([order, rng.permutation(n)])
-        out.append(order[:batch_size])
-        order = order[batch_size:]
-    return out
-
-
-def steps_for(n: int, batch_size: int, local_steps: int | None, local_epochs: int | None) -> int:
-    return local_steps if local_steps is not None else int(local_epochs or 1) * math.ceil(n / batch_size)
-
-
-def make_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerSettings) -> torch.optim.Optimizer:
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.name!r}")

@@ -15,7 +15,7 @@ from rayfed.study.config import load_study, personalize_jobs
 from rayfed.study.layout import run_dir
 from rayfed.study.runner import estimate_text
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "study" / "tiny.yaml"
 
 
@@ -185,7 +185,7 @@ def test_a_run_worse_than_its_untrained_prompt_is_named_in_the_report(study):
 
 
 def test_with_wandb_on_the_study_is_one_run_with_its_verdicts_and_figures(study, monkeypatch, tmp_path):
-    from tests.test_wandb_logger import RunLog
+    from tests.outputs.test_wandb_logger import RunLog
 
     s, out = study
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):

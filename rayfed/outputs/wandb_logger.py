@@ -1,4 +1,4 @@
-"""Weights & Biases as a :class:`~rayfed.loggers.MetricLogger`.
+"""Weights & Biases as a :class:`~rayfed.outputs.loggers.MetricLogger`.
 
 ``wandb`` is imported only when a :class:`WandbLogger` is built, so runs without W&B never pay for it.
 The API key is never read here: W&B picks ``WANDB_API_KEY`` up from the environment itself. Without

@@ -3,7 +3,7 @@
 wandb 0.31 writes no ``files/config.yaml`` or ``wandb-summary.json`` for an offline run (the Go core's
 sender does that only online); everything lives in the run's ``.wandb`` transaction log, a LevelDB-style
 record log of ``wandb_internal_pb2.Record`` protos. wandb 0.31 ships no Python reader for it any more
-(``wandb.sdk.internal.datastore`` is gone), so ``rayfed.wandb_logger.read_transaction_log`` parses the
+(``wandb.sdk.internal.datastore`` is gone), so ``rayfed.outputs.wandb_logger.read_transaction_log`` parses the
 framing (checksums verified) and wandb's own protobuf classes decode the records.
 """
 
@@ -21,7 +21,7 @@ import pytest
 wandb = pytest.importorskip("wandb")
 
 from rayfed.config import WandbConfig  # noqa: E402
-from rayfed.wandb_logger import (  # noqa: E402
+from rayfed.outputs.wandb_logger import (  # noqa: E402
     WandbLogger,
     read_transaction_log,
     resolve_mode,
@@ -258,8 +258,8 @@ def test_resolve_mode(monkeypatch):
 
 
 def test_module_import_does_not_import_wandb():
-    code = "import sys, rayfed.wandb_logger; assert 'wandb' not in sys.modules, 'wandb imported eagerly'"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    code = "import sys, rayfed.outputs.wandb_logger; assert 'wandb' not in sys.modules, 'wandb imported eagerly'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
 def test_a_run_with_personalization_logs_its_config_rounds_curves_and_plots(wandb_env, tiny_config):

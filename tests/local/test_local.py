@@ -7,10 +7,10 @@ from rayfed.config import OptimizerConfig
 from rayfed.core.aggregation import aggregate_updates
 from rayfed.data.formatting import tokenize
 from rayfed.data.synthetic import generate_synthetic
-from rayfed.evaluation import evaluate
-from rayfed.local import per_example_loss
-from rayfed.model import build_prompt_model
-from rayfed.training import prompt_gradient, train_prompt
+from rayfed.local.evaluation import evaluate
+from rayfed.local.loss import per_example_loss
+from rayfed.local.training import prompt_gradient, train_prompt
+from rayfed.model.prompt_model import build_prompt_model
 from rayfed.types import ClientUpdate
 
 
@@ -70,7 +70,7 @@ def test_fedsgd_full_batch_equals_one_centralized_step_on_the_union(tiny_config)
 
 def test_evaluate_reports_perfect_scores_when_generations_match(tiny_config, monkeypatch):
     _, model, data = setup(tiny_config, n=6)
-    import rayfed.evaluation as local
+    import rayfed.local.evaluation as local
 
     scored = local._score_and_generate
 
@@ -87,7 +87,7 @@ def test_evaluate_reports_perfect_scores_when_generations_match(tiny_config, mon
 
 def test_generation_is_bounded_by_the_target_length(tiny_config):
     _, model, data = setup(tiny_config, n=4)
-    from rayfed.evaluation import generate
+    from rayfed.local.evaluation import generate
 
     outputs = generate(model, data, max_new_tokens=3)
     assert len(outputs) == 4
@@ -96,8 +96,8 @@ def test_generation_is_bounded_by_the_target_length(tiny_config):
 
 def test_a_row_generates_the_same_text_alone_and_in_a_padded_batch(tiny_config):
     cfg, model, _ = setup(tiny_config)
-    from rayfed.evaluation import generate
-    from rayfed.training import train_prompt
+    from rayfed.local.evaluation import generate
+    from rayfed.local.training import train_prompt
 
     examples = generate_synthetic(4, seed=0, tasks=["copy", "add", "topic"])
     data = tokenize(examples, model.tokenizer, 64, 16)  # sources of different lengths
