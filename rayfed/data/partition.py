@@ -69,7 +69,7 @@ def partition(
     Raises:
         ValueError: when the pool is too small for the requested sizes (names the keys).
     """
-    rng = np.random.default_rng([seed, 0x9A27])
+    rng = np.random.default_rng([seed, 0x9A27])  # one generator, drawn from in this order throughout
     by_task: dict[str, list[Example]] = defaultdict(list)
     for ex in examples:
         by_task[ex.task].append(ex)
@@ -87,7 +87,6 @@ def partition(
     for task in tasks:
         for ex in by_task[task]:
             pools[unit_of(ex, unit)].append(ex)
-    units = sorted(pools)
     per_client = train_examples + val_examples + test_examples
     available = sum(len(v) for v in pools.values())
     if available < per_client * num_clients:
@@ -98,18 +97,12 @@ def partition(
     for pool in pools.values():  # pools mix tasks; shuffle so draws are not task-ordered
         rng.shuffle(pool)  # type: ignore[arg-type]
 
+    units = sorted(pools)
     sizes = np.array([len(pools[u]) for u in units], dtype=float)
     clients = []
     for client_id in range(num_clients):
         weights = _mixture(scheme, len(units), concentration, units_per_client, sizes, rng)
-        shard: list[Example] = []
-        for _ in range(per_client):
-            live = np.array([w if pools[u] else 0.0 for u, w in zip(units, weights)])
-            if live.sum() == 0:  # the client's units ran dry: fall back to whatever is left
-                live = np.array([float(len(pools[u]) > 0) for u in units])
-            shard.append(pools[units[int(rng.choice(len(units), p=live / live.sum()))]].pop())
-        order = rng.permutation(per_client)
-        shard = [shard[i] for i in order]
+        shard = _draw_shard(pools, units, weights, per_client, rng)
         clients.append(ClientData(
             client_id,
             tuple(shard[:train_examples]),
@@ -117,6 +110,20 @@ def partition(
             tuple(shard[train_examples + val_examples:]),
         ))
     return FederatedData(tuple(clients), tuple(global_test), unit, tuple(global_val))
+
+
+def _draw_shard(pools: dict[str, list[Example]], units: list[str], weights: np.ndarray, size: int,
+                rng: np.random.Generator) -> list[Example]:
+    """``size`` examples drawn without replacement from the unit pools by ``weights`` (a unit that
+    ran dry is skipped; if all of the client's did, any unit left), in a random order."""
+    shard: list[Example] = []
+    for _ in range(size):
+        live = np.array([w if pools[u] else 0.0 for u, w in zip(units, weights)])
+        if live.sum() == 0:  # the client's units ran dry: fall back to whatever is left
+            live = np.array([float(len(pools[u]) > 0) for u in units])
+        shard.append(pools[units[int(rng.choice(len(units), p=live / live.sum()))]].pop())
+    order = rng.permutation(size)
+    return [shard[i] for i in order]
 
 
 def _round_robin(by_task: dict[str, list[Example]], tasks: list[str], size: int) -> list[Example]:

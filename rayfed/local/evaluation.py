@@ -189,20 +189,7 @@ def _teacher_forced(model: PromptModel, rows: list[TokenizedExample], limits: li
     device, n = model.device, len(rows)
     backbone = model.peft.get_base_model()
     n_virtual = prompt_states[0][0].shape[2]
-    src_width = max(len(r.source_ids) for r in rows)
-    tgt_width = max(len(r.target_ids) for r in rows)
-    # Layout [left-padded source | right-padded target]: the last source token of every row sits
-    # in one column, so a common crop keeps exactly the sources. The last target token predicts
-    # nothing, so it is not fed.
-    input_ids = torch.full((n, src_width + tgt_width - 1), model.pad_id, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    targets = torch.full((n, tgt_width), -100, dtype=torch.long)
-    for i, r in enumerate(rows):
-        src, tgt = len(r.source_ids), len(r.target_ids)
-        input_ids[i, src_width - src:src_width] = torch.tensor(r.source_ids)
-        input_ids[i, src_width:src_width + tgt - 1] = torch.tensor(r.target_ids[:-1])
-        mask[i, src_width - src:src_width + tgt - 1] = 1
-        targets[i, :tgt] = torch.tensor(r.target_ids)
+    input_ids, mask, targets, src_width = _source_target_layout(rows, model.pad_id)
     input_ids, targets = input_ids.to(device), targets.to(device)
     mask = torch.cat([torch.ones(n, n_virtual, dtype=torch.long), mask], 1).to(device)
     positions = (mask.cumsum(1) - 1)[:, n_virtual:]
@@ -223,15 +210,7 @@ def _teacher_forced(model: PromptModel, rows: list[TokenizedExample], limits: li
     agreed = (predicted == targets).long().cumprod(1).sum(1)
     lengths = (targets != -100).sum(1)
     accepted = torch.minimum(agreed, lengths - 1)
-    eos = model.tokenizer.eos_token_id
-    tokens = []
-    for known, n_accepted, limit in zip(predicted.tolist(), accepted.tolist(), limits):
-        out: list[int] = []
-        for token in known[:n_accepted + 1]:
-            out.append(token)
-            if token == eos or len(out) == limit:
-                break
-        tokens.append(out)
+    tokens = _known_tokens(predicted.tolist(), accepted.tolist(), limits, model.tokenizer.eos_token_id)
     # Keep the prompt, the sources and the accepted target prefixes; mask what a row did not accept.
     keep = n_virtual + src_width + int(accepted.max())
     cache.crop(keep - cache.get_seq_length())
@@ -241,6 +220,40 @@ def _teacher_forced(model: PromptModel, rows: list[TokenizedExample], limits: li
     return sums / counts.clamp(min=1), tokens, _Continuation(
         torch.arange(n, device=device), [(layer.keys, layer.values) for layer in cache.layers], mask, next_ids,
         positions[:, src_width - 1] + 1 + accepted)
+
+
+def _source_target_layout(rows: list[TokenizedExample], pad_id: int,
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """``(input_ids, mask, targets, source width)`` laid out as [left-padded source | right-padded
+    target]: the last source token of every row sits in one column, so a common crop keeps exactly
+    the sources. The last target token predicts nothing, so it is not fed."""
+    n = len(rows)
+    src_width = max(len(r.source_ids) for r in rows)
+    tgt_width = max(len(r.target_ids) for r in rows)
+    input_ids = torch.full((n, src_width + tgt_width - 1), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    targets = torch.full((n, tgt_width), -100, dtype=torch.long)
+    for i, r in enumerate(rows):
+        src, tgt = len(r.source_ids), len(r.target_ids)
+        input_ids[i, src_width - src:src_width] = torch.tensor(r.source_ids)
+        input_ids[i, src_width:src_width + tgt - 1] = torch.tensor(r.target_ids[:-1])
+        mask[i, src_width - src:src_width + tgt - 1] = 1
+        targets[i, :tgt] = torch.tensor(r.target_ids)
+    return input_ids, mask, targets, src_width
+
+
+def _known_tokens(predicted: list[list[int]], accepted: list[int], limits: list[int], eos: int) -> list[list[int]]:
+    """Each row's greedy tokens that the teacher-forced pass determined: its accepted target prefix
+    and one more, cut at EOS and at its limit."""
+    tokens = []
+    for known, n_accepted, limit in zip(predicted, accepted, limits):
+        out: list[int] = []
+        for token in known[:n_accepted + 1]:
+            out.append(token)
+            if token == eos or len(out) == limit:
+                break
+        tokens.append(out)
+    return tokens
 
 
 def _select(cont: _Continuation, keep: torch.Tensor, width: int) -> _Continuation:

@@ -128,64 +128,85 @@ def plot_personalization(pers_dir: Path) -> list[Path]:
     splits = [s for s in ("val", "test") if any(metric_key(f"local_{s}", "rouge_l", "mean") in p for p in curve)]
     if not splits:
         return []
-    ref, sel, name = summary.get("reference") or {}, summary.get("selected"), summary.get("name") or pers_dir.name
     ratios = sorted({p["interp_ratio"] for p in curve})
     color = {r: plt.get_cmap("viridis")(0.85 * i / max(len(ratios) - 1, 1)) for i, r in enumerate(ratios)}
-    local, glob = metric_key("local_{s}", "rouge_l", "mean"), metric_key("global_{s}", "rouge_l", "mean")
     handles = [Line2D([], [], color=color[r], marker="o", label=f"ratio {r:g}") for r in ratios]
     handles += [Line2D([], [], color="0.3", ls=SPLIT_STYLE[s], label=s) for s in splits]
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.8))
-    _lines(ax, curve, "interp_ratio", color, splits, local, glob)
-    top = sorted((p for p in curve if p["interp_ratio"] == ratios[-1] and _finite(p.get(glob.format(s=splits[0])))
-                  and _finite(p.get(local.format(s=splits[0])))),
-                 key=lambda p: p["epoch"])  # sparse epoch labels, on the most personalized line
-    for p in {id(p): p for p in top[:: max(1, math.ceil(len(top) / 5))] + top[-1:]}.values():
-        ax.annotate(f"ep {p['epoch']}", (p[local.format(s=splits[0])], p[glob.format(s=splits[0])]), fontsize=7,
-                    textcoords="offset points", xytext=(5, 3), color="0.25")
-    marks = _mark(ax, ref, sel, splits, local, glob)
-    ax.set(xlabel="local ROUGE-L (client's own data, mean over clients)",
-           ylabel="global ROUGE-L (global distribution, mean)", title=f"Personalization vs robustness: {name}")
-    ax.margins(0.08)
-    ax.legend(handles=handles + marks, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    written = [_save(fig, pers_dir / "curves.png")]
-
-    train = defaultdict(list)
-    for rec in records:
-        if rec.get("split") == "train" and _finite(rec.get("loss")):
-            train[rec["epoch"]].append(rec["loss"])
-    fig, axes = plt.subplots(1, 2 + bool(train), figsize=(4.2 * (2 + bool(train)), 3.8))
-    for ax, (side, y) in zip(axes, (("local", local), ("global", glob))):
-        _lines(ax, curve, "interp_ratio", color, splits, "epoch", y)
-        marks = _mark(ax, ref, sel, splits, "epoch", y)
-        ax.set(xlabel="epoch", ylabel=f"{side} ROUGE-L (mean over clients)", title=f"{side} ROUGE-L by epoch")
-    if train:
-        axes[2].plot(sorted(train), [np.mean(train[e]) for e in sorted(train)], "-o", ms=3, color="0.3")
-        axes[2].set(xlabel="epoch", ylabel="train loss (mean over clients)", title="local training loss")
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(f"Personalization by epoch: {name}", fontsize=11)
-    fig.tight_layout()
-    fig.legend(handles=handles + marks, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
-               ncol=len(handles + marks))
-    written.append(_save(fig, pers_dir / "curves_by_epoch.png"))
-
+    fig = _PersonalizationFigures(pers_dir, curve, splits, summary.get("reference") or {}, summary.get("selected"),
+                                  summary.get("name") or pers_dir.name, color, handles)
+    written = [fig.trade_off(ratios[-1]), fig.by_epoch(records)]
     if len(ratios) >= 2:
-        last = max(p["epoch"] for p in curve)
+        written.append(fig.by_ratio())
+    return written
+
+
+class _PersonalizationFigures:
+    """The three figures of one personalization, sharing its curve, splits, colours and marks."""
+
+    LOCAL, GLOBAL = metric_key("local_{s}", "rouge_l", "mean"), metric_key("global_{s}", "rouge_l", "mean")
+
+    def __init__(self, out: Path, curve: list[dict], splits: list[str], ref: dict, sel: dict | None, name: str,
+                 color: dict, handles: list[Any]):
+        self.out, self.curve, self.splits, self.ref, self.sel, self.name = out, curve, splits, ref, sel, name
+        self.color, self.handles = color, handles
+
+    def trade_off(self, most_personal: float) -> Path:
+        """``curves.png``: the (local, global) plane, one line per ratio, sparse epoch labels."""
+        local, glob, first = self.LOCAL, self.GLOBAL, self.splits[0]
+        fig, ax = plt.subplots(figsize=(6.5, 4.8))
+        _lines(ax, self.curve, "interp_ratio", self.color, self.splits, local, glob)
+        top = sorted((p for p in self.curve if p["interp_ratio"] == most_personal
+                      and _finite(p.get(glob.format(s=first))) and _finite(p.get(local.format(s=first)))),
+                     key=lambda p: p["epoch"])  # sparse epoch labels, on the most personalized line
+        for p in {id(p): p for p in top[:: max(1, math.ceil(len(top) / 5))] + top[-1:]}.values():
+            ax.annotate(f"ep {p['epoch']}", (p[local.format(s=first)], p[glob.format(s=first)]), fontsize=7,
+                        textcoords="offset points", xytext=(5, 3), color="0.25")
+        marks = _mark(ax, self.ref, self.sel, self.splits, local, glob)
+        ax.set(xlabel="local ROUGE-L (client's own data, mean over clients)",
+               ylabel="global ROUGE-L (global distribution, mean)", title=f"Personalization vs robustness: {self.name}")
+        ax.margins(0.08)
+        ax.legend(handles=self.handles + marks, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        return _save(fig, self.out / "curves.png")
+
+    def by_epoch(self, records: list[dict]) -> Path:
+        """``curves_by_epoch.png``: local and global ROUGE-L per epoch, and the train loss if recorded."""
+        train = defaultdict(list)
+        for rec in records:
+            if rec.get("split") == "train" and _finite(rec.get("loss")):
+                train[rec["epoch"]].append(rec["loss"])
+        fig, axes = plt.subplots(1, 2 + bool(train), figsize=(4.2 * (2 + bool(train)), 3.8))
+        for ax, (side, y) in zip(axes, (("local", self.LOCAL), ("global", self.GLOBAL))):
+            _lines(ax, self.curve, "interp_ratio", self.color, self.splits, "epoch", y)
+            marks = _mark(ax, self.ref, self.sel, self.splits, "epoch", y)
+            ax.set(xlabel="epoch", ylabel=f"{side} ROUGE-L (mean over clients)", title=f"{side} ROUGE-L by epoch")
+        if train:
+            axes[2].plot(sorted(train), [np.mean(train[e]) for e in sorted(train)], "-o", ms=3, color="0.3")
+            axes[2].set(xlabel="epoch", ylabel="train loss (mean over clients)", title="local training loss")
+        for ax in axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.suptitle(f"Personalization by epoch: {self.name}", fontsize=11)
+        fig.tight_layout()
+        fig.legend(handles=self.handles + marks, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=len(self.handles + marks))
+        return _save(fig, self.out / "curves_by_epoch.png")
+
+    def by_ratio(self) -> Path:
+        """``interpolation.png``: ROUGE-L against the ratio at the last and the selected epoch."""
+        last = max(p["epoch"] for p in self.curve)
+        sel = self.sel
         chosen = [last] + ([sel["epoch"]] if sel and sel.get("epoch") not in (None, last) else [])
         fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8), sharey=True)
-        for ax, (side, y) in zip(axes, (("local", local), ("global", glob))):
+        for ax, (side, y) in zip(axes, (("local", self.LOCAL), ("global", self.GLOBAL))):
             labels = {e: f"epoch {e} ({'last' if e == last else 'selected'})" for e in chosen}
-            _lines(ax, [p for p in curve if p["epoch"] in chosen], "epoch", dict(zip(chosen, ("C0", "C3"))), splits,
-                   "interp_ratio", y, labels)
-            _mark(ax, ref, sel, splits, "interp_ratio", y)
+            _lines(ax, [p for p in self.curve if p["epoch"] in chosen], "epoch", dict(zip(chosen, ("C0", "C3"))),
+                   self.splits, "interp_ratio", y, labels)
+            _mark(ax, self.ref, sel, self.splits, "interp_ratio", y)
             ax.set(xlabel="interpolation ratio (0 = global, 1 = local)", title=f"{side} ROUGE-L")
         axes[0].set_ylabel("ROUGE-L (mean over clients)")
         axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-        fig.suptitle(f"Interpolating global and local prompts: {name}", fontsize=11)
+        fig.suptitle(f"Interpolating global and local prompts: {self.name}", fontsize=11)
         fig.tight_layout()
-        written.append(_save(fig, pers_dir / "interpolation.png"))
-    return written
+        return _save(fig, self.out / "interpolation.png")
 
 
 def plot_search(search_dir: Path) -> list[Path]:

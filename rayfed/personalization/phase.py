@@ -115,29 +115,8 @@ def personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.T
     evaluation = EvalSettings.from_config(cfg.eval)
     cache = PromptCache(prompt_cache, cfg.seed) if prompt_cache is not None else None
 
-    def status(message: str) -> None:  # progress for a phase that takes minutes (console only)
-        for logger in loggers:
-            logger.log({"event": "status", "message": f"personalize: {message}"})
-
-    epochs = settings.eval_epochs()
-    clock = {"since": time.perf_counter()}
-
-    def epoch_done(epoch: int, rows: list[dict[str, Any]]) -> None:
-        seconds = time.perf_counter() - clock["since"]
-        done, left = epochs.index(epoch), len(epochs) - 1 - epochs.index(epoch)
-        if epoch == 0:
-            status(f"the global prompt scored in {seconds:.0f} s; {left} evaluated epoch(s) to score")
-        else:
-            status(f"epoch {epoch}/{settings.epochs} scored; about {seconds / done * left / 60:.1f} min left")
-        for row in rows:
-            for logger in loggers:
-                logger.log({"event": "personalize", "epoch": row["epoch"], "interp_ratio": row["interp_ratio"],
-                            **{f"personalize/{k}": v for k, v in row.items() if "/" in k}})
-        if epoch == 0:
-            clock["since"] = time.perf_counter()
-        if on_epoch is not None:
-            on_epoch(epoch, rows)
-
+    progress = _Progress(loggers, settings, on_epoch)
+    status = progress.status
     # Local prompts depend only on how they are trained, and the reference only on the global
     # prompt: with a cache, runs that differ in how they score (ratios) compute each once.
     def train():
@@ -150,11 +129,10 @@ def personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.T
     status(f"{cfg.partition.num_clients} clients fine-tune the global prompt for {settings.epochs} epoch(s)")
     trained, reused = cache.local_prompts(settings, train) if cache else (train(), False)
     status(f"local prompts {'reused from the cache' if reused else 'trained'} in "
-           f"{time.perf_counter() - clock['since']:.0f} s; scoring the global prompt")
-    clock["since"] = time.perf_counter()
+           f"{progress.lap():.0f} s; scoring the global prompt")
     reference = cache.reference(settings, evaluation, score) if cache else None
     result = personalize(driver, global_prompt, settings, trained, evaluation, reference=reference,
-                         on_epoch=epoch_done)
+                         on_epoch=progress.epoch_done)
     with open(out / "personalization.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in result.records)
     summary = {"name": out.name, "settings": asdict(settings), "reference": result.reference,
@@ -166,6 +144,41 @@ def personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.T
                                            for k, v in (result.selected or {}).items()}})
     draw_and_log(out, loggers)
     return summary
+
+
+class _Progress:
+    """Progress lines for a phase that takes minutes (console only), each evaluated epoch's curve
+    rows to the loggers, and ``on_epoch`` (Tune reports there)."""
+
+    def __init__(self, loggers: list[MetricLogger], settings: PersonalizeSettings, on_epoch: EpochCallback | None):
+        self.loggers, self.settings, self.on_epoch = loggers, settings, on_epoch
+        self.epochs = settings.eval_epochs()
+        self.since = time.perf_counter()
+
+    def status(self, message: str) -> None:
+        for logger in self.loggers:
+            logger.log({"event": "status", "message": f"personalize: {message}"})
+
+    def lap(self) -> float:
+        """Seconds since the last lap (or the start), and a new lap from now."""
+        now = time.perf_counter()
+        seconds, self.since = now - self.since, now
+        return seconds
+
+    def epoch_done(self, epoch: int, rows: list[dict[str, Any]]) -> None:
+        seconds = time.perf_counter() - self.since  # since the reference started (epoch 0) or was done
+        done, left = self.epochs.index(epoch), len(self.epochs) - 1 - self.epochs.index(epoch)
+        if epoch == 0:
+            self.status(f"the global prompt scored in {seconds:.0f} s; {left} evaluated epoch(s) to score")
+            self.lap()
+        else:
+            self.status(f"epoch {epoch}/{self.settings.epochs} scored; about {seconds / done * left / 60:.1f} min left")
+        for row in rows:
+            for logger in self.loggers:
+                logger.log({"event": "personalize", "epoch": row["epoch"], "interp_ratio": row["interp_ratio"],
+                            **{f"personalize/{k}": v for k, v in row.items() if "/" in k}})
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, rows)
 
 
 def load_finished_run(run_dir: str | Path, overrides: list[str]) -> tuple[ExperimentConfig, torch.Tensor]:
