@@ -23,7 +23,7 @@ import json
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
@@ -33,6 +33,9 @@ from rayfed.experiment import run_experiment
 from rayfed.names import EVAL, GLOBAL_SPLITS, GLOBAL_VAL, LOCAL_VAL, OBJECTIVES, SPLITS, metric_key, objectives_of
 from rayfed.personalization.phase import load_finished_run, personalize_run
 from rayfed.runtime.placement import check_bundles_fit, run_bundles
+
+if TYPE_CHECKING:
+    import torch
 
 # The design card's search: l2 strength on a log grid that includes 0, x interpolation ratio.
 DEFAULT_SPACE = {
@@ -63,10 +66,7 @@ def run_search(cfg: ExperimentConfig, *, resume: bool = False) -> dict[str, Any]
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     start_ray(cfg.ray)
-    base_run = None
-    if t.kind == "personalize":
-        base = prepare_base_run(cfg, out)
-        base_run = (base, *load_finished_run(base, []))
+    base_run = prepare_base_run(cfg, out) if t.kind == "personalize" else None
     resources = run_bundles(cfg, cfg.tune.cpus_per_trial)
     check_bundles_fit(cfg, resources, ray.cluster_resources(), "one trial", "tune.cpus_per_trial")
 
@@ -113,24 +113,23 @@ def check_space(cfg: ExperimentConfig, space: dict[str, SpaceParam]) -> None:
                           "partition.val_examples and partition.global_val_examples above 0")
 
 
-def prepare_base_run(cfg: ExperimentConfig, out: Path) -> Path:
-    """The finished run every personalize trial starts from: ``tune.base_run``, or one trained
-    now into ``OUT/base`` (skipped when a finished one is already there, e.g. on resume)."""
+def prepare_base_run(cfg: ExperimentConfig, out: Path) -> tuple[Path, ExperimentConfig, torch.Tensor]:
+    """The finished run every personalize trial starts from, loaded once (directory, config,
+    global prompt): ``tune.base_run``, or one trained now into ``OUT/base`` (skipped when a
+    finished one is already there, e.g. on resume)."""
     if cfg.tune.base_run:
         base = Path(cfg.tune.base_run).resolve()
-        load_finished_run(base, [])
-        return base
+        return (base, *load_finished_run(base, []))
     base = out / "base"
     try:
-        load_finished_run(base, [])
+        return (base, *load_finished_run(base, []))
     except (FileNotFoundError, ConfigError):
-        base_cfg = replace_keys(_shared(cfg), {"output_dir": str(base), "personalize.enabled": False,
-                                               "logging.wandb.enabled": False})
-        run_experiment(base_cfg)
-    return base
+        run_experiment(replace_keys(_shared(cfg), {"output_dir": str(base), "personalize.enabled": False,
+                                                   "logging.wandb.enabled": False}))
+    return (base, *load_finished_run(base, []))
 
 
-def _trainable(cfg: ExperimentConfig, out: Path, base_run: tuple[Path, ExperimentConfig, Any] | None):
+def _trainable(cfg: ExperimentConfig, out: Path, base_run: tuple[Path, ExperimentConfig, torch.Tensor] | None):
     """The function each trial runs; it reports through ``tune.report`` under fixed names. Its
     config is built from typed objects (``replace_keys``): the search's config for a federation
     trial; for a personalize trial the base run's (``base_run``: its directory, config and global
