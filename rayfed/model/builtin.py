@@ -115,11 +115,11 @@ def resolve_model_path(name: str, *, quiet: bool = False) -> str:
             # Holding the lock, any leftover tmp dir is from a crashed conversion.
             for stale in dest.parent.glob(f".{name}.tmp-*"):
                 shutil.rmtree(stale, ignore_errors=True)
-            _convert(name, source, dest, quiet=quiet)
+            convert_gguf(name, source, dest, quiet=quiet)
     return str(dest)
 
 
-def _convert(name: str, source: tuple[str, str], dest: Path, *, quiet: bool) -> None:
+def convert_gguf(name: str, source: tuple[str, str], dest: Path, *, quiet: bool) -> None:
     """Dequantize a GGUF model to fp32 safetensors and move it atomically into ``dest``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

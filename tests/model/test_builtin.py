@@ -58,7 +58,7 @@ def test_conversion_runs_once_and_clears_crashed_leftovers(monkeypatch: pytest.M
         dest.mkdir()
 
     monkeypatch.setattr(builtin_models, "gguf_source", lambda name: ("/nowhere", "x.gguf"))
-    monkeypatch.setattr(builtin_models, "_convert", fake_convert)
+    monkeypatch.setattr(builtin_models, "convert_gguf", fake_convert)
     first = resolve_model_path("smollm2-135m", quiet=True)
     second = resolve_model_path("smollm2-135m", quiet=True)
     assert first == second == str(models / "smollm2-135m")
