@@ -8,13 +8,20 @@ any layer may use it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rayfed.names import GLOBAL_SPLITS, LOCAL_SPLITS
 
 if TYPE_CHECKING:
     from rayfed.config import AvailabilityConfig, EvalConfig, ExperimentConfig, ModelConfig, OptimizerConfig
+
+S = TypeVar("S")
+
+
+def _same_fields(cls: type[S], section: Any) -> S:
+    """``cls`` from the config section's fields of the same names (the section may have more)."""
+    return cls(**{f.name: getattr(section, f.name) for f in fields(cls)})  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,7 @@ class OptimizerSettings:
 
     @classmethod
     def from_config(cls, cfg: OptimizerConfig) -> OptimizerSettings:
-        return cls(cfg.name, cfg.lr, cfg.momentum, cfg.weight_decay)
+        return _same_fields(cls, cfg)
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,7 @@ class ModelSettings:
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> ModelSettings:
-        return cls(cfg.name, cfg.num_virtual_tokens, cfg.prompt_init, cfg.prompt_init_text, cfg.trust_remote_code)
+        return _same_fields(cls, cfg)
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,7 @@ class AvailabilitySettings:
 
     @classmethod
     def from_config(cls, cfg: AvailabilityConfig) -> AvailabilitySettings:
-        return cls(cfg.dropout, cfg.speed_sigma, cfg.deadline, cfg.min_clients)
+        return _same_fields(cls, cfg)
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ class EvalSettings:
 
     @classmethod
     def from_config(cls, cfg: EvalConfig) -> EvalSettings:
-        return cls(cfg.batch_size, cfg.max_new_tokens)
+        return _same_fields(cls, cfg)
 
 
 @dataclass(frozen=True)
