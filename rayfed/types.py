@@ -47,12 +47,22 @@ class ClientUpdate:
 
 @dataclass(frozen=True)
 class EvalSums:
-    """Additive evaluation statistics, so shards evaluated in different processes can be merged."""
+    """Additive evaluation statistics, so shards evaluated in different processes can be merged.
+
+    Attributes:
+        count: Examples scored.
+        loss, exact_match, rouge_l: Their sums.
+        examples: Each example's ``(example_id, loss, exact_match, rouge_l)``, in the order of the
+            data scored. An id is the example's position in its split: in the client's own split,
+            or in the whole global set (also when a client scores a subsample of it), so two
+            prompts scored on the same examples pair up by id. Adding sums concatenates them.
+    """
 
     count: int = 0
     loss: float = 0.0
     exact_match: float = 0.0
     rouge_l: float = 0.0
+    examples: tuple[tuple[int, float, float, float], ...] = ()
 
     def __add__(self, other: EvalSums) -> EvalSums:
         return EvalSums(
@@ -60,7 +70,14 @@ class EvalSums:
             self.loss + other.loss,
             self.exact_match + other.exact_match,
             self.rouge_l + other.rouge_l,
+            self.examples + other.examples,
         )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvalSums:
+        """The inverse of ``dataclasses.asdict`` after a JSON round trip (lists back to tuples)."""
+        return cls(d["count"], d["loss"], d["exact_match"], d["rouge_l"],
+                   tuple((int(i), *map(float, rest)) for i, *rest in d.get("examples", ())))
 
     def means(self) -> dict[str, float]:
         """Per-example means under the metric names used everywhere: loss, exact_match, rouge_l."""

@@ -8,7 +8,7 @@ decoder they are checked against (benchmarks/eval_speed.py, tests/local/test_eva
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -47,9 +47,11 @@ def evaluate(model: PromptModel, data: list[TokenizedExample], prompt: torch.Ten
 
 
 def evaluate_many(model: PromptModel, jobs: Sequence[tuple[Sequence[TokenizedExample], torch.Tensor]], *,
-                  batch_size: int, max_new_tokens: int) -> list[EvalSums]:
+                  batch_size: int, max_new_tokens: int, ids: Sequence[Sequence[int]] | None = None) -> list[EvalSums]:
     """:func:`evaluate` of many (dataset, prompt) pairs at once: every pair's numbers as if it
-    were evaluated alone, its rows pooled with the others' so that passes are full.
+    were evaluated alone, its rows pooled with the others' so that passes are full. Each pair's
+    ``EvalSums.examples`` holds its examples' own scores in the dataset's order, under ``ids[j]``
+    (default: the positions ``0, 1, ...`` in the dataset).
 
     Less work than loss + generate per batch: one forward per example serves both the loss and
     the start of generation, each prompt's states are computed once per chunk of rows, greedy
@@ -64,17 +66,20 @@ def evaluate_many(model: PromptModel, jobs: Sequence[tuple[Sequence[TokenizedExa
     rows: list[TokenizedExample] = []
     limits: list[int] = []
     owners: list[int] = []
+    positions: list[int] = []  # each row's position in its pair's dataset
     for j, (data, _) in enumerate(jobs):
-        data = sorted(data, key=lambda ex: (len(ex.source_ids), len(ex.target_ids)))
+        by_length = sorted(range(len(data)), key=lambda i: (len(data[i].source_ids), len(data[i].target_ids)))
         # Each example may generate up to the longest target of its batch, exactly as generate().
         for start in range(0, len(data), batch_size):
-            batch = data[start:start + batch_size]
+            batch = [data[i] for i in by_length[start:start + batch_size]]
             limits += [min(max_new_tokens, max(len(b.target_ids) for b in batch))] * len(batch)
             rows += batch
             owners += [j] * len(batch)
+            positions += by_length[start:start + batch_size]
     # Length-sorted rows waste little compute on padding; the sums do not depend on order.
     order = sorted(range(len(rows)), key=lambda i: (len(rows[i].source_ids), len(rows[i].target_ids)))
     totals = [EvalSums() for _ in jobs]
+    scores: list[dict[int, tuple[float, float, float]]] = [{} for _ in jobs]
     # Whole batches decode together: a decode step reads every weight once however many rows it
     # has, so fewer, fuller steps are cheaper. The bound keeps the KV cache's memory modest.
     chunk = max(1, _DECODE_ROWS // batch_size) * batch_size
@@ -89,9 +94,12 @@ def evaluate_many(model: PromptModel, jobs: Sequence[tuple[Sequence[TokenizedExa
                 torch.tensor([slot[owners[i]] for i in part]), max_group_rows=batch_size)
             for i, loss, prediction in zip(part, losses.tolist(), predictions):
                 target = rows[i].target_text
-                totals[owners[i]] = totals[owners[i]] + EvalSums(
-                    1, loss, exact_match(prediction, target), rouge_l(prediction, target))
-    return totals
+                em, rouge = exact_match(prediction, target), rouge_l(prediction, target)
+                totals[owners[i]] = totals[owners[i]] + EvalSums(1, loss, em, rouge)
+                scores[owners[i]][positions[i]] = (loss, em, rouge)
+    names = ids if ids is not None else [range(len(data)) for data, _ in jobs]
+    return [replace(total, examples=tuple((int(names[j][p]), *scores[j][p]) for p in range(len(jobs[j][0]))))
+            for j, total in enumerate(totals)]
 
 
 @torch.no_grad()

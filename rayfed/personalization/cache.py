@@ -77,7 +77,7 @@ class PromptCache:
         with self._lock(path):
             if path.exists():
                 raw = json.loads(path.read_text())
-                return {int(c): {s: EvalSums(**v) for s, v in by_split.items()} for c, by_split in raw.items()}
+                return {int(c): {s: EvalSums.from_dict(v) for s, v in by_split.items()} for c, by_split in raw.items()}
             scores = score()
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps({str(c): {s: vars(v) for s, v in by_split.items()}

@@ -29,6 +29,7 @@ class PersonalizationResult:
     """Per-client records, the curve over clients, the un-personalized reference, the choice."""
 
     records: list[dict[str, Any]] = field(default_factory=list)  # one per (client, epoch, ratio, split)
+    examples: list[tuple] = field(default_factory=list)  # one per scored example (rayfed.outputs.scores)
     curve: list[dict[str, Any]] = field(default_factory=list)  # one per (epoch, ratio): mean/p10/min
     reference: dict[str, float] = field(default_factory=dict)  # the global prompt, same keys
     selected: dict[str, Any] | None = None
@@ -60,6 +61,8 @@ def personalize(driver: Any, global_prompt: torch.Tensor, settings: PersonalizeS
             per_client = {cid: scores[cid][ratio] if ratio in moved else ref[cid] for cid in client_ids}
             result.records += [_record(cid, epoch, ratio, split, sums)
                                for cid, by_split in per_client.items() for split, sums in by_split.items()]
+            result.examples += [(cid, split, epoch, ratio, *example) for cid, by_split in per_client.items()
+                                for split, sums in by_split.items() for example in sums.examples]
             rows.append({"epoch": epoch, "interp_ratio": ratio, **_over_clients(per_client)})
         if epoch > 0:
             result.records += [{"client_id": cid, "epoch": epoch, "interp_ratio": None, "split": "train",

@@ -26,6 +26,7 @@ from rayfed.data.sources import federated_data
 from rayfed.outputs.checkpoint import load_prompt
 from rayfed.outputs.loggers import MetricLogger, build_loggers
 from rayfed.outputs.plots import draw_and_log
+from rayfed.outputs.scores import EXAMPLE_SCORES, save_example_scores
 from rayfed.personalization.cache import PromptCache
 from rayfed.personalization.curves import EpochCallback, personalize, score_reference
 from rayfed.personalization.settings import PersonalizeSettings
@@ -135,6 +136,7 @@ def personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.T
                          on_epoch=progress.epoch_done)
     with open(out / "personalization.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in result.records)
+    save_example_scores(out / EXAMPLE_SCORES, result.examples)
     summary = {"name": out.name, "settings": asdict(settings), "reference": result.reference,
                "curve": result.curve, "selected": result.selected, "local_prompts_reused": reused,
                "seconds": time.perf_counter() - started}

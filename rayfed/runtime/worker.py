@@ -130,15 +130,16 @@ class ClientWorker:
         e = next(iter(args_by_client.values()))[2]
         if any(args[2] != e for args in args_by_client.values()):  # one pooled pass per setting; not so in a phase
             return {cid: self._many_evaluate_client({cid: args})[cid] for cid, args in args_by_client.items()}
-        keys, jobs = [], []
+        keys, jobs, ids = [], [], []
         for cid, (prompts, splits, _, subsample) in args_by_client.items():
             data = {split: self._client_split(cid, split, subsample) for split in splits}
             for key, prompt in prompts.items():
                 for split in splits:
-                    if data[split]:
+                    if data[split][0]:
                         keys.append((cid, key, split))
-                        jobs.append((data[split], prompt))
-        sums = evaluate_many(self.model, jobs, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens)
+                        jobs.append((data[split][0], prompt))
+                        ids.append(data[split][1])
+        sums = evaluate_many(self.model, jobs, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens, ids=ids)
         out: dict[int, dict[Any, dict[str, EvalSums]]] = {
             cid: {key: {} for key in prompts} for cid, (prompts, *_) in args_by_client.items()}
         for (cid, key, split), result in zip(keys, sums):
@@ -153,15 +154,24 @@ class ClientWorker:
         so each piece's numbers, and their sum in piece order, do not depend on how many share them.
         """
         data, e = self.global_sets[split], evaluation
-        return {piece: evaluate_many(self.model, [(data[piece * e.batch_size:(piece + 1) * e.batch_size], prompt)],
-                                     batch_size=e.batch_size, max_new_tokens=e.max_new_tokens)[0]
-                for piece in range(shard, -(-len(data) // e.batch_size), num_shards)}
 
-    def _client_split(self, client_id: int, split: str, global_subsample: int | None) -> list[TokenizedExample]:
+        def piece_of(piece: int) -> EvalSums:
+            span = range(piece * e.batch_size, min((piece + 1) * e.batch_size, len(data)))
+            return evaluate_many(self.model, [([data[i] for i in span], prompt)], batch_size=e.batch_size,
+                                 max_new_tokens=e.max_new_tokens, ids=[span])[0]
+
+        return {piece: piece_of(piece) for piece in range(shard, -(-len(data) // e.batch_size), num_shards)}
+
+    def _client_split(self, client_id: int, split: str, global_subsample: int | None,
+                      ) -> tuple[list[TokenizedExample], list[int]]:
+        """A client's examples of ``split`` and their ids (positions in the split): its own split,
+        or the global set, whole or the client's seeded subsample of it."""
         if split in self.local:
-            return self.local[split][client_id]
+            own = self.local[split][client_id]
+            return own, list(range(len(own)))
         full = self.global_sets[split]
         if global_subsample is None or global_subsample >= len(full):
-            return full
+            return full, list(range(len(full)))
         rng = np.random.default_rng(derive_seed(self.settings.seed, "subsample", client_id, GLOBAL_SPLITS.index(split)))
-        return [full[i] for i in sorted(rng.choice(len(full), size=global_subsample, replace=False))]
+        chosen = [int(i) for i in sorted(rng.choice(len(full), size=global_subsample, replace=False))]
+        return [full[i] for i in chosen], chosen

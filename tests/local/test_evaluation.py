@@ -99,3 +99,26 @@ def test_pooled_evaluation_of_many_prompts_and_datasets_matches_each_alone(tiny_
     assert Counter(together) == Counter(generated)  # the same text for every (row, prompt)
     assert len({text for _, text in together}) > 3
     assert len({round(r.loss, 3) for r in pooled}) == len(pooled)  # the pairs do score differently
+
+
+def test_each_example_keeps_its_own_scores_under_its_id(tiny_config):
+    """Rows are length-sorted and pooled inside; each example's scores still come back under its
+    own id, in the dataset's order: its loss is its loss alone, and its exact match and ROUGE-L
+    those of its own generation."""
+    model = build_prompt_model(tiny_config().model, seed=0)
+    data = examples(model)
+    trained, _ = train_prompt(model, data, model.get_prompt(), optimizer=OptimizerConfig("adam", 0.05),
+                              num_steps=30, batch_size=8, seed=0)
+    ids = [100 + 3 * i for i in range(len(data))]
+    (sums,) = evaluate_many(model, [(data, trained)], batch_size=len(data), max_new_tokens=8, ids=[ids])
+    assert [e[0] for e in sums.examples] == ids
+    model.set_prompt(trained)
+    with torch.no_grad():
+        alone = [float(per_example_loss(model, [ex])[0]) for ex in data]
+    texts = generate(model, sorted(data, key=lambda ex: (len(ex.source_ids), len(ex.target_ids))), 8)
+    by_source = dict(zip(sorted(data, key=lambda ex: (len(ex.source_ids), len(ex.target_ids))), texts, strict=True))
+    for ex, own_loss, (_, loss, em, rouge) in zip(data, alone, sums.examples, strict=True):
+        assert math.isclose(loss, own_loss, rel_tol=1e-4)
+        assert (em, rouge) == (exact_match(by_source[ex], ex.target_text), rouge_l(by_source[ex], ex.target_text))
+    assert len({e[1] for e in sums.examples}) > 3  # the examples differ: a shuffle would be seen
+    assert math.isclose(sum(e[1] for e in sums.examples), sums.loss, rel_tol=1e-9)

@@ -230,3 +230,39 @@ def test_personalizations_on_one_shared_driver_equal_each_on_its_own(finished_ru
         assert shared[name]["curve"] == alone[name]["curve"]  # bit for bit
     assert shared["shared_plain"]["curve"] != shared["shared_l2"]["curve"]
     assert shared["shared_plain"]["curve"] != shared["shared_eval"]["curve"]  # generations cut at 3 tokens
+
+
+def global_prompt_rows(cols: dict, epoch: int) -> list[tuple]:
+    """The ratio-0 (global prompt) rows of one epoch, as sorted tuples of their keys and scores."""
+    rows = (cols["interp_ratio"] == 0) & (cols["epoch"] == epoch)
+    return sorted(zip(*(cols[k][rows] for k in ("client_id", "split", "example_id", "loss", "rouge_l")), strict=True))
+
+
+def test_every_scored_example_is_kept_and_its_means_are_the_records(finished_run, tmp_path):
+    """example_scores.safetensors holds each scored example under an id that pairs it across
+    prompts: the records are its means, a client's global subsample ids index the global set,
+    and the global prompt (ratio 0, and the reference read back from the cache) scores the same
+    examples identically at every epoch."""
+    from rayfed.outputs.scores import EXAMPLE_SCORES, load_example_scores
+
+    run_dir, _ = finished_run
+    for name in ("examples", "examples_cached"):  # the second reads the global prompt's scores from the cache
+        run_personalization(run_dir, [*ADAM, "personalize.interp_ratios=[0,1]", "personalize.global_eval_examples=6",
+                                      f"personalize.name={name}"], loggers=[], prompt_cache=tmp_path)
+        out = run_dir / "personalize" / name
+        cols = load_example_scores(out / EXAMPLE_SCORES)
+        for r in (r for r in records_of(out) if r["split"] != "train"):
+            rows = ((cols["client_id"] == r["client_id"]) & (cols["split"] == r["split"])
+                    & (cols["epoch"] == r["epoch"]) & (cols["interp_ratio"] == r["interp_ratio"]))
+            assert rows.sum() == r["count"]
+            assert len(set(cols["example_id"][rows])) == r["count"]
+            for metric in ("loss", "exact_match", "rouge_l"):
+                assert cols[metric][rows].mean() == pytest.approx(r[metric], rel=1e-9, abs=1e-12)
+        global_ids = {c: set(cols["example_id"][(cols["client_id"] == c) & (cols["split"] == "global_test")])
+                      for c in range(4)}
+        assert all(len(ids) == 6 and max(ids) < 16 for ids in global_ids.values())  # 16 global test examples
+        assert len({frozenset(ids) for ids in global_ids.values()}) > 1  # each client its own seeded subsample
+        assert all(global_prompt_rows(cols, e) == global_prompt_rows(cols, 0) for e in range(1, 4))
+        if name == "examples":
+            first = cols
+    assert all((first[k] == cols[k]).all() for k in first)  # the cached reference gives the same file
