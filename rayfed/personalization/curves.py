@@ -12,10 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
+from rayfed.core.bootstrap import bootstrap_crossed, bootstrap_mean
 from rayfed.core.selection import select_best
 from rayfed.metrics import summarize_clients
+from rayfed.names import METRICS
 from rayfed.personalization.settings import PersonalizeSettings
 from rayfed.settings import EvalSettings
 from rayfed.types import EvalSums
@@ -63,7 +66,8 @@ def personalize(driver: Any, global_prompt: torch.Tensor, settings: PersonalizeS
                                for cid, by_split in per_client.items() for split, sums in by_split.items()]
             result.examples += [(cid, split, epoch, ratio, *example) for cid, by_split in per_client.items()
                                 for split, sums in by_split.items() for example in sums.examples]
-            rows.append({"epoch": epoch, "interp_ratio": ratio, **_over_clients(per_client)})
+            rows.append({"epoch": epoch, "interp_ratio": ratio, **_over_clients(per_client),
+                         **intervals(per_client, ref)})
         if epoch > 0:
             result.records += [{"client_id": cid, "epoch": epoch, "interp_ratio": None, "split": "train",
                                 "loss": trained[cid][1][epoch], **prompt_shift(trained[cid][0][epoch], global_prompt)}
@@ -71,7 +75,7 @@ def personalize(driver: Any, global_prompt: torch.Tensor, settings: PersonalizeS
         result.curve += rows
         if on_epoch is not None:
             on_epoch(epoch, rows)
-    result.reference = _over_clients(ref)
+    result.reference = {**_over_clients(ref), **intervals(ref)}
     result.selected = select_best(result.curve, result.reference, settings.global_tolerance)
     return result
 
@@ -122,3 +126,32 @@ def _over_clients(per_client: dict[int, dict[str, EvalSums]]) -> dict[str, float
     for split in splits:
         out.update(summarize_clients(flat, split))
     return out
+
+
+def intervals(per_client: Scores, reference: Scores | None = None, *, draws: int = 2000) -> dict[str, float]:
+    """95% bootstrap intervals of every client-mean score: ``{split}/{metric}_mean_low`` and
+    ``_mean_high``; with ``reference`` (the un-personalized prompt's scores of the same examples)
+    also the paired change from it, ``{split}/{metric}_change`` with ``_change_low`` and
+    ``_change_high``. Clients and their examples are resampled (rayfed.core.bootstrap); examples
+    every client shares (a whole global set) are resampled once for all of them."""
+    out: dict[str, float] = {}
+    for split in sorted({split for s in per_client.values() for split in s}):
+        scored = {cid: s[split].examples for cid, s in per_client.items() if split in s and s[split].examples}
+        for column, metric in enumerate(METRICS, start=1):
+            values = {cid: {e[0]: e[column] for e in examples} for cid, examples in scored.items()}
+            _, out[f"{split}/{metric}_mean_low"], out[f"{split}/{metric}_mean_high"] = _interval(values, draws)
+            if reference is not None:
+                base = {cid: {e[0]: e[column] for e in reference[cid][split].examples} for cid in scored}
+                change = {cid: {i: v - base[cid][i] for i, v in by_id.items()} for cid, by_id in values.items()}
+                name = f"{split}/{metric}_change"
+                out[name], out[f"{name}_low"], out[f"{name}_high"] = _interval(change, draws)
+    return out
+
+
+def _interval(values: dict[int, dict[int, float]], draws: int) -> tuple[float, float, float]:
+    """``(estimate, low, high)`` of the mean over clients of ``values`` (client -> example id ->
+    value): crossed when every client has the same examples, nested otherwise."""
+    ids = [sorted(by_id) for by_id in values.values()]
+    if all(i == ids[0] for i in ids):
+        return bootstrap_crossed(np.array([[by_id[i] for i in ids[0]] for by_id in values.values()]), draws=draws)
+    return bootstrap_mean([[np.array(list(by_id.values())) for by_id in values.values()]], draws=draws)

@@ -1,0 +1,47 @@
+"""Per-example scores on disk: every example of every scored (client, split, epoch, ratio), so any
+aggregate can be recomputed and resampled (paired by example id) without rescoring.
+
+One ``example_scores.safetensors`` beside a personalization's ``personalization.jsonl``: a column
+per field (``client_id``, ``split``, ``epoch``, ``interp_ratio``, ``example_id``, ``loss``,
+``exact_match``, ``rouge_l``), numbers only, never example text. ``split`` indexes the split names
+in the metadata. Written with numpy (no torch needed to read it back), atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from rayfed.names import SPLITS
+
+EXAMPLE_SCORES = "example_scores.safetensors"
+KEYS = ("client_id", "split", "epoch", "interp_ratio", "example_id")
+SCORES = ("loss", "exact_match", "rouge_l")
+ExampleRow = tuple[int, str, int, float, int, float, float, float]  # KEYS then SCORES, split by name
+
+
+def save_example_scores(path: Path, rows: Sequence[ExampleRow]) -> None:
+    """Write ``rows`` (``(client_id, split, epoch, interp_ratio, example_id, loss, exact_match,
+    rouge_l)``) as one column per field."""
+    columns = dict(zip((*KEYS, *SCORES), zip(*rows, strict=True) if rows else [()] * 8, strict=True))
+    columns["split"] = tuple(SPLITS.index(s) for s in columns["split"])
+    arrays = {name: np.asarray(columns[name], dtype=np.float64 if name in ("interp_ratio", *SCORES) else np.int64)
+              for name in (*KEYS, *SCORES)}
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+    save_file(arrays, str(tmp), metadata={"splits": json.dumps(SPLITS)})
+    os.replace(tmp, path)
+
+
+def load_example_scores(path: Path) -> dict[str, np.ndarray]:
+    """The columns of :func:`save_example_scores`'s file; ``split`` as split names."""
+    with safe_open(str(path), framework="np") as f:
+        splits = json.loads((f.metadata() or {})["splits"])
+        out = {name: f.get_tensor(name) for name in (*KEYS, *SCORES)}
+    out["split"] = np.asarray(splits, dtype=object)[out["split"]] if len(out["split"]) else out["split"].astype(object)
+    return out
