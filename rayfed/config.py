@@ -131,8 +131,10 @@ class PersonalizeConfig:
     # Robustness is scored on the global val/test sets; an int scores each client on its own
     # seeded subsample of that many examples instead (cheaper; noisier per client, see docs).
     global_eval_examples: int | None = None
-    # Selection rule: the best local_val ROUGE-L whose global_val ROUGE-L is at least the
-    # un-personalized global prompt's minus this tolerance. Test scores are reported, never used.
+    # Selection rule (rayfed.core.selection.select_reliable): the best local_val ROUGE-L among the
+    # settings whose local gain over the un-personalized prompt is reliably positive and whose
+    # global_val change stays above minus this tolerance, both by their paired 95% intervals;
+    # none: the global prompt is kept. Test scores are reported, never used.
     global_tolerance: float = 0.01
     # Also score the validation splits (what the selection rule reads). Off: test splits only, half
     # the scoring, no selection (a study that reports fixed settings, e.g. configs/study/).

@@ -57,7 +57,9 @@ def print_personalization(summary: dict[str, Any], run_dir: Path) -> None:
         if row["epoch"] > 0:
             print(line(f"{row['epoch']:>5} {row['interp_ratio']:>6g}", row))
     chosen = summary.get("selected")
-    if chosen:
+    if chosen and chosen.get("kept_global_prompt"):
+        print(f"selected on validation: the global prompt, kept: {chosen['reason']}")
+    elif chosen:
         print(f"selected on validation: epoch {chosen['epoch']}, ratio {chosen['interp_ratio']:g} ({chosen['rule']})")
     else:
         print("no selection: validation splits are empty (set partition.val_examples and global_val_examples)")

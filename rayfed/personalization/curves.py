@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from rayfed.core.bootstrap import bootstrap_crossed, bootstrap_mean
-from rayfed.core.selection import select_best
+from rayfed.core.selection import select_reliable
 from rayfed.metrics import summarize_clients
 from rayfed.names import METRICS
 from rayfed.personalization.settings import PersonalizeSettings
@@ -76,7 +76,7 @@ def personalize(driver: Any, global_prompt: torch.Tensor, settings: PersonalizeS
         if on_epoch is not None:
             on_epoch(epoch, rows)
     result.reference = {**_over_clients(ref), **intervals(ref)}
-    result.selected = select_best(result.curve, result.reference, settings.global_tolerance)
+    result.selected = select_reliable(result.curve, settings.global_tolerance)
     return result
 
 

@@ -305,3 +305,24 @@ def test_intervals_tell_a_real_change_from_noise():
     real, noise = intervals(better, reference, draws=500), intervals(noisy, reference, draws=500)
     assert real["local_test/loss_change_high"] < 0 and real["local_test/loss_change"] == pytest.approx(-0.2)
     assert noise["local_test/loss_change_low"] < 0 < noise["local_test/loss_change_high"]
+
+
+def test_the_reliable_rule_passes_over_a_noisy_winner_and_otherwise_keeps_the_global_prompt():
+    from rayfed.core.selection import select_reliable
+
+    def row(epoch: int, ratio: float, local: float, gain: float, gain_low: float, global_low: float) -> dict:
+        return {"epoch": epoch, "interp_ratio": ratio, "local_val/rouge_l_mean": local, "global_val/rouge_l_mean": 0.3,
+                "local_val/rouge_l_change": gain, "local_val/rouge_l_change_low": gain_low,
+                "local_val/rouge_l_change_high": 2 * gain - gain_low, "global_val/rouge_l_change_low": global_low}
+
+    start = row(0, 1.0, 0.20, 0.0, 0.0, 0.0)
+    noisy = row(1, 1.0, 0.40, 0.20, -0.05, -0.005)  # the best local score, but its gain may be noise
+    sure = row(2, 0.5, 0.28, 0.08, 0.02, -0.004)  # a smaller gain beyond the noise, global within tolerance
+    harmful = row(3, 1.0, 0.35, 0.15, 0.05, -0.08)  # a sure gain that may cost too much global score
+    chosen = select_reliable([start, noisy, sure, harmful], 0.01)
+    assert (chosen["epoch"], chosen["interp_ratio"], chosen["kept_global_prompt"]) == (2, 0.5, False)
+    assert select_reliable([start, noisy, sure, harmful], 0.1)["epoch"] == 3  # a looser tolerance admits it
+    kept = select_reliable([start, noisy, harmful], 0.01)
+    assert kept["kept_global_prompt"] and (kept["epoch"], kept["interp_ratio"]) == (0, 0.0)
+    assert "epoch 3, ratio 1: +0.1500 [+0.0500, +0.2500]" in kept["reason"]
+    assert select_reliable([{"epoch": 0, "local_val/rouge_l_mean": 0.2}], 0.01) is None  # no intervals: no rule
