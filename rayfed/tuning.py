@@ -28,9 +28,19 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import OmegaConf
 
 from rayfed.config import ConfigError, ExperimentConfig, SpaceParam, TuneConfig, replace_keys, to_yaml
-from rayfed.core.selection import pareto_mask, rule_text, select_best
+from rayfed.core.selection import pareto_mask, reliable_rule_text, rule_text, select_best, select_reliable
 from rayfed.experiment import run_experiment
-from rayfed.names import EVAL, GLOBAL_SPLITS, GLOBAL_VAL, LOCAL_VAL, OBJECTIVES, SPLITS, metric_key, objectives_of
+from rayfed.names import (
+    EVAL,
+    GLOBAL_SPLITS,
+    GLOBAL_VAL,
+    LOCAL_VAL,
+    OBJECTIVES,
+    SPLITS,
+    metric_key,
+    objective,
+    objectives_of,
+)
 from rayfed.personalization.phase import load_finished_run, personalize_run
 from rayfed.runtime.placement import check_bundles_fit, run_bundles
 
@@ -295,36 +305,58 @@ def write_results(cfg: ExperimentConfig, out: Path, params: list[str],
         row.update({p: trial_params(config).get(p) for p in params})
         row["epoch"] = metrics.get("epoch", metrics.get("round"))
         row.update({k: metrics.get(k, math.nan) for k in OBJECTIVES})
+        row.update({flat_name(split, stat): metrics.get(f"personalize/{metric_key(split, 'rouge_l', stat)}", math.nan)
+                    for split, stat in CHANGES})
         rows.append(row)
     rows.sort(key=lambda r: r["trial_id"])
     scored = [r for r in rows if not (math.isnan(r[LOCAL]) or math.isnan(r[GLOBAL]))]
     for row, on_front in zip(scored, pareto_mask([(r[LOCAL], r[GLOBAL]) for r in scored])):
         row["pareto"] = int(on_front)
     reference = _search_reference(trials)
-    tolerance = cfg.personalize.global_tolerance
-    if reference is None and scored:  # federation: no shared un-personalized prompt; best global instead
-        floor_ref = {GLOBAL: max(r[GLOBAL] for r in scored)}
-        rule = f"max {LOCAL} subject to {GLOBAL} >= best trial's - {tolerance:g}"
-    else:
-        floor_ref = reference or {}
-        rule = rule_text(tolerance, LOCAL, GLOBAL)
-    selected = select_best(scored, floor_ref, tolerance, LOCAL, GLOBAL) if scored else None
+    selected, rule = _choose(scored, reference, cfg.personalize.global_tolerance)
     for row in rows:
         row.setdefault("pareto", 0)
-        row["selected"] = int(selected is not None and row["trial_id"] == selected["trial_id"])
-    columns = ["trial_id", "status", *params, "epoch", *OBJECTIVES, "pareto", "selected"]
+        row["selected"] = int(selected is not None and row["trial_id"] == selected.get("trial_id"))
+    changes = [flat_name(split, stat) for split, stat in CHANGES] if cfg.tune.kind == "personalize" else []
+    columns = ["trial_id", "status", *params, "epoch", *OBJECTIVES, *changes, "pareto", "selected"]
     for name, subset in (("results.csv", rows), ("pareto.csv", [r for r in rows if r["pareto"]])):
         with open(out / name, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(subset)
     if selected is not None:
-        selected = {k: v for k, v in selected.items() if k in columns}
+        selected = {k: v for k, v in selected.items() if k in (*columns, "rule", "kept_global_prompt", "reason")}
     summary = {"name": cfg.name, "kind": cfg.tune.kind, "params": params, "reference": reference, "rule": rule,
                "selected": selected, "rows": rows}
     (out / "search.json").write_text(json.dumps(summary, indent=2, default=str))
     _publish(cfg, out, summary, columns)
     return summary
+
+
+def flat_name(split: str, stat: str) -> str:
+    """A search's flat column for a ROUGE-L statistic: ``local_val_rouge_l`` for the client mean,
+    ``local_val_rouge_l_change_low`` for the lower end of its paired change."""
+    return objective(split) if stat == "mean" else f"{objective(split)}_{stat}"
+
+
+CHANGES = [(split, stat) for split in ("local_val", "global_val") for stat in ("change", "change_low", "change_high")]
+
+
+def _choose(scored: list[dict[str, Any]], reference: dict[str, float] | None,
+            tolerance: float) -> tuple[dict[str, Any] | None, str]:
+    """The selected trial and the rule. A personalize search (every trial paired with the shared
+    un-personalized prompt): the reliable rule on the trials' 95% intervals, which keeps the global
+    prompt when no trial's gain is beyond the noise. A federation search has no shared reference:
+    the best local score among the trials within ``tolerance`` of the best global one (means)."""
+    if not scored:
+        return None, rule_text(tolerance, LOCAL, GLOBAL)
+    if reference is None:
+        rule = f"max {LOCAL} subject to {GLOBAL} >= best trial's - {tolerance:g}"
+        return select_best(scored, {GLOBAL: max(r[GLOBAL] for r in scored)}, tolerance, LOCAL, GLOBAL), rule
+    if all(math.isfinite(r[flat_name(split, stat)]) for r in scored for split, stat in CHANGES):
+        choice = select_reliable(scored, tolerance, flat_name)
+        return choice, reliable_rule_text(tolerance, flat_name)
+    return select_best(scored, reference, tolerance, LOCAL, GLOBAL), rule_text(tolerance, LOCAL, GLOBAL)
 
 
 def _search_reference(trials: list[tuple[dict[str, Any], dict[str, Any], Any]]) -> dict[str, float] | None:

@@ -41,7 +41,16 @@ def test_personalize_search_shares_local_prompts_and_writes_the_pareto_set(ray_s
         assert not any(float(r["local_val_rouge_l"]) > float(p["local_val_rouge_l"])
                        and float(r["global_val_rouge_l"]) > float(p["global_val_rouge_l"]) for r in rows)
     assert summary["reference"] is not None and summary["selected"] is not None
-    assert sum(r["selected"] == "1" for r in rows) == 1
+    # Each trial's change from the shared un-personalized prompt, with its paired 95% interval.
+    for r in rows:
+        for split in ("local_val", "global_val"):
+            low, change, high = (float(r[f"{split}_rouge_l_change{s}"]) for s in ("_low", "", "_high"))
+            assert low <= change + 1e-12 <= high + 2e-12
+    # The choice reads the intervals: one trial whose gain is beyond the noise, or none and the
+    # global prompt kept, saying why (a 2-layer random model's gains are noise).
+    chosen = summary["selected"]
+    assert sum(r["selected"] == "1" for r in rows) == (0 if chosen["kept_global_prompt"] else 1)
+    assert not chosen["kept_global_prompt"] or "surest local gain was trial" in chosen["reason"]
     assert (tmp_path / "pareto.png").stat().st_size > 0
     assert (tmp_path / "tune").is_dir()  # Tune's own experiment directory, for Tuner.restore
     # Each trial's curves are under the base run, like any `rayfed personalize`.

@@ -8,15 +8,14 @@ the noise; otherwise the global prompt is kept, and the choice says why.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rayfed.names import metric_key
 
 LOCAL_VAL = metric_key("local_val", "rouge_l", "mean")
 GLOBAL_VAL = metric_key("global_val", "rouge_l", "mean")
-LOCAL_GAIN_LOW = metric_key("local_val", "rouge_l", "change_low")  # lower end of the paired 95% interval
-GLOBAL_CHANGE_LOW = metric_key("global_val", "rouge_l", "change_low")
 
 
 def rule_text(tolerance: float, local_key: str = LOCAL_VAL, global_key: str = GLOBAL_VAL) -> str:
@@ -38,35 +37,47 @@ def select_best(rows: Sequence[dict[str, Any]], reference: dict[str, float], tol
     return {**best, "rule": rule_text(tolerance, local_key, global_key)}
 
 
-def reliable_rule_text(tolerance: float) -> str:
-    return (f"max {LOCAL_VAL} among the settings whose local gain is reliably positive ({LOCAL_GAIN_LOW} > 0) and "
-            f"whose global change stays within the tolerance ({GLOBAL_CHANGE_LOW} >= -{tolerance:g}), 95% intervals "
-            f"paired with the un-personalized prompt; none: keep the global prompt")
+def curve_name(split: str, stat: str) -> str:
+    """A curve row's name for a ROUGE-L statistic: ``local_val/rouge_l_change_low``."""
+    return metric_key(split, "rouge_l", stat)
 
 
-def select_reliable(rows: Sequence[dict[str, Any]], tolerance: float) -> dict[str, Any] | None:
-    """The curve row with the best local validation score among those whose local gain over the
+def reliable_rule_text(tolerance: float, name: Callable[[str, str], str] = curve_name) -> str:
+    return (f"max {name('local_val', 'mean')} among the settings whose local gain is reliably positive "
+            f"({name('local_val', 'change_low')} > 0) and whose global change stays within the tolerance "
+            f"({name('global_val', 'change_low')} >= -{tolerance:g}), 95% intervals paired with the un-personalized "
+            f"prompt; none: keep the global prompt")
+
+
+def select_reliable(rows: Sequence[dict[str, Any]], tolerance: float,
+                    name: Callable[[str, str], str] = curve_name) -> dict[str, Any] | None:
+    """The row with the best local validation score among those whose local gain over the
     un-personalized prompt is reliably positive (the lower end of its 95% interval above 0) and
     whose global change is reliably within ``tolerance`` (its lower end at least ``-tolerance``);
-    ties: the better global score, then the earlier row. When none is, the global prompt itself
-    (epoch 0, ratio 0) with ``kept_global_prompt`` and the ``reason``. None when the rows lack
-    validation scores or their intervals."""
-    needed = (LOCAL_VAL, GLOBAL_VAL, LOCAL_GAIN_LOW, GLOBAL_CHANGE_LOW)
-    if not rows or not all(key in r for r in rows for key in needed):
+    ties: the better global score, then the earlier row. When none is: the global prompt itself
+    (a curve's epoch-0 row at ratio 0, if the rows have one) with ``kept_global_prompt`` and the
+    ``reason``. None when the rows lack validation scores or their intervals. ``name(split, stat)``
+    names the columns (a curve row's by default; a search's flat ones in rayfed.tuning)."""
+    local, glob = name("local_val", "mean"), name("global_val", "mean")
+    gain, gain_low = name("local_val", "change"), name("local_val", "change_low")
+    global_low = name("global_val", "change_low")
+    if not rows or not all(key in r for r in rows for key in (local, glob, gain, gain_low, global_low)):
         return None
-    rule = reliable_rule_text(tolerance)
-    eligible = [(i, r) for i, r in enumerate(rows) if r[LOCAL_GAIN_LOW] > 0 and r[GLOBAL_CHANGE_LOW] >= -tolerance]
+    rule = reliable_rule_text(tolerance, name)
+    eligible = [(i, r) for i, r in enumerate(rows) if r[gain_low] > 0 and r[global_low] >= -tolerance]
     if eligible:
-        _, best = max(eligible, key=lambda ir: (ir[1][LOCAL_VAL], ir[1][GLOBAL_VAL], -ir[0]))
+        _, best = max(eligible, key=lambda ir: (ir[1][local], ir[1][glob], -ir[0]))
         return {**best, "rule": rule, "kept_global_prompt": False}
-    start = next(r for r in rows if r.get("epoch") == 0)  # every epoch-0 row is the global prompt
-    closest = max(rows, key=lambda r: r[LOCAL_GAIN_LOW])
-    gain = metric_key("local_val", "rouge_l", "change")
+    closest = max(rows, key=lambda r: r[gain_low])
+    where = (f"epoch {closest['epoch']}, ratio {closest['interp_ratio']:g}" if "interp_ratio" in closest
+             else f"trial {closest.get('trial_id')}")
     reason = (f"no setting's local gain is reliably positive with its global change within {tolerance:g}; the "
-              f"surest local gain was epoch {closest.get('epoch')}, ratio {closest.get('interp_ratio'):g}: "
-              f"{closest[gain]:+.4f} [{closest[LOCAL_GAIN_LOW]:+.4f}, {closest[gain + '_high']:+.4f}], global change "
-              f"lower end {closest[GLOBAL_CHANGE_LOW]:+.4f}")
-    return {**start, "interp_ratio": 0.0, "rule": rule, "kept_global_prompt": True, "reason": reason}
+              f"surest local gain was {where}: {closest[gain]:+.4f} [{closest[gain_low]:+.4f}, "
+              f"{closest.get(name('local_val', 'change_high'), math.nan):+.4f}], global change lower end "
+              f"{closest[global_low]:+.4f}")
+    start = next((r for r in rows if r.get("epoch") == 0), None)  # every epoch-0 row is the global prompt
+    kept = {**start, "interp_ratio": 0.0} if start is not None else {}
+    return {**kept, "rule": rule, "kept_global_prompt": True, "reason": reason}
 
 
 def pareto_mask(points: Sequence[tuple[float, float]]) -> list[bool]:

@@ -77,8 +77,10 @@ def print_search(summary: dict[str, Any], output_dir: Path) -> None:
         if row["pareto"]:
             print("  ".join(f"{_short(row[p]):>{len(p)}}" for p in params)
                   + "".join(f"{row.get(k, float('nan')):>11.4f}" for k in OBJECTIVES))
-    if summary.get("selected"):
-        s = summary["selected"]
+    s = summary.get("selected")
+    if s and s.get("kept_global_prompt"):
+        print(f"selected: the global prompt, kept: {s['reason']}")
+    elif s:
         print(f"selected ({summary['rule']}): " + ", ".join(f"{p}={_short(s[p])}" for p in params))
     print(f"results in {output_dir}/ (results.csv, pareto.csv, search.json, pareto.png, tune/)")
 
