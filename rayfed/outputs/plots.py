@@ -149,6 +149,8 @@ class _PersonalizationFigures:
                  color: dict, handles: list[Any]):
         self.out, self.curve, self.splits, self.ref, self.sel, self.name = out, curve, splits, ref, sel, name
         self.color, self.handles = color, handles
+        # Intervals in the files: say what the bands and bars are.
+        self.note = " (bands, bars: 95% intervals)" if any(k.endswith("_mean_low") for k in curve[0]) else ""
 
     def trade_off(self, most_personal: float) -> Path:
         """``curves.png``: the (local, global) plane, one line per ratio, sparse epoch labels."""
@@ -163,7 +165,8 @@ class _PersonalizationFigures:
                         textcoords="offset points", xytext=(5, 3), color="0.25")
         marks = _mark(ax, self.ref, self.sel, self.splits, local, glob)
         ax.set(xlabel="local ROUGE-L (client's own data, mean over clients)",
-               ylabel="global ROUGE-L (global distribution, mean)", title=f"Personalization vs robustness: {self.name}")
+               ylabel="global ROUGE-L (global distribution, mean)",
+               title=f"Personalization vs robustness: {self.name}{self.note}")
         ax.margins(0.08)
         ax.legend(handles=self.handles + marks, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
         return _save(fig, self.out / "curves.png")
@@ -184,7 +187,7 @@ class _PersonalizationFigures:
             axes[2].set(xlabel="epoch", ylabel="train loss (mean over clients)", title="local training loss")
         for ax in axes:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        fig.suptitle(f"Personalization by epoch: {self.name}", fontsize=11)
+        fig.suptitle(f"Personalization by epoch: {self.name}{self.note}", fontsize=11)
         fig.tight_layout()
         fig.legend(handles=self.handles + marks, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
                    ncol=len(self.handles + marks))
@@ -204,7 +207,7 @@ class _PersonalizationFigures:
             ax.set(xlabel="interpolation ratio (0 = global, 1 = local)", title=f"{side} ROUGE-L")
         axes[0].set_ylabel("ROUGE-L (mean over clients)")
         axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-        fig.suptitle(f"Interpolating global and local prompts: {self.name}", fontsize=11)
+        fig.suptitle(f"Interpolating global and local prompts: {self.name}{self.note}", fontsize=11)
         fig.tight_layout()
         return _save(fig, self.out / "interpolation.png")
 
@@ -281,7 +284,28 @@ def _lines(ax: Any, curve: list[dict], by: str, colors: dict, splits: list[str],
                          key=lambda p: p[along])
             ax.plot([p[kx] for p in pts], [p[ky] for p in pts], SPLIT_STYLE[s], marker="o", ms=3.5, color=color,
                     alpha=1.0 if s == splits[0] else 0.45, label=f"{labels[value]}, {s}" if labels else None)
+            _interval_marks(ax, pts, kx, ky, color, solid=s == splits[0])
     ax.grid(alpha=0.3)
+
+
+def _interval_marks(ax: Any, pts: list[dict], kx: str, ky: str, color: Any, solid: bool) -> None:
+    """The points' 95% intervals, where the files hold them (``{key}_low``/``{key}_high``): a band
+    along an epoch or ratio axis; in the local/global plane, error bars on the first split only."""
+    def spread(key: str) -> np.ndarray | None:
+        if not all(_finite(p.get(f"{key}_low")) and _finite(p.get(f"{key}_high")) for p in pts) or not pts:
+            return None
+        return np.array([[p[key] - p[f"{key}_low"] for p in pts], [p[f"{key}_high"] - p[key] for p in pts]])
+
+    dy = spread(ky)
+    if dy is None:
+        return
+    if kx in ("epoch", "interp_ratio"):
+        ys = np.array([p[ky] for p in pts])
+        ax.fill_between([p[kx] for p in pts], ys - dy[0], ys + dy[1], color=color, alpha=0.12 if solid else 0.05,
+                        lw=0)
+    elif solid and (dx := spread(kx)) is not None:
+        ax.errorbar([p[kx] for p in pts], [p[ky] for p in pts], xerr=dx, yerr=dy, fmt="none", ecolor=color,
+                    alpha=0.35, lw=0.8)
 
 
 def _mark(ax: Any, ref: dict, sel: dict | None, splits: list[str], x: str, y: str) -> list[Any]:

@@ -60,7 +60,11 @@ def print_personalization(summary: dict[str, Any], run_dir: Path) -> None:
     if chosen and chosen.get("kept_global_prompt"):
         print(f"selected on validation: the global prompt, kept: {chosen['reason']}")
     elif chosen:
-        print(f"selected on validation: epoch {chosen['epoch']}, ratio {chosen['interp_ratio']:g} ({chosen['rule']})")
+        changes = "; ".join(f"{split} change {chosen[k]:+.4f} [{chosen[k + '_low']:+.4f}, {chosen[k + '_high']:+.4f}]"
+                            for split in ("local_val", "global_val")
+                            if (k := metric_key(split, "rouge_l", "change")) in chosen)
+        print(f"selected on validation: epoch {chosen['epoch']}, ratio {chosen['interp_ratio']:g}"
+              + (f": {changes} (95% intervals)" if changes else "") + f" ({chosen['rule']})")
     else:
         print("no selection: validation splits are empty (set partition.val_examples and global_val_examples)")
     print(f"results in {run_dir}/personalize/{summary['name']}/ (summary.json, personalization.jsonl, *.png), "
