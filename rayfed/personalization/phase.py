@@ -56,7 +56,7 @@ def run_personalization(run_dir: str | Path, overrides: list[str] | None = None,
             so runs that differ only in how they score them (interpolation ratios) share them.
         on_epoch: Called with each evaluated epoch's curve rows (Tune reports through it).
         driver: The run's workers from :func:`personalization_driver`, shared by several
-            personalizations; then only ``personalize.*`` and ``logging.*`` keys may change.
+            personalizations; then only ``personalize.*``, ``eval.*`` and ``logging.*`` keys may change.
             None: start them for this call and stop them after it.
     """
     if driver is not None:
