@@ -61,9 +61,25 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     study = load_study(args.config, args.overrides)
     out = Path(study.output_dir)
+    if args.power_for:
+        return _study_power(study, out, load_study(args.power_for))
     if not args.report_only:
         run_study(study, out)
     print_study(write_report(study, out), out)
+    return 0
+
+
+def _study_power(pilot, out: Path, target) -> int:
+    import json
+
+    from rayfed.study.power import power_markdown, power_report
+
+    report = power_report(pilot, out, target)
+    (out / f"power-{target.name}.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    text = power_markdown(report)
+    (out / f"power-{target.name}.md").write_text(text, encoding="utf-8")
+    print(text, end="")
+    print(f"written: {out / f'power-{target.name}.md'}")
     return 0
 
 
@@ -86,6 +102,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """A run config, or a study file (it has ``algorithms:``): every run and comparison it defines."""
+    from omegaconf import OmegaConf
+
+    path = Path(args.config)
+    if path.is_file() and "algorithms" in (OmegaConf.load(path) or {}):
+        from rayfed.study.config import load_study
+
+        s = load_study(path, args.overrides)
+        print(OmegaConf.to_yaml(OmegaConf.structured(s)), end="")
+        return 0
     print(to_yaml(load_config(args.config, args.overrides)), end="")
     return 0
 
@@ -132,9 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue an interrupted search in output_dir")
     add("validate", cmd_validate, "check a config and print it resolved", "config", config_help)
     add("partition", cmd_partition, "print each client's task histogram and the heterogeneity", "config", config_help)
-    add("study", cmd_study, "run (or continue) a study: federated runs, personalizations, verdicts", "config",
-        "a study file, e.g. configs/study/quick.yaml", "key=value overrides of the study file, e.g. seeds=[0]",
-        ).add_argument("--report-only", action="store_true", help="only analyze the finished jobs and redraw")
+    study = add("study", cmd_study, "run (or continue) a study: federated runs, personalizations, verdicts", "config",
+                "a study file, e.g. configs/study/quick.yaml", "key=value overrides of the study file, e.g. seeds=[0]")
+    study.add_argument("--report-only", action="store_true", help="only analyze the finished jobs and redraw")
+    study.add_argument(
+        "--power-for", metavar="TARGET", help="treat this finished study as a pilot: the effects the study file "
+        "TARGET can detect, and the design each primary comparison needs (writes power-NAME.md/json)")
     add("resume", cmd_resume, "continue an interrupted run from its last checkpoint, bit for bit", "run_dir",
         "the interrupted run's output directory", "runtime.*/ray.*/logging.*/personalize.* overrides")
     add("personalize", cmd_personalize, "personalize a finished run's global prompt: curves per epoch", "run_dir",

@@ -106,3 +106,83 @@ def _counts(draws: np.ndarray, n: int) -> np.ndarray:
     """How often each of ``n`` units is drawn in each row of ``draws``: ``[rows, n]``."""
     offsets = draws + n * np.arange(draws.shape[0])[:, None]
     return np.bincount(offsets.ravel(), minlength=draws.shape[0] * n).reshape(draws.shape[0], n).astype(np.float64)
+
+
+# --- Many prompts on shared units: the replicates a verdict is computed from --------------------
+
+class Split:
+    """One split's per-example scores of several points (prompt settings) on the same units.
+
+    Args:
+        values: ``[points, seeds, clients, examples]``; entries past a client's size are ignored.
+        sizes: ``[seeds, clients]``: each client's number of examples (0 for a seed with fewer
+            clients; a seed's clients come first).
+    """
+
+    def __init__(self, values: np.ndarray, sizes: np.ndarray):
+        self.values = np.asarray(values, dtype=np.float64)
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        if self.values.ndim != 4 or self.values.shape[1:3] != self.sizes.shape:
+            raise ValueError("Split needs values [points, seeds, clients, examples] and sizes [seeds, clients]")
+        inside = np.arange(self.values.shape[3]) < self.sizes[..., None]
+        if not (self.sizes[:, 0] > 0).all() or (self.sizes > self.values.shape[3]).any() or \
+                (np.diff((self.sizes > 0).astype(int), axis=1) > 0).any():
+            raise ValueError("every seed needs a first client with examples, clients packed first, "
+                             "sizes within the examples axis")
+        self.values = np.where(inside, self.values, 0.0)
+
+    def means(self) -> np.ndarray:
+        """``[points]``: the mean over seeds of the mean over clients of each client's example mean."""
+        n = np.maximum(self.sizes, 1)
+        clients = (self.sizes > 0).sum(axis=1)
+        per_client = self.values.sum(axis=-1) / n  # [points, seeds, clients]
+        return ((per_client * (self.sizes > 0)).sum(axis=-1) / clients).mean(axis=-1)
+
+
+def paired_replicates(splits: dict[str, Split], *, draws: int = 4000, seed: int = 0, chunk: int = 128,
+                      ) -> dict[str, np.ndarray]:
+    """``{split: [draws, points]}``: bootstrap replicates of every point's mean, all points and
+    all splits resampled on the same units: seeds, then clients within each drawn seed (the same
+    for every split: a client's local and global scores move together), then each split's
+    examples within each drawn client. Any statistic of the point means (a difference, a
+    frontier gap) computed per replicate is then paired.
+
+    Raises:
+        ValueError: the splits disagree on seeds or clients.
+    """
+    first = next(iter(splits.values()))
+    counts = (first.sizes > 0).sum(axis=1)
+    if any(s.sizes.shape[0] != first.sizes.shape[0] or ((s.sizes > 0).sum(axis=1) != counts).any()
+           for s in splits.values()):
+        raise ValueError("paired_replicates: every split needs the same seeds and clients")
+    n_seeds, max_clients = first.sizes.shape
+    rng = np.random.default_rng(seed)
+    out = {name: np.empty((draws, s.values.shape[0])) for name, s in splits.items()}
+    for start in range(0, draws, chunk):
+        d = min(chunk, draws - start)
+        seeds = rng.integers(n_seeds, size=(d, n_seeds))
+        n_clients = counts[seeds]  # [d, seed slots]
+        clients = np.minimum((rng.random((d, n_seeds, max_clients)) * n_clients[..., None]).astype(np.int64),
+                             n_clients[..., None] - 1)
+        client_slot = np.arange(max_clients) < n_clients[..., None]
+        for name, split in splits.items():
+            out[name][start:start + d] = _replicate_means(split, seeds, clients, client_slot, n_clients, rng)
+    return out
+
+
+def _replicate_means(split: Split, seeds: np.ndarray, clients: np.ndarray, client_slot: np.ndarray,
+                     n_clients: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One chunk's replicate means of ``split``'s points: a weight per unit from the drawn seeds,
+    clients and (here) examples, then weights x values."""
+    d, n_seeds, max_clients = clients.shape
+    width = split.values.shape[3]
+    units = n_seeds * max_clients * width
+    n = split.sizes[seeds[..., None], clients]  # each slot's client size [d, S, C]
+    examples = np.minimum((rng.random((d, n_seeds, max_clients, width)) * n[..., None]).astype(np.int64),
+                          np.maximum(n[..., None] - 1, 0))
+    valid = (np.arange(width) < n[..., None]) & client_slot[..., None]
+    weight = np.broadcast_to((1.0 / (n_seeds * n_clients[..., None] * np.maximum(n, 1)))[..., None], valid.shape)
+    unit = (seeds[..., None, None] * max_clients + clients[..., None]) * width + examples
+    flat = unit + units * np.arange(d)[:, None, None, None]
+    w = np.bincount(flat[valid], weights=weight[valid], minlength=d * units).reshape(d, units)
+    return w @ split.values.reshape(split.values.shape[0], units).T

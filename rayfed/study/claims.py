@@ -1,14 +1,14 @@
-"""The study's four claims, each measured from the result files and given a verdict.
+"""The study's four claims, measured from the result files.
 
 Scores are test ROUGE-L, means over clients: ``local`` = each client's own test split
 (personalization), ``global`` = the global test distribution (robustness). Everything chosen
-(the federated lr) was chosen on validation data. Every claim is measured per heterogeneity
-level as one or more *parts*, each a paired difference per seed in the direction the claim
-predicts; a part **holds** when the mean difference over seeds is positive and larger than its
-seed-to-seed standard deviation, is **within spread** when positive but not larger, and
-**fails** otherwise. A claim is *reproduced* when every part holds, *partly reproduced* when
-some part holds or every part points the claimed way, *not reproduced* otherwise. With one seed
-the spread is unknown, and a claim is at most partly reproduced.
+(the federated lr) was chosen on validation data.
+
+A claim's verdict comes from its pre-registered primary comparisons only (``verdicts:`` in the
+study file; rayfed.study.primary): *reproduced*, *contradicted* or *inconclusive* by their
+Holm-corrected bootstrap intervals. Everything else here is secondary, shown and not voted:
+per heterogeneity level, each claim's *parts* (a paired difference per seed in the direction
+the claim predicts, with its mean and seed-to-seed standard deviation) and its tables.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from rayfed.personalization.cache import PromptCache, load_local_prompts
 from rayfed.personalization.curves import prompt_shift
 from rayfed.personalization.settings import PersonalizeSettings
 from rayfed.study.config import StudyConfig
+from rayfed.study.primary import primary_verdicts
 from rayfed.study.layout import (
     Curve,
     at_epoch,
@@ -49,7 +50,7 @@ CLAIMS = {
 
 def analyze(s: StudyConfig, out: Path) -> dict[str, Any]:
     """Every claim at every concentration, from the finished jobs in ``out`` (seeds whose jobs
-    are not all finished are left out and counted)."""
+    are not all finished are left out and counted), and the primary comparisons' verdicts."""
     result: dict[str, Any] = {"claims": {str(k): {"text": v, "by_concentration": {}} for k, v in CLAIMS.items()},
                               "selected_lrs": {}, "seeds": {}, "not_trained": [], "lr_grid": {}}
     for conc in s.concentrations:
@@ -67,9 +68,10 @@ def analyze(s: StudyConfig, out: Path) -> dict[str, Any]:
         for number, measure in ((1, claim1), (2, claim2), (3, claim3), (4, claim4)):
             parts, table = measure(s, list(seeds.values()))
             result["claims"][str(number)]["by_concentration"][f"{conc:g}"] = {
-                "parts": parts, "table": table, "verdict": verdict(parts), "seeds": len(seeds)}
-    for claim in result["claims"].values():
-        claim["verdict"] = overall([c["verdict"] for c in claim["by_concentration"].values()])
+                "parts": parts, "table": table, "seeds": len(seeds)}
+    result["primary"] = primary_verdicts(s, out, result["seeds"], result["selected_lrs"])
+    for number, claim in result["claims"].items():
+        claim["verdict"] = result["primary"]["claims"].get(number, "not pre-registered")
     return result
 
 
@@ -188,35 +190,12 @@ def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> 
     return area
 
 
-# --- Verdicts -----------------------------------------------------------------------------------
+# --- Secondary parts ----------------------------------------------------------------------------
 
 def _part(text: str, diffs: list[float]) -> dict[str, Any]:
-    mean = statistics.fmean(diffs)
-    std = statistics.stdev(diffs) if len(diffs) > 1 else None
-    if mean <= 0:
-        status = "fails"
-    elif std is None:
-        status = "one seed"
-    else:
-        status = "holds" if mean > std else "within spread"
-    return {"text": text, "diffs": diffs, "mean": mean, "std": std, "status": status}
-
-
-def verdict(parts: list[dict]) -> str:
-    statuses = [p["status"] for p in parts]
-    if all(s == "holds" for s in statuses):
-        return "reproduced"
-    if any(s == "holds" for s in statuses) or all(s != "fails" for s in statuses):
-        return "partly reproduced"
-    return "not reproduced"
-
-
-def overall(verdicts: list[str]) -> str:
-    if not verdicts:
-        return "not measured"
-    if len(set(verdicts)) == 1:
-        return verdicts[0]
-    return "partly reproduced" if any(v != "not reproduced" for v in verdicts) else "not reproduced"
+    """A secondary measure: per-seed paired differences, their mean and seed-to-seed spread."""
+    return {"text": text, "diffs": diffs, "mean": statistics.fmean(diffs),
+            "std": statistics.stdev(diffs) if len(diffs) > 1 else None}
 
 
 def lr_grid(s: StudyConfig, out: Path, conc: float) -> dict[str, dict[str, dict[str, float]]]:

@@ -40,6 +40,43 @@ class StudyPersonalizeConfig:
 
 
 @dataclass
+class PointsConfig:
+    """Scored points of the study's personalizations: every ``jobs`` x ``epochs`` x ``ratios``."""
+
+    jobs: list[str] = field(default_factory=list)  # personalization names (study.config.personalize_jobs)
+    epochs: list[int] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=lambda: [1.0])  # interpolation ratios (1: the local prompt)
+    algorithm: str = ""  # whose run's personalizations; "" = personalize.main_algorithm
+
+
+@dataclass
+class ComparisonConfig:
+    """One pre-registered primary comparison (rayfed.study.primary): ``a`` against ``b``."""
+
+    name: str = ""
+    kind: str = "difference"  # difference: mean of a minus mean of b on `split`; frontier: a's gap above b's frontier
+    a: PointsConfig = field(default_factory=PointsConfig)
+    b: PointsConfig = field(default_factory=PointsConfig)
+    split: str = "global_test"  # difference only; a frontier is local_test against global_test
+    from_start: bool = False  # each point minus its own personalization's epoch-0 point (changes, not levels)
+    direction: str = "greater"  # the claim's prediction for a - b: greater | less | equivalent
+    margin: float = 0.0  # equivalent only: the difference the claim calls none
+    effect: float = 0.05  # the smallest true effect (ROUGE-L) the study is sized to find
+
+
+@dataclass
+class VerdictConfig:
+    """How the claims are decided, fixed before the run: Holm over every primary comparison at
+    every primary concentration, at family-wise ``alpha``."""
+
+    alpha: float = 0.05
+    power: float = 0.8  # each claim's chance of "reproduced" at its effect sizes (the sizing target)
+    draws: int = 4000  # bootstrap replicates
+    concentrations: list[float] = field(default_factory=list)  # primary levels; empty = every level
+    claims: dict[str, list[ComparisonConfig]] = field(default_factory=dict)  # claim number -> comparisons
+
+
+@dataclass
 class StudyConfig:
     name: str = "study"
     output_dir: str = "outputs/${name}"
@@ -48,6 +85,7 @@ class StudyConfig:
     experiment: dict[str, Any] = field(default_factory=dict)  # any rayfed run keys, shared by every run
     algorithms: dict[str, ArmConfig] = field(default_factory=dict)
     personalize: StudyPersonalizeConfig = field(default_factory=StudyPersonalizeConfig)
+    verdicts: VerdictConfig = field(default_factory=VerdictConfig)
     # How many federated runs (each followed by its personalizations) run at once. Above 1, each
     # is a Ray task that reserves its process (cpus_per_run) and its actors in one placement group,
     # so runs spread over a cluster's nodes or share a GPU; the numbers do not depend on it.
@@ -116,11 +154,48 @@ def check_study(s: StudyConfig, source: str) -> None:
                     replace_keys(cfg, values)
                 except ConfigError as err:
                     raise ConfigError(f"{source}: personalize: {err}") from None
+    check_verdicts(s, source)
     exp = run_config(s, p.main_algorithm, s.concentrations[0], s.seeds[0], s.algorithms[p.main_algorithm].lrs[0],
                      source)
     if exp.partition.val_examples < 1 or exp.partition.global_val_examples < 1:
         raise ConfigError(f"{source}: key 'experiment.partition.val_examples': the study selects on validation "
                           "data; set partition.val_examples and partition.global_val_examples above 0")
+
+
+def check_verdicts(s: StudyConfig, source: str) -> None:
+    """Every primary comparison names jobs, epochs and ratios the study scores."""
+    v, p = s.verdicts, s.personalize
+    if not 0 < v.alpha < 1 or not 0 < v.power < 1 or v.draws < 100:
+        raise ConfigError(f"{source}: key 'verdicts': needs 0 < alpha < 1, 0 < power < 1 and draws >= 100")
+    if any(c not in s.concentrations for c in v.concentrations):
+        raise ConfigError(f"{source}: key 'verdicts.concentrations': each must be one of concentrations")
+    scored = set(range(0, p.epochs + 1, p.eval_every_epochs))
+    for claim, comparisons in v.claims.items():
+        if claim not in {"1", "2", "3", "4"}:
+            raise ConfigError(f"{source}: key 'verdicts.claims.{claim}': the study's claims are 1 to 4")
+        for i, c in enumerate(comparisons):
+            key = f"verdicts.claims.{claim}[{i}]"
+            if c.kind not in ("difference", "frontier") or c.direction not in ("greater", "less", "equivalent"):
+                raise ConfigError(f"{source}: key '{key}': kind is difference or frontier, direction greater, "
+                                  "less or equivalent")
+            if (c.direction == "equivalent") != (c.margin > 0) or c.effect <= 0:
+                raise ConfigError(f"{source}: key '{key}': an equivalent comparison needs margin > 0 (others 0), "
+                                  "and effect must be > 0")
+            if c.kind == "difference" and c.split not in ("local_test", "global_test"):
+                raise ConfigError(f"{source}: key '{key}.split': local_test or global_test")
+            for side, pts in (("a", c.a), ("b", c.b)):
+                label = pts.algorithm or p.main_algorithm
+                jobs = personalize_jobs(s, label) if label in s.algorithms else {}
+                few = {p.few_epochs}
+                for job in pts.jobs:
+                    epochs = scored if not job.startswith("few,") else {0, *few}
+                    if job not in jobs or not pts.epochs or not set(pts.epochs) <= epochs or \
+                            not set(pts.ratios) <= set(jobs[job]["personalize.interp_ratios"]):
+                        raise ConfigError(f"{source}: key '{key}.{side}': {label!r} has no personalization {job!r} "
+                                          f"scored at epochs {pts.epochs}, ratios {pts.ratios} (its jobs: "
+                                          f"{', '.join(jobs)})")
+                if not pts.jobs or not pts.ratios:
+                    raise ConfigError(f"{source}: key '{key}.{side}': needs jobs and ratios")
 
 
 def run_config(s: StudyConfig, label: str, concentration: float, seed: int, lr: float,

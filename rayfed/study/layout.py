@@ -78,3 +78,16 @@ def at_epoch(curve: Curve, epoch: int) -> tuple[int, float, float]:
 
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def finished_seeds(s: StudyConfig, out: Path) -> tuple[dict[str, list[int]], dict[str, dict[str, float]]]:
+    """Per concentration (``f"{c:g}"``) with its lrs selected: the seeds whose jobs have all
+    finished, and each algorithm's selected lr."""
+    seeds, lrs = {}, {}
+    for conc in s.concentrations:
+        try:
+            lrs[f"{conc:g}"] = selected_lrs(s, out, conc)
+        except (FileNotFoundError, KeyError):
+            continue
+        seeds[f"{conc:g}"] = [seed for seed in s.seeds if load_curves(s, out, conc, seed, lrs[f"{conc:g}"]) is not None]
+    return seeds, lrs

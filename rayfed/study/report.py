@@ -1,5 +1,6 @@
 """The study's results as Markdown (``OUT/results.md``), written from ``analyze``'s output only:
-the verdict table, and per claim and concentration its parts and measures (mean ± std over seeds)."""
+the primary comparisons with their intervals and verdicts, then per claim and concentration its
+secondary parts and measures (mean ± std over seeds)."""
 
 from __future__ import annotations
 
@@ -44,12 +45,13 @@ def _publish_wandb(s: StudyConfig, out: Path, analysis: dict[str, Any], figures:
     if not cfg.logging.wandb.enabled:
         return
     cfg.name = s.name
-    rows = [[int(n), conc, m["verdict"], p["text"], p["mean"], p["std"], p["status"], m["seeds"]]
-            for n, claim in analysis["claims"].items() for conc, m in claim["by_concentration"].items()
-            for p in m["parts"]]
+    rows = [[int(r["claim"]), r["name"], r["concentration"], r["primary"], r["rouge_l"].get("verdict", "secondary"),
+             r["rouge_l"]["estimate"], r["rouge_l"]["low"], r["rouge_l"]["high"], r["rouge_l"].get("p_adjusted"),
+             r["loss"]["estimate"], r["loss"]["low"], r["loss"]["high"]] for r in analysis["primary"]["comparisons"]]
     for logger in build_loggers(cfg, out, [], job_type="study"):
-        logger.log({"event": "table", "key": "study/parts", "rows": rows,
-                    "columns": ["claim", "concentration", "verdict", "part", "mean", "std", "status", "seeds"]})
+        logger.log({"event": "table", "key": "study/comparisons", "rows": rows,
+                    "columns": ["claim", "comparison", "concentration", "primary", "verdict", "rouge_l", "rouge_l_low",
+                                "rouge_l_high", "p_holm", "neg_loss", "neg_loss_low", "neg_loss_high"]})
         for png in figures:
             logger.log({"event": "image", "key": f"study/{png.stem}", "path": str(png)})
         logger.log({"event": "summary", **{f"study/claim{n}": c["verdict"] for n, c in analysis["claims"].items()}})
@@ -57,18 +59,20 @@ def _publish_wandb(s: StudyConfig, out: Path, analysis: dict[str, Any], figures:
 
 
 def results_markdown(s: StudyConfig, analysis: dict[str, Any], seconds: dict[str, float]) -> str:
-    concs = [f"{c:g}" for c in s.concentrations]
+    primary = analysis["primary"]
     lines = [f"# Study `{s.name}`: results", "",
-             "Computed by `rayfed study` from the result files under this directory; test ROUGE-L, mean over "
-             "clients; ± is the standard deviation over seeds. A part *holds* when its mean paired difference "
-             "is positive and larger than that spread.", "",
+             "Computed by `rayfed study` from the result files under this directory. Each claim is decided by its "
+             "primary comparisons, fixed in the study file before the run (`verdicts:`): a paired hierarchical "
+             "bootstrap (seeds, clients, examples) of test ROUGE-L gives each a 95% interval; Holm's correction "
+             f"over the {primary['family_size']} primary comparisons at family-wise alpha {primary['alpha']:g} "
+             "decides *reproduced* (the interval at Holm's level excludes 0 the claimed way), *contradicted* (the "
+             "other way) or *inconclusive*. -loss is the teacher-forced test loss, negated so that higher is "
+             "better, shown and not voted.", "",
              f"Jobs finished: {analysis['jobs_finished']} of {analysis['jobs_total']}; a claim is measured on the "
              "seeds whose jobs have all finished.", ""]
-    lines += ["| claim | " + " | ".join(f"concentration {c}" for c in concs) + " | verdict |",
-              "|---|" + "---|" * (len(concs) + 1)]
-    for number, claim in analysis["claims"].items():
-        cells = [_cell(claim["by_concentration"].get(c)) for c in concs]
-        lines.append(f"| {number} | " + " | ".join(cells) + f" | **{claim['verdict']}** |")
+    lines += ["| claim | verdict |", "|---|---|"]
+    lines += [f"| {n} | **{claim['verdict']}** |" for n, claim in analysis["claims"].items()]
+    lines += [""] + comparison_table(primary["comparisons"])
     lines += ["", "Selected federated learning rates (global validation ROUGE-L, first seed): " + "; ".join(
         f"concentration {c}: " + ", ".join(f"{k} {v:g}" for k, v in lrs.items())
         for c, lrs in analysis["selected_lrs"].items()), ""]
@@ -80,15 +84,36 @@ def results_markdown(s: StudyConfig, analysis: dict[str, Any], seconds: dict[str
         lines += [f"Wall time of the jobs recorded in `jobs.jsonl`: {sum(seconds.values()) / 3600:.2f} h "
                   f"({', '.join(f'{k} {v / 60:.0f} min' for k, v in seconds.items())}).", ""]
     for number, claim in analysis["claims"].items():
-        lines += [f"## Claim {number}", "", f"> {claim['text']}", ""]
+        lines += [f"## Claim {number}: {claim['verdict']}", "", f"> {claim['text']}", "",
+                  "Secondary measures (shown, not voted): per-seed paired differences in the claimed direction, "
+                  "mean and standard deviation over seeds.", ""]
         for conc, measured in claim["by_concentration"].items():
-            lines += [f"### Concentration {conc} ({measured['seeds']} seed(s)): {measured['verdict']}", "",
-                      "| part | mean difference | std | status |", "|---|---|---|---|"]
-            lines += [f"| {p['text']} | {_num(p['mean'], sign=True)} | {_num(p['std'])} | {p['status']} |"
-                      for p in measured["parts"]]
+            lines += [f"### Concentration {conc} ({measured['seeds']} seed(s))", "",
+                      "| part | mean difference | std over seeds |", "|---|---|---|"]
+            lines += [f"| {p['text']} | {_num(p['mean'], sign=True)} | {_num(p['std'])} |" for p in measured["parts"]]
             lines.append("")
             lines += _table(measured["table"])
     return "\n".join(lines) + "\n"
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per comparison and concentration: ROUGE-L with its 95% interval, the interval at
+    Holm's level with the adjusted p and the verdict (primary rows), -loss with its interval."""
+    out = ["| claim | comparison | concentration | ROUGE-L [95%] | decisive interval | p (Holm) | verdict | "
+           "-loss [95%] | sized for |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rl, loss = r["rouge_l"], r["loss"]
+        decided = (f"[{_num(rl['decisive_low'], sign=True)}, {_num(rl['decisive_high'], sign=True)}] at "
+                   f"{rl['level'] * 100:.2f}%" if r["primary"] else "secondary")
+        p = f"{rl['p_adjusted']:.3g}" if r["primary"] else "-"
+        predicted = (f"{r['direction']} than 0" if r["direction"] != "equivalent" else f"within ±{r['margin']:g}")
+        out.append(f"| {r['claim']} | {r['name']} ({predicted}) | {r['concentration']} | {_interval(rl)} | {decided} | "
+                   f"{p} | {rl.get('verdict', 'shown, not voted')} | {_interval(loss)} | {r['effect']:g} |")
+    return out
+
+
+def _interval(stats: dict[str, float]) -> str:
+    return f"{_num(stats['estimate'], sign=True)} [{_num(stats['low'], sign=True)}, {_num(stats['high'], sign=True)}]"
 
 
 def _lr_table(grid: dict, selected: dict) -> list[str]:
@@ -114,13 +139,6 @@ def _table(table: dict[str, dict[str, dict]]) -> list[str]:
     return [*out, ""]
 
 
-def _cell(measured: dict | None) -> str:
-    if measured is None:
-        return "not measured"
-    marks = {"holds": "yes", "within spread": "within spread", "one seed": "direction only", "fails": "no"}
-    return f"{measured['verdict']} ({', '.join(marks[p['status']] for p in measured['parts'])})"
-
-
 def _pm(stats: dict) -> str:
     if stats["mean"] is None:
         return "-"
@@ -138,11 +156,15 @@ def _num(value: float | None, sign: bool = False) -> str:
 
 
 def print_study(analysis: dict[str, Any], out: Path) -> None:
-    """The verdict per claim and concentration, and where the files are."""
+    """Each claim's verdict and its primary comparisons' intervals, and where the files are."""
+    primary = analysis["primary"]
     print(f"\nstudy: {analysis['jobs_finished']} of {analysis['jobs_total']} jobs finished")
-    print("study verdicts (test ROUGE-L; a part holds when its mean paired difference exceeds the seed spread)")
+    print(f"study verdicts (test ROUGE-L, 95% paired bootstrap intervals; Holm over {primary['family_size']} primary "
+          f"comparisons at alpha {primary['alpha']:g})")
     for number, claim in analysis["claims"].items():
-        by_conc = "; ".join(f"concentration {c}: {_cell(m)} over {m['seeds']} seed(s)"
-                            for c, m in claim["by_concentration"].items())
-        print(f"  claim {number}: {claim['verdict']}" + (f" ({by_conc})" if by_conc else ""))
+        print(f"  claim {number}: {claim['verdict']}")
+        for r in primary["comparisons"]:
+            if r["claim"] == number and r["primary"]:
+                print(f"    {r['name']} at concentration {r['concentration']}: {_interval(r['rouge_l'])}, "
+                      f"p (Holm) {r['rouge_l']['p_adjusted']:.3g}: {r['rouge_l']['verdict']}")
     print(f"results in {out}/ (results.md, study.json, jobs.jsonl, curves.png, robustness.png, frontier.png)")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from rayfed.cli import main
-from rayfed.study.claims import _part, claim4, hypervolume, verdict
+from rayfed.outputs.scores import EXAMPLE_SCORES
+from rayfed.study.claims import _part, claim4, hypervolume
 from rayfed.study.config import load_study, personalize_jobs
 from rayfed.study.layout import run_dir
 from rayfed.study.runner import estimate_text
@@ -53,9 +54,16 @@ def test_every_output_file_is_written(study):
     # The selection run of the lr that lost is there too, for the first seed only.
     assert (out / "c0.1" / "fedavg_sgd").is_dir() and len(list((out / "c0.1" / "fedavg_sgd").glob("lr*"))) == 2
     for claim in analysis["claims"].values():
-        assert claim["verdict"] in ("reproduced", "partly reproduced", "not reproduced")
+        assert claim["verdict"] in ("reproduced", "contradicted", "inconclusive")
         assert set(claim["by_concentration"]) == {"0.1", "10"}
-    assert "| claim | concentration 0.1 | concentration 10 | verdict |" in (out / "results.md").read_text()
+    # Every pre-registered comparison at both levels, each with ROUGE-L and -loss intervals.
+    rows = analysis["primary"]["comparisons"]
+    assert len(rows) == analysis["primary"]["family_size"] == 2 * sum(len(c) for c in s.verdicts.claims.values())
+    for r in rows:
+        for metric in ("rouge_l", "loss"):
+            assert r[metric]["low"] <= r[metric]["estimate"] <= r[metric]["high"], r
+        assert r["rouge_l"]["verdict"] in ("reproduced", "contradicted", "inconclusive")
+    assert "| claim | comparison | concentration | ROUGE-L [95%] |" in (out / "results.md").read_text()
 
 
 def test_lr_is_selected_on_global_validation(study):
@@ -70,33 +78,42 @@ def test_lr_is_selected_on_global_validation(study):
             f"{lr:g}": v for lr, v in val.items()}  # the report's lr table is the runs' own numbers
 
 
-def test_verdicts_are_computed_from_the_result_files(study, tmp_path):
-    """Rewrite the main algorithm's lr curves into the claimed shape; the report alone (no job
-    reruns) must then find claim 1 reproduced, with the part means computed from those files."""
+def _rewrite_scores(path: Path, split: str, epoch: int, value) -> None:
+    """Set the ROUGE-L of ``split`` at ``epoch`` in a per-example score file to ``value(client, example)``."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(path), framework="np") as f:
+        meta, cols = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    at = (cols["split"] == json.loads(meta["splits"]).index(split)) & (cols["epoch"] == epoch)
+    cols["rouge_l"][at] = [value(c, e) for c, e in zip(cols["client_id"][at], cols["example_id"][at], strict=True)]
+    save_file(cols, str(path), metadata=meta)
+
+
+def test_verdicts_are_computed_from_the_per_example_scores(study):
+    """Rewrite claim 1's primary points (global test ROUGE-L at the last epoch of the two lr
+    curves, concentration 0.1) so that the low lr keeps every example and the high lr none: the
+    report alone (no job reruns) must find the difference +1 with a tight interval and claim 1
+    reproduced; swapped, contradicted. Claim 1 at concentration 10 stays as it was."""
     s, out = study
-    analysis = json.loads((out / "study.json").read_text())
-    lrs = analysis["selected_lrs"]["0.1"]
-    shapes = {0.3: [(0.20, 0.30), (0.35, 0.22), (0.40, 0.18)], 0.03: [(0.20, 0.30), (0.24, 0.29), (0.28, 0.28)]}
-    for seed in s.seeds:
-        for lr, points in shapes.items():
-            run = run_dir(out, "fedavg_adam", 0.1, lrs["fedavg_adam"], seed)
-            path = run / "personalize" / f"lr={lr:g}" / "summary.json"
-            summary = json.loads(path.read_text())
-            for row in summary["curve"]:
-                local, glob = points[row["epoch"]]
-                row["local_test/rouge_l_mean"] = local + 0.01 * seed
-                row["global_test/rouge_l_mean"] = glob - 0.01 * seed
-            path.write_text(json.dumps(summary))
+    lrs = json.loads((out / "study.json").read_text())["selected_lrs"]["0.1"]
     before = len(jobs(out))
-    assert main(["study", str(TINY), f"output_dir={out}", "--report-only"]) == 0
+    for low_value, expected in ((1.0, "reproduced"), (0.0, "contradicted")):
+        for seed in s.seeds:
+            run = run_dir(out, "fedavg_adam", 0.1, lrs["fedavg_adam"], seed)
+            _rewrite_scores(run / "personalize" / "lr=0.03" / EXAMPLE_SCORES, "global_test", 2, lambda c, e: low_value)
+            _rewrite_scores(run / "personalize" / "lr=0.3" / EXAMPLE_SCORES, "global_test", 2,
+                            lambda c, e: 1.0 - low_value)
+        assert main(["study", str(TINY), f"output_dir={out}", "--report-only"]) == 0
+        analysis = json.loads((out / "study.json").read_text())
+        (row,) = [r for r in analysis["primary"]["comparisons"] if r["claim"] == "1" and r["concentration"] == "0.1"]
+        sign = 1 if expected == "reproduced" else -1
+        assert row["rouge_l"]["estimate"] == pytest.approx(sign * 1.0)
+        assert row["rouge_l"]["low"] == pytest.approx(sign * 1.0) and row["rouge_l"]["high"] == pytest.approx(sign * 1.0)
+        assert row["rouge_l"]["verdict"] == expected
+        # claim 1 is decided by both levels; concentration 10 is untouched (all-zero tiny-model scores)
+        assert analysis["claims"]["1"]["verdict"] == ("contradicted" if expected == "contradicted" else "inconclusive")
     assert len(jobs(out)) == before
-    claim1 = json.loads((out / "study.json").read_text())["claims"]["1"]["by_concentration"]["0.1"]
-    assert claim1["verdict"] == "reproduced", claim1["parts"]
-    rise, fall, keeps, slower = claim1["parts"]
-    assert rise["mean"] == pytest.approx(0.15) and fall["mean"] == pytest.approx(0.12)
-    assert keeps["mean"] == pytest.approx(0.10)
-    assert slower["mean"] == pytest.approx(2.0)  # never reaches 0.35 in 2 epochs: counted as 3 epochs
-    assert "| 1 | reproduced (yes, yes, yes, yes)" in (out / "results.md").read_text()
 
 
 def test_a_stopped_study_continues_with_only_the_missing_jobs(study, capsys):
@@ -133,17 +150,13 @@ def test_bad_study_keys_are_named(tmp_path):
     assert main(["study", str(TINY), "parallel_runs=0"]) == 2
 
 
-def test_hypervolume_and_verdicts_by_hand():
+def test_hypervolume_and_secondary_parts_by_hand():
     assert hypervolume([(2, 1), (1, 2)], (0, 0)) == 3  # [0,2]x[0,1] and [0,1]x[0,2]
     assert hypervolume([(2, 1), (1, 2), (1, 1)], (0, 0)) == 3  # a dominated point adds nothing
     assert hypervolume([(1, 1)], (1, 1)) == 0
-    holds, spread, fails = _part("a", [0.1, 0.12, 0.11]), _part("b", [0.1, -0.05, 0.02]), _part("c", [-0.1, 0.0])
-    assert holds["status"] == "holds" and holds["std"] == pytest.approx(statistics.stdev([0.1, 0.12, 0.11]))
-    assert spread["status"] == "within spread" and fails["status"] == "fails"
-    assert _part("d", [0.3])["status"] == "one seed"
-    assert verdict([holds, holds]) == "reproduced"
-    assert verdict([holds, fails]) == "partly reproduced" and verdict([spread]) == "partly reproduced"
-    assert verdict([fails, spread]) == "not reproduced"
+    part = _part("a", [0.1, 0.12, 0.11])
+    assert part["mean"] == pytest.approx(0.11) and part["std"] == pytest.approx(statistics.stdev([0.1, 0.12, 0.11]))
+    assert _part("d", [0.3])["std"] is None
 
 
 def test_claim4_areas_by_hand_and_a_collapsed_point_only_moves_the_corner():
@@ -200,10 +213,9 @@ def test_with_wandb_on_the_study_is_one_run_with_its_verdicts_and_figures(study,
         wandb.teardown()  # the next test's W&B service re-reads the environment
     (run,) = sorted((out / "wandb").glob("offline-run-*"))
     log = RunLog(run)
-    table = log.table("study/parts")
+    table = log.table("study/comparisons")
     analysis = json.loads((out / "study.json").read_text())
-    assert len(table["data"]) == sum(len(m["parts"]) for c in analysis["claims"].values()
-                                     for m in c["by_concentration"].values())
+    assert len(table["data"]) == len(analysis["primary"]["comparisons"])
     assert {"study/curves", "study/robustness", "study/frontier"} <= {k for row in log.history for k in row}
     assert log.summary["study/claim1"] == analysis["claims"]["1"]["verdict"]
 
