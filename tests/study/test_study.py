@@ -292,3 +292,47 @@ def test_rayfed_plot_on_a_study_needs_neither_torch_nor_ray(study, plot_without_
     _, out = study
     assert sorted(Path(p).name for p in plot_without_torch_or_ray(out)) == ["curves.png", "frontier.png",
                                                                           "robustness.png"]
+
+
+def test_frontier_gap_by_hand():
+    import numpy as np
+
+    from rayfed.study.primary import frontier_gap
+
+    lb, gb = np.array([0.0, 1.0, 0.4]), np.array([1.0, 0.0, 0.2])
+    # b's points are all Pareto points; the frontier runs (0,1) -> (0.4,0.2) -> (1,0) by straight segments
+    assert frontier_gap(np.array([0.4]), np.array([0.5]), lb, gb) == pytest.approx(0.3)
+    assert frontier_gap(np.array([0.2]), np.array([0.6]), lb, gb) == pytest.approx(0.0)  # on the first segment
+    # beyond b's reach the frontier is held flat: compared with b's nearest end
+    assert frontier_gap(np.array([2.0, -1.0]), np.array([0.1, 0.5]), lb, gb) == pytest.approx((0.1 + -0.5) / 2)
+    # a dominated reference point ((0.4, 0.3), below (0.5, 0.5)) does not lower the frontier
+    lb, gb = np.array([0.0, 1.0, 0.5, 0.4]), np.array([1.0, 0.0, 0.5, 0.3])
+    assert frontier_gap(np.array([0.4]), np.array([0.6]), lb, gb) == pytest.approx(0.0)
+
+
+def test_primary_comparisons_that_name_unscored_points_are_refused(tmp_path):
+    from omegaconf import OmegaConf
+
+    for bad, key in (({"jobs": ["lr=9"], "epochs": [1]}, "verdicts.claims.1[0].a"),
+                     ({"jobs": ["lr=0.3"], "epochs": [5]}, "verdicts.claims.1[0].a"),
+                     ({"jobs": ["few,l2=0"], "epochs": [1], "ratios": [0.7]}, "verdicts.claims.1[0].a")):
+        cfg = OmegaConf.load(TINY)
+        cfg.verdicts.claims["1"][0].a = bad
+        path = tmp_path / "bad.yaml"
+        OmegaConf.save(cfg, path)
+        with pytest.raises(Exception, match=key.replace("[", r"\[").replace("]", r"\]")):
+            load_study(path)
+    assert main(["validate", str(TINY)]) == 0  # a study file validates as one
+
+
+def test_a_finished_study_is_a_pilot_for_another_ones_power(study, capsys):
+    s, out = study
+    quick = ROOT / "configs" / "study" / "quick.yaml"
+    assert main(["study", str(TINY), f"output_dir={out}", "--power-for", str(quick)]) == 0
+    report = json.loads((out / "power-study-quick.json").read_text())
+    assert len(report["rows"]) == 2 * sum(len(c) for c in s.verdicts.claims.values())
+    assert report["family_size"] == 2 * sum(len(c) for c in load_study(quick).verdicts.claims.values())
+    row = report["rows"][0]
+    assert row["target_design"] == {"seeds": 1, "clients": 4, "examples": 16}  # quick: 1 seed, 4 clients, 16 global
+    assert row["components"]["pilot_seeds"] == 2 and not row["seed_component_assumed"]
+    assert "| claim | comparison | concentration |" in capsys.readouterr().out
