@@ -63,6 +63,13 @@ def cmd_study(args: argparse.Namespace) -> int:
     out = Path(study.output_dir)
     if args.power_for:
         return _study_power(study, out, load_study(args.power_for))
+    if args.bundle:
+        from rayfed.study.bundle import write_bundle
+
+        files = write_bundle(out, Path(args.bundle))
+        print(f"bundle: {len(files)} files, {sum(f.stat().st_size for f in files) / 2**20:.1f} MiB in {args.bundle} "
+              f"(recompute: rayfed study {args.config} output_dir={args.bundle} --report-only)")
+        return 0
     if not args.report_only:
         run_study(study, out)
     print_study(write_report(study, out), out)
@@ -164,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument(
         "--power-for", metavar="TARGET", help="treat this finished study as a pilot: the effects the study file "
         "TARGET can detect, and the design each primary comparison needs (writes power-NAME.md/json)")
+    study.add_argument("--bundle", metavar="DIR", help="copy the finished study's numbers-only result files to DIR, "
+                       "from which --report-only recomputes every table and figure")
     add("resume", cmd_resume, "continue an interrupted run from its last checkpoint, bit for bit", "run_dir",
         "the interrupted run's output directory", "runtime.*/ray.*/logging.*/personalize.* overrides")
     add("personalize", cmd_personalize, "personalize a finished run's global prompt: curves per epoch", "run_dir",

@@ -23,11 +23,7 @@ import torch
 
 from rayfed.core.selection import pareto_mask
 from rayfed.outputs.checkpoint import load_prompt
-from rayfed.personalization.cache import PromptCache, load_local_prompts
-from rayfed.personalization.curves import prompt_shift
-from rayfed.personalization.settings import PersonalizeSettings
 from rayfed.study.config import StudyConfig
-from rayfed.study.primary import primary_verdicts
 from rayfed.study.layout import (
     Curve,
     at_epoch,
@@ -37,6 +33,7 @@ from rayfed.study.layout import (
     run_dir,
     selected_lrs,
 )
+from rayfed.study.primary import primary_verdicts
 
 CLAIMS = {
     1: "A high personalization lr raises local ROUGE-L fast and drops global ROUGE-L; a lower lr keeps global "
@@ -246,7 +243,8 @@ def load_seed(s: StudyConfig, out: Path, conc: float, seed: int, lrs: dict[str, 
         return None
     prompts = {label: load_prompt(d["runs"][label] / "global_prompt.safetensors")[0] for label in s.algorithms}
     d["prompt_norm"] = {label: prompt_norm(prompts[label]) for label in s.algorithms}
-    d["shift"] = {label: local_prompt_shift(d["runs"][label], prompts[label], d["robustness_summaries"][label], seed)
+    job = f"lr={s.personalize.robustness_lr:g}"
+    d["shift"] = {label: local_prompt_shift(d["runs"][label] / "personalize" / job / "personalization.jsonl")
                   for label in s.algorithms}
     return d
 
@@ -257,17 +255,17 @@ def prompt_norm(prompt: torch.Tensor) -> float:
     return prompt.float().norm(dim=-1).mean().item()
 
 
-def local_prompt_shift(run: Path, global_prompt: torch.Tensor, summary: dict, seed: int) -> tuple[float, float]:
-    """How far a personalization of ``run``'s ``global_prompt`` moved the clients' prompts by its
-    last epoch, mean over clients: ``prompt_shift`` and ``prompt_shift_relative``
-    (rayfed.personalization.curves), from the local prompts in the run's ``prompt_cache/``; NaN
-    (reported as missing) if they were deleted."""
-    path = PromptCache(run / "prompt_cache", seed).path(PersonalizeSettings.from_summary(summary["settings"]))
-    if not path.is_file():
+def local_prompt_shift(records: Path) -> tuple[float, float]:
+    """How far a personalization moved the clients' prompts by its last epoch, mean over clients:
+    ``prompt_shift`` and ``prompt_shift_relative`` (rayfed.personalization.curves) from the train
+    records of its ``personalization.jsonl``; NaN (reported as missing) when it has none."""
+    rows = [json.loads(line) for line in records.read_text(encoding="utf-8").splitlines()] if records.is_file() else []
+    train = [r for r in rows if r.get("split") == "train" and "prompt_shift" in r]
+    if not train:
         return math.nan, math.nan
-    shifts = [prompt_shift(by_epoch[max(by_epoch)], global_prompt) for by_epoch, _ in load_local_prompts(path).values()]
-    return (statistics.fmean(x["prompt_shift"] for x in shifts),
-            statistics.fmean(x["prompt_shift_relative"] for x in shifts))
+    last = max(r["epoch"] for r in train)
+    return (statistics.fmean(r["prompt_shift"] for r in train if r["epoch"] == last),
+            statistics.fmean(r["prompt_shift_relative"] for r in train if r["epoch"] == last))
 
 
 def _epochs_to_reach(curve: Curve, target: float, epochs: int) -> float:

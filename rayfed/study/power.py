@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from rayfed.core.power import comparison_power, detectable_effect, smallest_design
-from rayfed.study.layout import finished_seeds
 from rayfed.study.config import ComparisonConfig, StudyConfig, run_config
+from rayfed.study.layout import finished_seeds
 from rayfed.study.primary import unit_differences
 
 GRID = [(seeds, clients, examples) for seeds in (3, 5, 8, 10) for clients in (8, 16, 32) for examples in (16, 32, 64)]
@@ -70,7 +70,8 @@ def power_markdown(report: dict[str, Any]) -> str:
              "of the per-example paired difference of test ROUGE-L (rayfed.core.power); `*`: the pilot had one seed, "
              "so the seed component is assumed (client component / clients).", "",
              "| claim | comparison | concentration | seed | client | example | target design (S, C, n) | detectable "
-             "effect | stated effect | smallest design that detects it (S, C, n) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "effect | stated effect | smallest design that detects it (S, C, n) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         c, t, best = r["components"], r["target_design"], r["smallest_design"]
         seed = f"{c['seed']:.2e}" if c["seed"] is not None else "*"

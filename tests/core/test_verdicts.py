@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 
 from rayfed.core.bootstrap import Split, paired_replicates
-from rayfed.core.power import (Components, comparison_power, components, detectable_effect, smallest_design,
-                               standard_error)
+from rayfed.core.power import (
+    Components,
+    comparison_power,
+    components,
+    detectable_effect,
+    smallest_design,
+    standard_error,
+)
 from rayfed.core.verdicts import claim_verdict, decide, holm, p_value
 
 
