@@ -21,7 +21,7 @@ The minimum detectable effect at significance ``alpha`` (two-sided) and power ``
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 
@@ -77,17 +77,20 @@ def z_factor(alpha: float, power: float = 0.8) -> float:
 
 
 def detectable_effect(c: Components, seeds: int, clients: int, examples: int, alpha: float, power: float = 0.8,
-                      seed_variance: float | None = None) -> float:
-    """The smallest true difference the design finds with probability ``power`` at ``alpha``."""
-    return z_factor(alpha, power) * standard_error(c, seeds, clients, examples, seed_variance)
+                      seed_variance: float | None = None, scale: float = 1.0) -> float:
+    """The smallest true difference the design finds with probability ``power`` at ``alpha``.
+    ``scale`` multiplies the standard error: for a statistic that is not a mean of per-example
+    differences (a frontier gap), its measured bootstrap standard error over that of the linear
+    stand-in ``c`` describes, in the pilot's design."""
+    return z_factor(alpha, power) * scale * standard_error(c, seeds, clients, examples, seed_variance)
 
 
 def smallest_design(c: Components, effect: float, alpha: float, designs: Iterable[tuple[int, int, int]],
-                    cost: callable, power: float = 0.8, seed_variance: float | None = None,
-                    ) -> tuple[int, int, int] | None:
+                    cost: Callable[[tuple[int, int, int]], float], power: float = 0.8,
+                    seed_variance: float | None = None, scale: float = 1.0) -> tuple[int, int, int] | None:
     """The cheapest ``(seeds, clients, examples)`` among ``designs`` (by ``cost(design)``) whose
     detectable effect is at most ``effect``; None if none is."""
-    able = [d for d in designs if detectable_effect(c, *d, alpha, power, seed_variance) <= effect]
+    able = [d for d in designs if detectable_effect(c, *d, alpha, power, seed_variance, scale) <= effect]
     return min(able, key=cost) if able else None
 
 

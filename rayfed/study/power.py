@@ -5,7 +5,10 @@ pilot study's per-example scores (rayfed.core.power), applied to a target study'
 ``verdicts:`` comparisons, matched to the target's by claim and position) and reports, per
 comparison, the components, the effect the target's design can detect at 80% (its ``power``)
 with Holm's strictest level (``alpha`` over its family size), and the cheapest design of a
-grid that detects the comparison's stated ``effect``. A one-seed pilot cannot measure the seed
+grid that detects the comparison's stated ``effect``. The components are those of a linear
+stand-in (the per-example difference of the compared points on the global split); the
+standard error is the statistic's own bootstrap one in the pilot, carried to the target's
+design by the stand-in's formula. A one-seed pilot cannot measure the seed
 component; it is then taken as the client component over the pilot's clients (one seed's mean
 varying as one more draw of its clients would), and the report says so.
 """
@@ -15,10 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rayfed.core.power import comparison_power, detectable_effect, smallest_design
+from rayfed.core.power import comparison_power, detectable_effect, smallest_design, standard_error
 from rayfed.study.config import ComparisonConfig, StudyConfig, run_config
 from rayfed.study.layout import finished_seeds
-from rayfed.study.primary import unit_differences
+from rayfed.study.primary import measure, unit_differences
 
 GRID = [(seeds, clients, examples) for seeds in (3, 5, 8, 10) for clients in (8, 16, 32) for examples in (16, 32, 64)]
 
@@ -52,11 +55,17 @@ def power_report(pilot: StudyConfig, out: Path, target: StudyConfig) -> dict[str
                     continue
                 comp = unit_differences(pilot, out, float(key), finished, lrs[key], c)
                 assumed = comp.client / comp.pilot_clients if comp.seed is None else None
-                detectable = detectable_effect(comp, *design, alpha, power, seed_variance=assumed)
+                # the statistic's own bootstrap se in the pilot, over its linear stand-in's there
+                _, replicates, _ = measure(pilot, out, float(key), finished, lrs[key], c, "rouge_l",
+                                           pilot.verdicts.draws)
+                stand_in = standard_error(comp, comp.pilot_seeds, round(comp.pilot_clients), round(comp.pilot_examples))
+                scale = float(replicates.std()) / stand_in if stand_in > 0 else 1.0
+                detectable = detectable_effect(comp, *design, alpha, power, seed_variance=assumed, scale=scale)
                 best = smallest_design(comp, aim.effect, alpha, GRID, cost=lambda d: d[0] * d[1] * d[2], power=power,
-                                       seed_variance=assumed)
+                                       seed_variance=assumed, scale=scale)
                 rows.append({"claim": claim, "name": aim.name or c.name, "concentration": key,
                              "components": comp.as_dict(), "seed_component_assumed": assumed is not None,
+                             "pilot_standard_error": float(replicates.std()), "scale": scale,
                              "target_design": dict(zip(("seeds", "clients", "examples"), design, strict=True)),
                              "alpha": alpha, "power": power, "detectable_effect": detectable, "effect": aim.effect,
                              "smallest_design": dict(zip(("seeds", "clients", "examples"), best, strict=True))
