@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import OmegaConf
 
 from rayfed.config import ConfigError, ExperimentConfig, SpaceParam, TuneConfig, replace_keys, to_yaml
-from rayfed.core.selection import pareto_mask, reliable_rule_text, rule_text, select_best, select_reliable
+from rayfed.core.selection import (
+    pareto_mask,
+    reliable_pareto_mask,
+    reliable_rule_text,
+    rule_text,
+    select_best,
+    select_reliable,
+)
 from rayfed.experiment import run_experiment
 from rayfed.names import (
     EVAL,
@@ -312,13 +319,20 @@ def write_results(cfg: ExperimentConfig, out: Path, params: list[str],
     scored = [r for r in rows if not (math.isnan(r[LOCAL]) or math.isnan(r[GLOBAL]))]
     for row, on_front in zip(scored, pareto_mask([(r[LOCAL], r[GLOBAL]) for r in scored])):
         row["pareto"] = int(on_front)
+    bounds = [tuple(r[flat_name(split, stat)] for split in ("local_val", "global_val") for stat in ("change_low",
+                                                                                                   "change_high"))
+              for r in scored]
+    if bounds and all(math.isfinite(v) for b in bounds for v in b):  # a personalize search: intervals per trial
+        for row, kept in zip(scored, reliable_pareto_mask(bounds), strict=True):
+            row["pareto_reliable"] = int(kept)
     reference = _search_reference(trials)
     selected, rule = _choose(scored, reference, cfg.personalize.global_tolerance)
     for row in rows:
         row.setdefault("pareto", 0)
         row["selected"] = int(selected is not None and row["trial_id"] == selected.get("trial_id"))
     changes = [flat_name(split, stat) for split, stat in CHANGES] if cfg.tune.kind == "personalize" else []
-    columns = ["trial_id", "status", *params, "epoch", *OBJECTIVES, *changes, "pareto", "selected"]
+    columns = ["trial_id", "status", *params, "epoch", *OBJECTIVES, *changes, "pareto",
+               *(["pareto_reliable"] if changes else []), "selected"]
     for name, subset in (("results.csv", rows), ("pareto.csv", [r for r in rows if r["pareto"]])):
         with open(out / name, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")

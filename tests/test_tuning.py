@@ -41,6 +41,15 @@ def test_personalize_search_shares_local_prompts_and_writes_the_pareto_set(ray_s
         assert not any(float(r["local_val_rouge_l"]) > float(p["local_val_rouge_l"])
                        and float(r["global_val_rouge_l"]) > float(p["global_val_rouge_l"]) for r in rows)
     assert summary["reference"] is not None and summary["selected"] is not None
+    # The noise-aware front: every means-Pareto trial, plus those whose intervals overlap it; a
+    # trial off it has another whose local and global intervals both lie wholly above its own.
+    def bounds(r):
+        return [float(r[f"{split}_rouge_l_change{s}"]) for split in ("local_val", "global_val")
+                for s in ("_low", "_high")]
+    for r in rows:
+        beaten = any(b[0] > bounds(r)[1] and b[2] > bounds(r)[3] for b in map(bounds, rows))
+        assert r["pareto_reliable"] == ("0" if beaten else "1")
+        assert r["pareto"] == "0" or r["pareto_reliable"] == "1"
     # Each trial's change from the shared un-personalized prompt, with its paired 95% interval.
     for r in rows:
         for split in ("local_val", "global_val"):

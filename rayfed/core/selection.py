@@ -84,3 +84,13 @@ def pareto_mask(points: Sequence[tuple[float, float]]) -> list[bool]:
     """True for the points no other point dominates (both coordinates maximized): another point
     dominates if it is at least as good in both and better in one."""
     return [not any(a >= x and b >= y and (a > x or b > y) for a, b in points) for x, y in points]
+
+
+def reliable_pareto_mask(intervals: Sequence[tuple[float, float, float, float]]) -> list[bool]:
+    """True for the settings no other setting reliably dominates. ``intervals[i]`` is setting
+    ``i``'s ``(local_low, local_high, global_low, global_high)``: 95% intervals of its changes
+    from the same un-personalized prompt. Another setting dominates reliably when its interval
+    lies wholly above this one's on both scores; overlapping intervals cannot tell two settings
+    apart, so both stay. Conservative (non-overlap is stricter than a paired test), and always
+    a superset of the Pareto set of the means."""
+    return [not any(o[0] > t[1] and o[2] > t[3] for o in intervals) for t in intervals]

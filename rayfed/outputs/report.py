@@ -81,6 +81,11 @@ def print_search(summary: dict[str, Any], output_dir: Path) -> None:
         if row["pareto"]:
             print("  ".join(f"{_short(row[p]):>{len(p)}}" for p in params)
                   + "".join(f"{row.get(k, float('nan')):>11.4f}" for k in OBJECTIVES))
+    reliable = [row for row in rows if row.get("pareto_reliable")]
+    if reliable:
+        print(f"{len(reliable)} of {len(rows)} trials are not reliably dominated (no other trial's 95% intervals of "
+              f"its local and global change lie wholly above theirs): the means' Pareto set above is "
+              f"{sum(1 for r in rows if r['pareto'])} of them; the rest cannot be told from it")
     s = summary.get("selected")
     if s and s.get("kept_global_prompt"):
         print(f"selected: the global prompt, kept: {s['reason']}")

@@ -326,3 +326,13 @@ def test_the_reliable_rule_passes_over_a_noisy_winner_and_otherwise_keeps_the_gl
     assert kept["kept_global_prompt"] and (kept["epoch"], kept["interp_ratio"]) == (0, 0.0)
     assert "epoch 3, ratio 1: +0.1500 [+0.0500, +0.2500]" in kept["reason"]
     assert select_reliable([{"epoch": 0, "local_val/rouge_l_mean": 0.2}], 0.01) is None  # no intervals: no rule
+
+
+def test_the_reliable_pareto_set_keeps_what_the_noise_cannot_rank():
+    from rayfed.core.selection import pareto_mask, reliable_pareto_mask
+
+    # (local_low, local_high, global_low, global_high) of three settings' changes
+    clear_winner, loser, overlapping = (0.10, 0.20, 0.00, 0.05), (0.00, 0.05, -0.10, -0.02), (0.04, 0.12, -0.03, 0.02)
+    assert reliable_pareto_mask([clear_winner, loser, overlapping]) == [True, False, True]
+    means = [((a + b) / 2, (c + d) / 2) for a, b, c, d in (clear_winner, loser, overlapping)]
+    assert pareto_mask(means) == [True, False, False]  # the means alone would drop the overlapping one
