@@ -19,10 +19,11 @@ import torch
 from rayfed.config import ExperimentConfig, check_overridable, load_config, to_yaml
 from rayfed.data.sources import federated_data
 from rayfed.errors import UserError
-from rayfed.names import EVAL, METRICS, metric_key
+from rayfed.names import EVAL, GLOBAL_SPLITS, METRICS, metric_key
 from rayfed.outputs.checkpoint import CHECKPOINT, load_run_state, save_prompt, save_run_state, truncate_events
 from rayfed.outputs.loggers import MetricLogger, build_loggers, log_round
 from rayfed.outputs.plots import draw_and_log
+from rayfed.outputs.scores import EXAMPLE_SCORES, append_example_scores, interval_of, load_example_scores
 from rayfed.personalization.phase import personalize_phase
 from rayfed.runtime.session import open_driver
 from rayfed.types import RoundResult
@@ -63,8 +64,9 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
     with open_driver(cfg, data) as driver:
         if resume:
             truncate_events(out / "metrics.jsonl", done)  # rounds after the checkpoint are logged again
+            append_example_scores(out / EXAMPLE_SCORES, [], keep_through=done)
         else:
-            for name in (CHECKPOINT, "metrics.jsonl", "summary.json", WANDB_ID):  # --overwrite: start clean
+            for name in (CHECKPOINT, "metrics.jsonl", "summary.json", WANDB_ID, EXAMPLE_SCORES):  # --overwrite
                 (out / name).unlink(missing_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
         loggers = build_loggers(cfg, out, loggers, metrics_file=out / "metrics.jsonl", run_id_file=out / WANDB_ID)
@@ -76,6 +78,7 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
             else:
                 initial = final = driver.evaluate(0)
                 log_round(loggers, initial)
+                append_example_scores(out / EXAMPLE_SCORES, initial.examples)
             final = _train_rounds(cfg, driver, loggers, out, first=done + 1, initial=initial, final=final)
 
             # --- Personalization (optional): the same phase `rayfed personalize` runs on a finished run.
@@ -89,7 +92,7 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
                 logger.close()
 
     # --- Results.
-    summary = _run_summary(cfg, initial, final, time.perf_counter() - started)
+    summary = _run_summary(cfg, initial, final, time.perf_counter() - started, out)
     if personal is not None:
         summary["personalization"] = personal
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
@@ -123,18 +126,40 @@ def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger
         evaluation = None
         if round_idx % cfg.eval.eval_every == 0 or round_idx == cfg.algorithm.rounds:
             evaluation = final = driver.evaluate(round_idx)
+            append_example_scores(out / EXAMPLE_SCORES, evaluation.examples)
         log_round(loggers, result, evaluation)
         save_prompt(out / "global_prompt.safetensors", driver.global_prompt(),
                     {"round": str(round_idx), "config": cfg.name})
         if round_idx % cfg.checkpoint.every == 0 or round_idx == cfg.algorithm.rounds:
             save_run_state(out / CHECKPOINT, round_idx, driver.state(),
-                           {"initial": asdict(initial), "final": asdict(final)})
+                           {"initial": _record(initial), "final": _record(final)})
     return final
 
 
-def _run_summary(cfg: ExperimentConfig, initial: RoundResult, final: RoundResult, seconds: float) -> dict[str, Any]:
+def _record(result: RoundResult) -> dict[str, Any]:
+    """A RoundResult for the checkpoint's JSON record; its examples are in example_scores.safetensors."""
+    return {k: v for k, v in asdict(result).items() if k != "examples"}
+
+
+def _intervals(out: Path) -> dict[str, dict[str, list[float]]]:
+    """The last evaluation's 95% intervals ([low, high]) per global split and metric, from the
+    run's per-example scores (its examples resampled)."""
+    if not (out / EXAMPLE_SCORES).is_file():  # a run resumed from before per-example scores were kept
+        return {}
+    columns = load_example_scores(out / EXAMPLE_SCORES)
+    result = {}
+    for split in GLOBAL_SPLITS:
+        for metric in METRICS:
+            found = interval_of(columns, split, metric)
+            if found is not None:
+                result.setdefault(split, {})[metric] = [found[1], found[2]]
+    return result
+
+
+def _run_summary(cfg: ExperimentConfig, initial: RoundResult, final: RoundResult, seconds: float,
+                 out: Path) -> dict[str, Any]:
     """summary.json of a run: the global test scores before and after, the final validation and
-    local scores, each client's final scores."""
+    local scores, each client's final scores, and the final global scores' 95% intervals."""
     return {
         "name": cfg.name,
         "rounds": cfg.algorithm.rounds,
@@ -143,6 +168,7 @@ def _run_summary(cfg: ExperimentConfig, initial: RoundResult, final: RoundResult
         "final_val": _scores(final, "global_val"),
         "final_local": {k: v for k, v in final.metrics.items() if k.startswith("eval/local_")},
         "clients": {str(cid): m for cid, m in final.client_metrics.items()},
+        "final_intervals": _intervals(out),
         "seconds": seconds,
     }
 

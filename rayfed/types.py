@@ -94,3 +94,6 @@ class RoundResult:
     client_metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # per client id
     # Training rounds: the sampled, finished and dropped client ids (and why each was dropped).
     clients: dict[str, Any] = field(default_factory=dict)
+    # Evaluation rounds: every scored example, (client_id (-1: a global set), split, round, 1.0,
+    # example_id, loss, exact_match, rouge_l), as rayfed.outputs.scores writes them.
+    examples: tuple[tuple[int, str, int, float, int, float, float, float], ...] = ()

@@ -16,6 +16,7 @@ from rayfed.config import OptimizerConfig
 from rayfed.core.server_optimizer import ServerOptimizer
 from rayfed.experiment import RunExistsError, run_experiment
 from rayfed.outputs.checkpoint import CHECKPOINT, load_prompt, load_run_state
+from rayfed.outputs.scores import EXAMPLE_SCORES, load_example_scores
 
 SERVERS = {
     "sgd-momentum": ["algorithm.server_optimizer.name=sgd", "algorithm.server_optimizer.lr=1.0",
@@ -80,6 +81,15 @@ def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_prompt_bit_for_bit(tm
     assert [e["round"] for e in events if e["event"] == "round"] == list(range(0, 9))
     summaries = [json.loads((d / "summary.json").read_text()) for d in (tmp_path / "whole", run_dir)]
     assert summaries[0]["final"] == summaries[1]["final"] and summaries[0]["initial"] == summaries[1]["initial"]
+    # Every evaluated round's per-example scores, once each (the rounds after the checkpoint were
+    # scored again and replace their first scoring), and the intervals computed from them.
+    scores = [load_example_scores(d / EXAMPLE_SCORES) for d in (tmp_path / "whole", run_dir)]
+    assert sorted(set(scores[1]["epoch"].tolist())) == [0, 3, 6, 8]
+    for name in scores[0]:
+        assert (scores[0][name] == scores[1][name]).all(), name
+    assert summaries[0]["final_intervals"] == summaries[1]["final_intervals"]
+    low, high = summaries[1]["final_intervals"]["global_test"]["loss"]
+    assert low <= summaries[1]["final"]["loss"] <= high
 
 
 def test_a_finished_run_is_not_overwritten_without_asking(tiny_config):

@@ -38,8 +38,8 @@ def print_run(summary: dict[str, Any], output_dir: str) -> None:
                   f"{m['eval/local_test/rouge_l']:>14.4f}")
     if "personalization" in summary:
         print_personalization(summary["personalization"], Path(output_dir))
-    print(f"\nresults in {output_dir}/ (summary.json, metrics.jsonl, global_prompt.safetensors, rounds.png), "
-          f"{summary['seconds']:.0f}s")
+    print(f"\nresults in {output_dir}/ (summary.json, metrics.jsonl, global_prompt.safetensors, "
+          f"example_scores.safetensors, rounds.png), {summary['seconds']:.0f}s")
 
 
 def print_personalization(summary: dict[str, Any], run_dir: Path) -> None:

@@ -45,3 +45,35 @@ def load_example_scores(path: Path) -> dict[str, np.ndarray]:
         out = {name: f.get_tensor(name) for name in (*KEYS, *SCORES)}
     out["split"] = np.asarray(splits, dtype=object)[out["split"]] if len(out["split"]) else out["split"].astype(object)
     return out
+
+
+def rows_of(columns: dict[str, np.ndarray]) -> list[ExampleRow]:
+    """:func:`load_example_scores`'s columns back as rows."""
+    return [(int(c), str(s), int(e), float(r), int(i), float(lo), float(em), float(rg)) for c, s, e, r, i, lo, em, rg
+            in zip(*(columns[name] for name in (*KEYS, *SCORES)), strict=True)]
+
+
+def append_example_scores(path: Path, rows: Sequence[ExampleRow], keep_through: int | None = None) -> None:
+    """Add ``rows`` to the file at ``path`` (created if missing); with ``keep_through``, first drop
+    the rows of later epochs (a resumed run scores its rounds after the checkpoint again)."""
+    old = rows_of(load_example_scores(path)) if path.is_file() else []
+    if keep_through is not None:
+        old = [r for r in old if r[2] <= keep_through]
+    save_example_scores(path, [*old, *rows])
+
+
+def interval_of(columns: dict[str, np.ndarray], split: str, metric: str, epoch: int | None = None,
+                ) -> tuple[float, float, float] | None:
+    """``(mean, low, high)`` of ``metric`` on ``split`` at ``epoch`` (default: the last), a 95%
+    bootstrap interval over its clients and examples (a global set scored once: over its
+    examples); None when the file has no such rows."""
+    from rayfed.core.bootstrap import bootstrap_mean
+
+    at = columns["split"] == split
+    if not at.any():
+        return None
+    epoch = int(columns["epoch"][at].max()) if epoch is None else epoch
+    at &= columns["epoch"] == epoch
+    clients = sorted(set(columns["client_id"][at].tolist()))
+    groups = [[columns[metric][at & (columns["client_id"] == c)] for c in clients]]
+    return bootstrap_mean(groups)

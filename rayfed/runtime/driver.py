@@ -133,19 +133,23 @@ class Driver:
         start = time.perf_counter()
         prompt = self.server.global_prompt()
         metrics: dict[str, float] = {}
+        examples: list[tuple] = []
         for split in self.global_splits:
             sums = self.evaluate_global(prompt, split, self.settings.eval)
             metrics.update({metric_key(split, k, phase=EVAL): v for k, v in sums.means().items()})
+            examples += [(-1, split, round_idx, 1.0, *ex) for ex in sums.examples]
         per_client: dict[int, dict[str, float]] = {}
         if self.settings.evaluate_clients:
             scores = self.evaluate_clients({cid: {"global": prompt} for cid in self.client_ids}, self.local_splits,
                                            self.settings.eval)
             per_client = {cid: {metric_key(split, k, phase=EVAL): v for split, sums in s["global"].items()
                                 for k, v in sums.means().items()} for cid, s in scores.items()}
+            examples += [(cid, split, round_idx, 1.0, *ex) for cid, s in sorted(scores.items())
+                         for split, sums in s["global"].items() for ex in sums.examples]
             for split in self.local_splits:
                 metrics.update(summarize_clients(per_client, f"{EVAL}/{split}"))
         metrics["time/eval_s"] = time.perf_counter() - start
-        return RoundResult(round_idx, metrics, per_client)
+        return RoundResult(round_idx, metrics, per_client, examples=tuple(examples))
 
     def evaluate_global(self, prompt: torch.Tensor, split: str, evaluation: EvalSettings) -> EvalSums:
         """One prompt on a whole global set, its pieces spread over the workers."""

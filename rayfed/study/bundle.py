@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 TOP = ("study.yaml", "jobs.jsonl")
-RUN = ("summary.json", "metrics.jsonl", "config.yaml", "global_prompt.safetensors")
+RUN = ("summary.json", "metrics.jsonl", "config.yaml", "global_prompt.safetensors", "example_scores.safetensors")
 PERSONALIZATION = ("summary.json", "personalization.jsonl", "config.yaml", "example_scores.safetensors")
 
 
