@@ -204,8 +204,9 @@ def lr_grid(s: StudyConfig, out: Path, conc: float) -> dict[str, dict[str, dict[
             path = run_dir(out, label, conc, lr, s.seeds[0]) / "summary.json"
             if path.is_file():
                 summary = read_json(path)
-                grid.setdefault(label, {})[f"{lr:g}"] = {"global_val": summary["final_val"].get("rouge_l"),
-                                                         "global_test": summary["final"].get("rouge_l")}
+                grid.setdefault(label, {})[f"{lr:g}"] = {
+                    "global_val": summary["final_val"].get("rouge_l"), "global_test": summary["final"].get("rouge_l"),
+                    "global_val_interval": summary.get("final_intervals", {}).get("global_val", {}).get("rouge_l")}
     return grid
 
 

@@ -122,11 +122,14 @@ def _lr_table(grid: dict, selected: dict) -> list[str]:
             for lr, v in by_lr.items()]
     if not rows:
         return []
-    out = ["| concentration | algorithm | lr | global val ROUGE-L | global test ROUGE-L |", "|---|---|---|---|---|"]
+    out = ["| concentration | algorithm | lr | global val ROUGE-L [95%] | global test ROUGE-L |",
+           "|---|---|---|---|---|"]
     for conc, label, lr, v in rows:
         chosen = float(lr) == selected.get(conc, {}).get(label)
         mark = "**" if chosen else ""
-        out.append(f"| {conc} | {label} | {mark}{lr}{mark} | {_num(v['global_val'])} | {_num(v['global_test'])} |")
+        interval = v.get("global_val_interval")
+        val = _num(v["global_val"]) + (f" [{_num(interval[0])}, {_num(interval[1])}]" if interval else "")
+        out.append(f"| {conc} | {label} | {mark}{lr}{mark} | {val} | {_num(v['global_test'])} |")
     return [*out, ""]
 
 
