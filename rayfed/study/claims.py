@@ -29,9 +29,9 @@ from rayfed.study.layout import (
     at_epoch,
     frontier_points,
     load_curves,
+    lr_choice,
     read_json,
     run_dir,
-    selected_lrs,
 )
 from rayfed.study.primary import primary_verdicts
 
@@ -49,14 +49,16 @@ def analyze(s: StudyConfig, out: Path) -> dict[str, Any]:
     """Every claim at every concentration, from the finished jobs in ``out`` (seeds whose jobs
     are not all finished are left out and counted), and the primary comparisons' verdicts."""
     result: dict[str, Any] = {"claims": {str(k): {"text": v, "by_concentration": {}} for k, v in CLAIMS.items()},
-                              "selected_lrs": {}, "seeds": {}, "not_trained": [], "lr_grid": {}}
+                              "selected_lrs": {}, "lr_choices": {}, "seeds": {}, "not_trained": [], "lr_grid": {}}
     for conc in s.concentrations:
         result["lr_grid"][f"{conc:g}"] = lr_grid(s, out, conc)
         try:
-            lrs = selected_lrs(s, out, conc)
+            choices = {label: lr_choice(s, out, conc, label) for label in s.algorithms}
         except (FileNotFoundError, KeyError):
             continue
+        lrs = {label: c["lr"] for label, c in choices.items()}
         result["selected_lrs"][f"{conc:g}"] = lrs
+        result["lr_choices"][f"{conc:g}"] = choices
         seeds = {seed: data for seed in s.seeds if (data := load_seed(s, out, conc, seed, lrs)) is not None}
         result["seeds"][f"{conc:g}"] = sorted(seeds)
         result["not_trained"] += not_trained(s, out, conc, lrs)

@@ -19,11 +19,13 @@ from rayfed.config import ConfigError, ExperimentConfig, config_from_mapping, re
 
 @dataclass
 class ArmConfig:
-    """One federated algorithm; its learning rate is chosen on global validation ROUGE-L."""
+    """One federated algorithm; its learning rate is chosen on global validation ROUGE-L
+    (rayfed.study.layout.lr_choice: the default unless another is reliably better)."""
 
     set: dict[str, Any] = field(default_factory=dict)  # config keys that make this algorithm
     lr_key: str = "algorithm.client_optimizer.lr"  # the key whose value the lr grid sets
     lrs: list[float] = field(default_factory=list)  # more than one: selected on validation (first seed)
+    default_lr: float | None = None  # kept unless another lr is reliably better; None: the middle of lrs
 
 
 @dataclass
@@ -134,6 +136,8 @@ def check_study(s: StudyConfig, source: str) -> None:
     for label, arm in s.algorithms.items():
         if not arm.lrs or any(lr <= 0 for lr in arm.lrs):
             raise ConfigError(f"{source}: key 'algorithms.{label}.lrs': needs positive learning rates")
+        if arm.default_lr is not None and arm.default_lr not in arm.lrs:
+            raise ConfigError(f"{source}: key 'algorithms.{label}.default_lr': must be one of its lrs")
     if len(p.lrs) < 2 or p.lrs != sorted(p.lrs, reverse=True):
         raise ConfigError(f"{source}: key 'personalize.lrs': needs two or more rates, highest first")
     if p.robustness_lr not in p.lrs:

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rayfed.names import metric_key
 from rayfed.study.config import StudyConfig, personalize_jobs
 
@@ -23,14 +25,58 @@ def run_dir(out: Path, label: str, concentration: float, lr: float, seed: int) -
 
 
 def selected_lrs(s: StudyConfig, out: Path, concentration: float) -> dict[str, float]:
-    """Each algorithm's lr for ``concentration``: the only one, or the best on global validation
-    ROUGE-L among the first seed's finished runs (KeyError when one has not finished)."""
-    chosen = {}
-    for label, arm in s.algorithms.items():
-        scores = [read_json(run_dir(out, label, concentration, lr, s.seeds[0]) / "summary.json")["final_val"]["rouge_l"]
-                  for lr in arm.lrs] if len(arm.lrs) > 1 else [0.0]
-        chosen[label] = arm.lrs[max(range(len(scores)), key=lambda i: (scores[i], -i))]
-    return chosen
+    """Each algorithm's lr for ``concentration`` (:func:`lr_choice`; KeyError or FileNotFoundError
+    while a first-seed run of its grid has not finished)."""
+    return {label: lr_choice(s, out, concentration, label)["lr"] for label in s.algorithms}
+
+
+def lr_choice(s: StudyConfig, out: Path, concentration: float, label: str) -> dict[str, Any]:
+    """How algorithm ``label``'s lr is chosen from the first seed's runs: the best final global
+    validation ROUGE-L (ties: the earlier lr), if it beats the grid's default (``default_lr``, or
+    the middle of the grid) reliably: the lower end of the 95% interval of their paired
+    per-example difference (the same global validation examples) above 0. Otherwise the default
+    is kept, and ``reason`` says why. ``{"lr", "best", "default", "difference", "reason"}``."""
+    arm = s.algorithms[label]
+    default = arm.default_lr if arm.default_lr is not None else sorted(arm.lrs)[(len(arm.lrs) - 1) // 2]
+    if len(arm.lrs) == 1:
+        return {"lr": arm.lrs[0], "best": arm.lrs[0], "default": arm.lrs[0], "difference": None,
+                "reason": "the only lr of the grid"}
+    runs = {lr: run_dir(out, label, concentration, lr, s.seeds[0]) for lr in arm.lrs}
+    scores = [read_json(runs[lr] / "summary.json")["final_val"]["rouge_l"] for lr in arm.lrs]
+    best = arm.lrs[max(range(len(scores)), key=lambda i: (scores[i], -i))]
+    found = {"best": best, "default": default, "difference": None}
+    if best == default:
+        return {**found, "lr": default, "reason": "the default has the best global validation ROUGE-L"}
+    diff = _paired_difference(runs[best], runs[default])
+    if diff is None:
+        return {**found, "lr": best, "reason": "the best global validation mean (no per-example scores to "
+                                               "compare it with the default)"}
+    found["difference"] = list(diff)
+    text = f"lr {best:g} minus the default {default:g}: {diff[0]:+.4f} [{diff[1]:+.4f}, {diff[2]:+.4f}]"
+    if diff[1] > 0:
+        return {**found, "lr": best, "reason": f"reliably better than the default ({text})"}
+    return {**found, "lr": default, "reason": f"the default is kept: the best is not reliably better ({text})"}
+
+
+def _paired_difference(a: Path, b: Path) -> tuple[float, float, float] | None:
+    """The two runs' final global validation ROUGE-L, per example, a minus b: mean and 95% interval."""
+    from rayfed.core.bootstrap import bootstrap_mean
+    from rayfed.outputs.scores import EXAMPLE_SCORES, load_example_scores
+
+    values = []
+    for run in (a, b):
+        if not (run / EXAMPLE_SCORES).is_file():
+            return None
+        cols = load_example_scores(run / EXAMPLE_SCORES)
+        at = (cols["split"] == "global_val") & (cols["client_id"] == -1)
+        if not at.any():
+            return None
+        at &= cols["epoch"] == cols["epoch"][at].max()  # the final evaluation
+        values.append(dict(zip(cols["example_id"][at].tolist(), cols["rouge_l"][at].tolist(), strict=True)))
+    ids = sorted(values[0])
+    if not ids or set(ids) != set(values[1]):
+        return None
+    return bootstrap_mean([[np.array([values[0][i] - values[1][i] for i in ids])]])
 
 
 def load_curves(s: StudyConfig, out: Path, conc: float, seed: int, lrs: dict[str, float]) -> dict | None:

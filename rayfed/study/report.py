@@ -73,9 +73,13 @@ def results_markdown(s: StudyConfig, analysis: dict[str, Any], seconds: dict[str
     lines += ["| claim | verdict |", "|---|---|"]
     lines += [f"| {n} | **{claim['verdict']}** |" for n, claim in analysis["claims"].items()]
     lines += [""] + comparison_table(primary["comparisons"])
-    lines += ["", "Selected federated learning rates (global validation ROUGE-L, first seed): " + "; ".join(
+    lines += ["", "Selected federated learning rates (global validation ROUGE-L, first seed; the grid's default unless "
+        "another is reliably better): " + "; ".join(
         f"concentration {c}: " + ", ".join(f"{k} {v:g}" for k, v in lrs.items())
         for c, lrs in analysis["selected_lrs"].items()), ""]
+    lines += [f"- concentration {c}, {label}: lr {choice['lr']:g}, {choice['reason']}"
+              for c, by_label in analysis.get("lr_choices", {}).items() for label, choice in by_label.items()
+              if choice["best"] != choice["default"] or choice["difference"] is not None] + [""]
     lines += _lr_table(analysis.get("lr_grid", {}), analysis["selected_lrs"])
     if analysis.get("not_trained"):
         lines += ["Runs whose final prompt is worse than the untrained one (their comparisons say little):", ""]

@@ -72,10 +72,40 @@ def test_lr_is_selected_on_global_validation(study):
     for conc in ("0.1", "10"):
         val = {lr: json.loads((out / f"c{conc}" / "fedavg_sgd" / f"lr{lr:g}" / "seed0" / "summary.json").read_text())
                ["final_val"]["rouge_l"] for lr in s.algorithms["fedavg_sgd"].lrs}
-        best = max(val.values())
-        assert analysis["selected_lrs"][conc]["fedavg_sgd"] == next(lr for lr, v in val.items() if v == best)
+        choice = analysis["lr_choices"][conc]["fedavg_sgd"]
+        assert choice["best"] == next(lr for lr, v in val.items() if v == max(val.values()))
+        assert choice["default"] == 0.1  # the middle (lower) of the grid [0.1, 0.3]
+        assert analysis["selected_lrs"][conc]["fedavg_sgd"] == choice["lr"]
         assert {lr: v["global_val"] for lr, v in analysis["lr_grid"][conc]["fedavg_sgd"].items()} == {
             f"{lr:g}": v for lr, v in val.items()}  # the report's lr table is the runs' own numbers
+
+
+def test_a_better_mean_replaces_the_default_lr_only_when_it_is_reliably_better(study, tmp_path):
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from rayfed.study.layout import lr_choice
+
+    s, out = study
+    copy = tmp_path / "study"
+    shutil.copytree(out / "c0.1" / "fedavg_sgd", copy / "c0.1" / "fedavg_sgd")
+    better = copy / "c0.1" / "fedavg_sgd" / "lr0.3" / "seed0"
+    summary = json.loads((better / "summary.json").read_text())
+    summary["final_val"]["rouge_l"] = 0.9  # the best mean, but not on the per-example scores
+    (better / "summary.json").write_text(json.dumps(summary))
+    kept = lr_choice(s, copy, 0.1, "fedavg_sgd")
+    assert (kept["best"], kept["lr"]) == (0.3, 0.1) and "the default is kept" in kept["reason"]
+    for lr, value in ((0.3, 1.0), (0.1, 0.0)):  # now every global validation example agrees
+        path = copy / "c0.1" / "fedavg_sgd" / f"lr{lr:g}" / "seed0" / EXAMPLE_SCORES
+        with safe_open(str(path), framework="np") as f:
+            meta, cols = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not iterable)
+        cols["rouge_l"][cols["split"] == json.loads(meta["splits"]).index("global_val")] = value
+        save_file(cols, str(path), metadata=meta)
+    chosen = lr_choice(s, copy, 0.1, "fedavg_sgd")
+    assert chosen["lr"] == 0.3 and chosen["difference"] == pytest.approx([1.0, 1.0, 1.0])
+    assert "reliably better" in chosen["reason"]
 
 
 def _rewrite_scores(path: Path, split: str, epoch: int, value: float) -> None:
