@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rayfed.core.power import comparison_power, detectable_effect, smallest_design, standard_error
+from rayfed.errors import UserError
 from rayfed.study.config import ComparisonConfig, StudyConfig, run_config
 from rayfed.study.layout import finished_seeds
 from rayfed.study.primary import measure, unit_differences
@@ -40,6 +41,11 @@ def design_of(s: StudyConfig, c: ComparisonConfig) -> tuple[int, int, int]:
 
 def power_report(pilot: StudyConfig, out: Path, target: StudyConfig) -> dict[str, Any]:
     seeds, lrs = finished_seeds(pilot, out)
+    if not any(seeds.values()):
+        raise UserError(f"{out} holds no finished seed of the pilot study {pilot.name!r}: run "
+                        f"`rayfed study` on it first (its output_dir)")
+    if not pilot.verdicts.claims:
+        raise UserError(f"the pilot study {pilot.name!r} has no primary comparisons (verdicts:) to measure")
     family = sum(len(v) for v in target.verdicts.claims.values()) * len(
         target.verdicts.concentrations or target.concentrations)
     alpha = target.verdicts.alpha / max(family, 1)

@@ -379,3 +379,9 @@ def test_a_results_bundle_recomputes_the_report(study, tmp_path):
     for key in ("primary", "claims", "selected_lrs", "seeds", "lr_grid"):
         assert recomputed[key] == original[key], key
     assert (bundle / "results.md").read_text() == (out / "results.md").read_text()
+
+
+def test_power_needs_a_finished_pilot(tmp_path, capsys):
+    quick = ROOT / "configs" / "study" / "quick.yaml"
+    assert main(["study", str(TINY), f"output_dir={tmp_path}", "--power-for", str(quick)]) == 2
+    assert "holds no finished seed of the pilot study 'study-tiny'" in capsys.readouterr().err
