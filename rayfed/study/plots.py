@@ -5,11 +5,15 @@
 - ``robustness.png`` (claim 3): global test ROUGE-L change per personalization epoch at the
   robustness lr, one line per federated algorithm, mean ± std over seeds;
 - ``frontier.png`` (claim 4): after few local updates, the points and Pareto frontiers of plain
-  fine-tuning, the l2 pull and interpolation, mean over seeds.
+  fine-tuning, the l2 pull and interpolation, mean over seeds;
+- ``verdicts.png``: every primary comparison's estimate with its 95% interval and the wider
+  interval at Holm's level that decides it, coloured by verdict, beside 0 and the effect the
+  study was sized for (from ``study.json``).
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -41,7 +45,37 @@ def plot_study(s: StudyConfig, out: Path) -> list[Path]:
             per_conc[conc] = seeds
     if not per_conc:
         return []
-    return [_curves(s, per_conc, out), _robustness(s, per_conc, out), _frontier(s, per_conc, out)]
+    figures = [_curves(s, per_conc, out), _robustness(s, per_conc, out), _frontier(s, per_conc, out)]
+    analysis = json.loads((out / "study.json").read_text(encoding="utf-8")) if (out / "study.json").is_file() else {}
+    if analysis.get("primary", {}).get("comparisons"):
+        figures.append(_verdicts(analysis["primary"]["comparisons"], out))
+    return figures
+
+
+VERDICT_COLOR = {"reproduced": "C2", "contradicted": "C3", "inconclusive": "C7"}
+
+
+def _verdicts(rows: list[dict], out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(rows) + 1.6))
+    for y, r in enumerate(reversed(rows)):
+        rl = r["rouge_l"]
+        verdict = rl.get("verdict", "secondary")
+        color = VERDICT_COLOR.get(verdict, "C0")
+        if "decisive_low" in rl:
+            ax.plot([rl["decisive_low"], rl["decisive_high"]], [y, y], color=color, lw=1, alpha=0.5)
+        ax.plot([rl["low"], rl["high"]], [y, y], color=color, lw=3)
+        ax.plot([rl["estimate"]], [y], "o", color=color, ms=5)
+        sign = -1 if r["direction"] == "less" else 1
+        ax.plot([sign * r["effect"]], [y], "|", color="black", ms=9)
+        ax.annotate(verdict, (1.01, y), xycoords=("axes fraction", "data"), fontsize=7, va="center", color=color)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(rows)), [f"claim {r['claim']}, c{r['concentration']}: {r['name']}" for r in reversed(rows)],
+                  fontsize=7)
+    ax.set(xlabel="test ROUGE-L difference (a - b, or frontier gap)",
+           title="primary comparisons: 95% interval (thick), interval at Holm's level (thin), | sized-for effect")
+    ax.title.set_fontsize(9)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, out / "verdicts.png")
 
 
 def _label(ax, xy: tuple[str, str], title: str) -> None:

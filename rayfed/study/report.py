@@ -174,4 +174,5 @@ def print_study(analysis: dict[str, Any], out: Path) -> None:
             if r["claim"] == number and r["primary"]:
                 print(f"    {r['name']} at concentration {r['concentration']}: {_interval(r['rouge_l'])}, "
                       f"p (Holm) {r['rouge_l']['p_adjusted']:.3g}: {r['rouge_l']['verdict']}")
-    print(f"results in {out}/ (results.md, study.json, jobs.jsonl, curves.png, robustness.png, frontier.png)")
+    print(f"results in {out}/ (results.md, study.json, jobs.jsonl, curves.png, robustness.png, frontier.png, "
+          f"verdicts.png)")

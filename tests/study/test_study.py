@@ -34,7 +34,7 @@ def jobs(out: Path) -> list[dict]:
 def test_every_output_file_is_written(study):
     s, out = study
     for name in ("study.yaml", "study.json", "results.md", "jobs.jsonl", "curves.png", "robustness.png",
-                 "frontier.png"):
+                 "frontier.png", "verdicts.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     analysis = json.loads((out / "study.json").read_text())
     assert set(analysis["selected_lrs"]) == {"0.1", "10"}
@@ -320,7 +320,7 @@ def test_parallel_runs_are_ray_tasks_with_the_same_numbers(ray_session, tmp_path
 def test_rayfed_plot_on_a_study_needs_neither_torch_nor_ray(study, plot_without_torch_or_ray):
     _, out = study
     assert sorted(Path(p).name for p in plot_without_torch_or_ray(out)) == ["curves.png", "frontier.png",
-                                                                          "robustness.png"]
+                                                                          "robustness.png", "verdicts.png"]
 
 
 def test_frontier_gap_by_hand():
