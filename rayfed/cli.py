@@ -147,6 +147,9 @@ def cmd_model_prepare(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Every subcommand with its arguments; each sets ``handler`` to its ``cmd_*`` function."""
     parser = argparse.ArgumentParser(prog="rayfed", description="Federated prompt tuning on Ray.")
+    from rayfed import __version__
+
+    parser.add_argument("--version", action="version", version=f"rayfed {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], text: str, first: str, first_help: str,

@@ -38,3 +38,14 @@ def test_tune_with_a_key_that_does_not_exist_fails_before_starting_ray(tmp_path,
     bad.write_text("tune:\n  space:\n    personalize.l2_strenght: {type: grid, values: [0.1]}\n")
     assert main(["tune", str(bad), f"output_dir={tmp_path / 'out'}"]) == 2
     assert "tune.space.personalize.l2_strenght" in capsys.readouterr().err
+
+
+def test_version_is_printed(capsys):
+    import pytest
+
+    import rayfed
+    from rayfed.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"rayfed {rayfed.__version__}"
