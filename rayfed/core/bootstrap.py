@@ -4,8 +4,10 @@ A score in rayfed is a mean over clients of each client's mean over its examples
 training seeds, a mean over seeds). The bootstrap resamples in that order: seeds with
 replacement; within each drawn seed, its clients with replacement; within each drawn client,
 its examples with replacement. Every slot of every level gets its own draw, so a unit drawn
-twice is resampled twice. For a paired comparison of two prompts scored on the same examples,
-pass the per-example differences (aligned by example id): the example's difficulty cancels.
+twice is resampled twice. :func:`paired_replicates` does it for many prompts (points) scored on
+the same units at once, every point resampled on the same draws, so that any statistic computed
+per replicate (a difference, a frontier gap) is paired and the examples' difficulty cancels;
+:func:`bootstrap_mean` is its interval for one point.
 
 When every client scores the same examples (the global sets), examples are crossed with clients,
 not nested in them: :func:`bootstrap_crossed` resamples clients and examples independently, each
@@ -28,7 +30,8 @@ Groups = Sequence[Sequence[np.ndarray]]  # [seed][client] -> the client's per-ex
 def bootstrap_mean(groups: Groups, *, draws: int = 2000, level: float = 0.95, seed: int = 0,
                    ) -> tuple[float, float, float]:
     """``(estimate, low, high)``: the mean over seeds of the mean over clients of each client's
-    example mean, and its percentile interval at ``level``.
+    example mean, and its percentile interval at ``level`` (:func:`paired_replicates` of one
+    point).
 
     Args:
         groups: ``groups[s][c]``: the values of client ``c``'s examples in seed ``s`` (each non-empty;
@@ -42,40 +45,11 @@ def bootstrap_mean(groups: Groups, *, draws: int = 2000, level: float = 0.95, se
     """
     if not groups or any(not clients for clients in groups) or any(len(c) == 0 for s in groups for c in s):
         raise ValueError("the bootstrap needs at least one seed, each with clients that each have examples")
-    groups = [[np.asarray(c, dtype=np.float64) for c in clients] for clients in groups]
-    estimate = float(np.mean([np.mean([c.mean() for c in clients]) for clients in groups]))
-    rng = np.random.default_rng(seed)
-    n_seeds = len(groups)
-    # Each seed's client-level replicates for every (draw, seed slot), then the seed level on top.
-    per_seed = np.stack([_client_level(clients, draws * n_seeds, rng).reshape(draws, n_seeds) for clients in groups])
-    chosen = rng.integers(n_seeds, size=(draws, n_seeds))
-    replicates = per_seed[chosen, np.arange(draws)[:, None], np.arange(n_seeds)[None, :]].mean(axis=1)
+    split = Split.of_groups(groups)
+    replicates = paired_replicates({"x": split}, draws=draws, seed=seed)["x"][:, 0]
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(replicates, [tail, 100 - tail])
-    return estimate, float(low), float(high)
-
-
-def _client_level(clients: list[np.ndarray], draws: int, rng: np.random.Generator, chunk: int = 64) -> np.ndarray:
-    """``draws`` replicates of the mean over resampled clients of their resampled example means.
-
-    Every (draw, client slot) resamples the examples of the client that fills it, so memory and
-    time grow with draws x clients x examples, in chunks of ``chunk`` draws."""
-    n_clients = len(clients)
-    sizes = np.array([len(c) for c in clients])
-    width = int(sizes.max())
-    padded = np.zeros((n_clients, width))
-    for j, c in enumerate(clients):
-        padded[j, :len(c)] = c
-    out = np.empty(draws)
-    for start in range(0, draws, chunk):
-        d = min(chunk, draws - start)
-        chosen = rng.integers(n_clients, size=(d, n_clients))  # the client in each slot
-        n = sizes[chosen][..., None]  # its number of examples
-        picks = np.minimum((rng.random((d, n_clients, width)) * n).astype(np.int64), n - 1)  # uniform in [0, n)
-        inside = np.arange(width) < n  # a smaller client draws only its own n
-        total = (padded[chosen[..., None], picks] * inside).sum(axis=-1)
-        out[start:start + d] = (total / n[..., 0]).mean(axis=-1)
-    return out
+    return float(split.means()[0]), float(low), float(high)
 
 
 def bootstrap_crossed(scores: np.ndarray, *, draws: int = 2000, level: float = 0.95, seed: int = 0,
@@ -130,6 +104,16 @@ class Split:
             raise ValueError("every seed needs a first client with examples, clients packed first, "
                              "sizes within the examples axis")
         self.values = np.where(inside, self.values, 0.0)
+
+    @classmethod
+    def of_groups(cls, groups: Groups) -> Split:
+        """One point from ragged ``groups[s][c]`` (a client's per-example values in seed ``s``)."""
+        clients, width = max(len(c) for c in groups), max(len(x) for c in groups for x in c)
+        values, sizes = np.zeros((1, len(groups), clients, width)), np.zeros((len(groups), clients), dtype=np.int64)
+        for i, seed in enumerate(groups):
+            for j, client in enumerate(seed):
+                values[0, i, j, :len(client)], sizes[i, j] = np.asarray(client, dtype=np.float64), len(client)
+        return cls(values, sizes)
 
     def means(self) -> np.ndarray:
         """``[points]``: the mean over seeds of the mean over clients of each client's example mean."""
