@@ -445,8 +445,9 @@ def _validate_personalize(cfg: ExperimentConfig) -> None:
     _check(z.global_eval_examples is None or z.global_eval_examples >= 1, "personalize.global_eval_examples",
            "must be >= 1 or null (all)")
     _check(z.global_tolerance >= 0, "personalize.global_tolerance", "must be >= 0")
-    _check(z.name is None or (z.name.strip() != "" and "/" not in z.name), "personalize.name",
-           "must be a non-empty name without '/'")
+    _check(z.name is None or (z.name.strip() not in ("", ".", "..") and "/" not in z.name and "\\" not in z.name),
+           "personalize.name", "must be a directory name (not empty, '.' or '..', no '/'): it names "
+           "the folder under the run's personalize/")
     _check(z.batch_size >= 1, "personalize.batch_size", "must be >= 1")
     _choice("personalize.optimizer.name", z.optimizer.name, OPTIMIZERS)
     _check(z.optimizer.lr > 0 and math.isfinite(z.optimizer.lr), "personalize.optimizer.lr",

@@ -86,6 +86,9 @@ def test_unknown_key_in_file_names_the_key(tmp_path):
     ("runtime.num_workers=9", "runtime.num_workers"),
     ("runtime.max_batch_rows=0", "runtime.max_batch_rows"),
     ("data.source=sni", "data.path"),
+    ("personalize.name=..", "personalize.name"),  # would write over the run's own summary.json
+    ("personalize.name=.", "personalize.name"),
+    ("personalize.name=a/b", "personalize.name"),
 ])
 def test_bad_override_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
