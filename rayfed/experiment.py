@@ -21,6 +21,7 @@ from rayfed.data.sources import federated_data
 from rayfed.errors import UserError
 from rayfed.names import EVAL, GLOBAL_SPLITS, METRICS, metric_key
 from rayfed.outputs.checkpoint import CHECKPOINT, load_run_state, save_prompt, save_run_state, truncate_events
+from rayfed.outputs.lock import writing
 from rayfed.outputs.loggers import MetricLogger, build_loggers, log_round
 from rayfed.outputs.plots import draw_and_log
 from rayfed.outputs.scores import EXAMPLE_SCORES, append_example_scores, interval_of, load_example_scores
@@ -55,6 +56,13 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
     """
     started = time.perf_counter()
     out = Path(cfg.output_dir)
+    with writing(out, "output_dir"):  # one process at a time writes a run directory
+        return _run(cfg, out, loggers, resume=resume, overwrite=overwrite, started=started)
+
+
+def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *, resume: bool, overwrite: bool,
+         started: float) -> dict[str, Any]:
+    """:func:`run_experiment` with ``out`` locked."""
     done, state, record = _open_output(out, resume=resume, overwrite=overwrite)
 
     # --- Data: load and partition once, here; shards travel to the workers once. Bad data or a

@@ -100,3 +100,22 @@ def test_a_finished_run_is_not_overwritten_without_asking(tiny_config):
         run_experiment(cfg, loggers=[])
     assert (Path(cfg.output_dir) / "summary.json").read_text() == before
     run_experiment(cfg, loggers=[], overwrite=True)
+
+
+def test_a_second_process_aimed_at_a_run_directory_being_written_stops_at_once(tmp_path, tiny_overrides):
+    """Two `rayfed run` into one output_dir used to both exit 0, the second replacing the first's
+    results; now the second stops with one line while the first goes on to finish intact."""
+    overrides = [*tiny_overrides, "runtime.executor=local", "algorithm.rounds=6", f"output_dir={tmp_path}"]
+    first = rayfed("run", "configs/smoke.yaml", *overrides)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "config.yaml").exists():  # written under the lock
+        assert first.poll() is None, first.stdout.read()
+        assert time.monotonic() < deadline, "the first run never started writing"
+        time.sleep(0.05)
+    second = subprocess.run([sys.executable, "-m", "rayfed.cli", "run", "configs/smoke.yaml", *overrides, "seed=1"],
+                            capture_output=True, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert "another rayfed process is writing to" in second.stderr and "key 'output_dir'" in second.stderr
+    assert first.wait(timeout=300) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["rounds"] == 6
+    assert "seed: 0" in (tmp_path / "config.yaml").read_text()

@@ -24,6 +24,7 @@ import torch
 from rayfed.config import ConfigError, ExperimentConfig, check_overridable, load_config, to_yaml
 from rayfed.data.sources import federated_data
 from rayfed.outputs.checkpoint import load_prompt
+from rayfed.outputs.lock import writing
 from rayfed.outputs.loggers import MetricLogger, build_loggers
 from rayfed.outputs.plots import draw_and_log
 from rayfed.outputs.scores import EXAMPLE_SCORES, save_example_scores
@@ -108,9 +109,17 @@ def open_finished_run(run_dir: str | Path, overrides: list[str] | None = None,
 def personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.Tensor, out: Path,
                       loggers: list[MetricLogger], *, prompt_cache: Path | None = None,
                       on_epoch: EpochCallback | None = None) -> dict[str, Any]:
-    """Personalize, log each epoch's curve rows, and write personalization.jsonl and summary.json."""
+    """Personalize, log each epoch's curve rows, and write personalization.jsonl and summary.json
+    (``out`` locked: one process at a time writes a personalization)."""
+    with writing(out, "personalize.name"):
+        return _personalize_phase(cfg, driver, global_prompt, out, loggers, prompt_cache=prompt_cache,
+                                  on_epoch=on_epoch)
+
+
+def _personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.Tensor, out: Path,
+                       loggers: list[MetricLogger], *, prompt_cache: Path | None,
+                       on_epoch: EpochCallback | None) -> dict[str, Any]:
     started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     settings = PersonalizeSettings.from_config(cfg.personalize)
     evaluation = EvalSettings.from_config(cfg.eval)
