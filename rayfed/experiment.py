@@ -7,6 +7,7 @@ own file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -63,7 +64,7 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
 def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *, resume: bool, overwrite: bool,
          started: float) -> dict[str, Any]:
     """:func:`run_experiment` with ``out`` locked."""
-    done, state, record = _open_output(out, resume=resume, overwrite=overwrite)
+    done, state, record = _open_output(out, resume=resume, overwrite=overwrite, identity=run_identity(cfg))
 
     # --- Data: load and partition once, here; shards travel to the workers once. Bad data or a
     # bad model fails here and in open_driver, before anything in output_dir is touched.
@@ -107,9 +108,20 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
     return summary
 
 
-def _open_output(out: Path, *, resume: bool, overwrite: bool) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
+def run_identity(cfg: ExperimentConfig) -> str:
+    """What makes a run the run it is, for its checkpoint: the seed and a hash of every key
+    except those a resume may change (RESUME_OVERRIDABLE), the name and the output directory."""
+    keys = {k: v for k, v in asdict(cfg).items()
+            if k not in ("name", "output_dir") and not any(p.startswith(f"{k}.") for p in RESUME_OVERRIDABLE)}
+    digest = hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"seed {cfg.seed}, config {digest}"
+
+
+def _open_output(out: Path, *, resume: bool, overwrite: bool, identity: str,
+                 ) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
     """Check that ``out`` can be written and holds no run (unless resuming or overwriting); return
-    the checkpoint's ``(round, driver state, record)`` when resuming, else a fresh start."""
+    the checkpoint's ``(round, driver state, record)`` when resuming (refused when the checkpoint
+    belongs to another run than ``identity``), else a fresh start."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -118,7 +130,12 @@ def _open_output(out: Path, *, resume: bool, overwrite: bool) -> tuple[int, dict
         raise UserError(f"key 'output_dir': {out} is not writable")
     checkpoint = out / CHECKPOINT
     if resume:
-        return load_run_state(checkpoint)
+        done, state, record = load_run_state(checkpoint)
+        if record.get("identity") and record["identity"] != identity:
+            raise UserError(f"{checkpoint} was written by another run ({record['identity']}) than the one "
+                            f"{out / 'config.yaml'} describes ({identity}): a copied checkpoint or an edited "
+                            f"config; resume it with its own config, or start over with `rayfed run --overwrite`")
+        return done, state, record
     if not overwrite and ((out / "summary.json").exists() or checkpoint.exists()):
         raise RunExistsError(f"{out} already holds a run: continue it with `rayfed resume {out}`, choose "
                              f"another output_dir, or start over with --overwrite")
@@ -140,7 +157,7 @@ def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger
                     {"round": str(round_idx), "config": cfg.name})
         if round_idx % cfg.checkpoint.every == 0 or round_idx == cfg.algorithm.rounds:
             save_run_state(out / CHECKPOINT, round_idx, driver.state(),
-                           {"initial": _record(initial), "final": _record(final)})
+                           {"initial": _record(initial), "final": _record(final)}, identity=run_identity(cfg))
     return final
 
 

@@ -14,7 +14,8 @@ import torch
 
 from rayfed.config import OptimizerConfig
 from rayfed.core.server_optimizer import ServerOptimizer
-from rayfed.experiment import RunExistsError, run_experiment
+from rayfed.errors import UserError
+from rayfed.experiment import RunExistsError, resume_experiment, run_experiment
 from rayfed.outputs.checkpoint import CHECKPOINT, load_prompt, load_run_state
 from rayfed.outputs.scores import EXAMPLE_SCORES, load_example_scores
 
@@ -119,3 +120,39 @@ def test_a_second_process_aimed_at_a_run_directory_being_written_stops_at_once(t
     assert first.wait(timeout=300) == 0
     assert json.loads((tmp_path / "summary.json").read_text())["rounds"] == 6
     assert "seed: 0" in (tmp_path / "config.yaml").read_text()
+
+
+def _interrupted(tiny_config, name: str, *overrides: str):
+    """A run stopped after round 2 of 4 (its checkpoint at round 2)."""
+    cfg = tiny_config("runtime.executor=local", "algorithm.rounds=2", "checkpoint.every=1", *overrides)
+    cfg.output_dir = str(Path(cfg.output_dir).parent / name)
+    run_experiment(cfg, loggers=[])
+    (Path(cfg.output_dir) / "summary.json").unlink()  # as if it had stopped there
+    return Path(cfg.output_dir)
+
+
+def test_a_checkpoint_from_another_run_or_a_corrupted_one_is_refused_before_anything_starts(tiny_config):
+    from rayfed.cli import main
+
+    mine, other = _interrupted(tiny_config, "mine"), _interrupted(tiny_config, "other", "seed=1")
+    (mine / CHECKPOINT).write_bytes((other / CHECKPOINT).read_bytes())  # a seed-1 checkpoint copied over
+    with pytest.raises(UserError, match=r"written by another run \(seed 1, config .*\) than the one .* \(seed 0"):
+        resume_experiment(mine, loggers=[])
+    assert main(["resume", str(mine)]) == 2
+    data = bytearray((other / CHECKPOINT).read_bytes())
+    data[-8:] = bytes(b ^ 0xFF for b in data[-8:])  # the last tensor bytes flipped
+    (other / CHECKPOINT).write_bytes(bytes(data))
+    with pytest.raises(UserError, match="is corrupted: its tensors do not match the checksum"):
+        load_run_state(other / CHECKPOINT)
+    (other / CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="is not a readable rayfed checkpoint"):
+        load_run_state(other / CHECKPOINT)
+
+
+def test_a_metrics_line_cut_off_by_a_crash_does_not_block_resume(tiny_config):
+    run = _interrupted(tiny_config, "cut")
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"event": "round", "round": 3, "train/lo')  # the crash came mid-line
+    summary = resume_experiment(run, loggers=[])
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert summary["rounds"] == 2 and [e["round"] for e in events if e["event"] == "round"] == [0, 1, 2]

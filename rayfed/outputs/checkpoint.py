@@ -7,6 +7,7 @@ file intact and loadable.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from rayfed.errors import UserError
 
 PROMPT_KEY = "global_prompt"
 
@@ -36,25 +39,49 @@ CHECKPOINT = "checkpoint.safetensors"
 
 
 def save_run_state(path: Path, round_idx: int, driver_state: dict[str, torch.Tensor],
-                   record: dict[str, object]) -> None:
+                   record: dict[str, object], identity: str = "") -> None:
     """The round just finished, the driver's tensors (global prompt, server optimizer state) and
     a JSON record (the evaluations a summary needs), in one file written atomically: a crash
-    mid-write leaves the previous checkpoint in place."""
+    mid-write leaves the previous checkpoint in place. ``identity`` names the run that wrote it
+    (rayfed.experiment.run_identity) and a checksum of the tensors' bytes guards them."""
     tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
     tensors = {key: value.detach().cpu().contiguous() for key, value in driver_state.items()}
-    save_file(tensors, str(tmp), metadata={"round": str(round_idx), "record": json.dumps(record, sort_keys=True)})
+    save_file(tensors, str(tmp), metadata={"round": str(round_idx), "record": json.dumps(record, sort_keys=True),
+                                           "identity": identity, "sha256": _checksum(tensors)})
     os.replace(tmp, path)
 
 
 def load_run_state(path: Path) -> tuple[int, dict[str, torch.Tensor], dict[str, object]]:
-    """``(round, driver tensors, record)`` from :func:`save_run_state`'s file."""
+    """``(round, driver tensors, record)`` from :func:`save_run_state`'s file; the record's
+    ``identity`` is the run's that wrote it ("" for a checkpoint from before identities).
+
+    Raises:
+        FileNotFoundError: no checkpoint.
+        UserError: the file is not a readable checkpoint, or its tensors fail their checksum.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: a run writes one after every checkpoint.every "
                                 f"rounds; start it with `rayfed run CONFIG` first")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - not a mapping
-    return int(meta["round"]), tensors, json.loads(meta["record"])
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - not a mapping
+        round_idx, record = int(meta["round"]), json.loads(meta["record"])
+    except Exception as err:  # noqa: BLE001 - safetensors' own error type, bad JSON, a missing key: not a checkpoint
+        raise UserError(f"{path} is not a readable rayfed checkpoint ({err}); start over with `rayfed run "
+                        f"--overwrite`") from None
+    if meta.get("sha256") and meta["sha256"] != _checksum(tensors):
+        raise UserError(f"{path} is corrupted: its tensors do not match the checksum written with them; start over "
+                        f"with `rayfed run --overwrite`")
+    return round_idx, tensors, {**record, "identity": meta.get("identity", "")}
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        digest.update(key.encode())
+        digest.update(tensors[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def truncate_events(path: Path, last_round: int) -> None:
@@ -63,8 +90,14 @@ def truncate_events(path: Path, last_round: int) -> None:
     if not path.is_file():
         return
     keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        event = json.loads(line)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # a crash mid-write: the last line is cut off, and after the checkpoint
+                break
+            raise UserError(f"{path}, line {number}: not a JSON event; fix or delete the line to resume") from None
         if event.get("event") in ("round", "client") and event.get("round", last_round + 1) <= last_round:
             keep.append(line + "\n")
     tmp = path.with_suffix(path.suffix + ".tmp")
