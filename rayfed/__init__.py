@@ -2,6 +2,8 @@
 
 The Python API is what the commands call, importable without loading torch or Ray until used::
 
+    import pathlib
+
     import rayfed
 
     cfg = rayfed.load_config("configs/smoke.yaml", ["output_dir=outputs/smoke-py"])

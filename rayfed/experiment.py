@@ -25,7 +25,7 @@ from rayfed.outputs.checkpoint import CHECKPOINT, load_run_state, save_prompt, s
 from rayfed.outputs.lock import writing
 from rayfed.outputs.loggers import MetricLogger, build_loggers, log_round
 from rayfed.outputs.plots import draw_and_log
-from rayfed.outputs.scores import EXAMPLE_SCORES, append_example_scores, interval_of, load_example_scores
+from rayfed.outputs.scores import EXAMPLE_SCORES, ScoreLog, interval_of, load_example_scores
 from rayfed.personalization.phase import personalize_phase
 from rayfed.runtime.session import open_driver
 from rayfed.types import RoundResult
@@ -73,11 +73,11 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
     with open_driver(cfg, data) as driver:
         if resume:
             truncate_events(out / "metrics.jsonl", done)  # rounds after the checkpoint are logged again
-            append_example_scores(out / EXAMPLE_SCORES, [], keep_through=done)
         else:
             for name in (CHECKPOINT, "metrics.jsonl", "summary.json", WANDB_ID, EXAMPLE_SCORES):  # --overwrite
                 (out / name).unlink(missing_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
+        scores = ScoreLog(out / EXAMPLE_SCORES, keep_through=done if resume else None)
         loggers = build_loggers(cfg, out, loggers, metrics_file=out / "metrics.jsonl", run_id_file=out / WANDB_ID)
         try:
             # --- Rounds: evaluate the untrained prompt, then train, evaluating every eval_every rounds.
@@ -87,8 +87,8 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
             else:
                 initial = final = driver.evaluate(0)
                 log_round(loggers, initial)
-                append_example_scores(out / EXAMPLE_SCORES, initial.examples)
-            final = _train_rounds(cfg, driver, loggers, out, first=done + 1, initial=initial, final=final)
+                scores.add(initial.examples)
+            final = _train_rounds(cfg, driver, loggers, out, scores, first=done + 1, initial=initial, final=final)
 
             # --- Personalization (optional): the same phase `rayfed personalize` runs on a finished run.
             personal = None
@@ -142,8 +142,8 @@ def _open_output(out: Path, *, resume: bool, overwrite: bool, identity: str,
     return 0, {}, {}
 
 
-def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger], out: Path, *, first: int,
-                  initial: RoundResult, final: RoundResult) -> RoundResult:
+def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger], out: Path, scores: ScoreLog, *,
+                  first: int, initial: RoundResult, final: RoundResult) -> RoundResult:
     """Rounds ``first`` to the last: train, evaluate every ``eval.eval_every`` rounds (and the last),
     log, save the global prompt, checkpoint. Returns the last evaluation."""
     for round_idx in range(first, cfg.algorithm.rounds + 1):
@@ -151,7 +151,7 @@ def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger
         evaluation = None
         if round_idx % cfg.eval.eval_every == 0 or round_idx == cfg.algorithm.rounds:
             evaluation = final = driver.evaluate(round_idx)
-            append_example_scores(out / EXAMPLE_SCORES, evaluation.examples)
+            scores.add(evaluation.examples)
         log_round(loggers, result, evaluation)
         save_prompt(out / "global_prompt.safetensors", driver.global_prompt(),
                     {"round": str(round_idx), "config": cfg.name})

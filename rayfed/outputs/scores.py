@@ -53,13 +53,22 @@ def rows_of(columns: dict[str, np.ndarray]) -> list[ExampleRow]:
             in zip(*(columns[name] for name in (*KEYS, *SCORES)), strict=True)]
 
 
-def append_example_scores(path: Path, rows: Sequence[ExampleRow], keep_through: int | None = None) -> None:
-    """Add ``rows`` to the file at ``path`` (created if missing); with ``keep_through``, first drop
-    the rows of later epochs (a resumed run scores its rounds after the checkpoint again)."""
-    old = rows_of(load_example_scores(path)) if path.is_file() else []
-    if keep_through is not None:
-        old = [r for r in old if r[2] <= keep_through]
-    save_example_scores(path, [*old, *rows])
+class ScoreLog:
+    """A run's per-example scores as it goes: kept in memory and the file rewritten whole
+    (atomically) after each evaluation, so it is never read back while the run goes on. Resuming
+    (``keep_through``: the checkpoint's round) starts from the file's rows up to that round; the
+    rounds after it are scored again."""
+
+    def __init__(self, path: Path, keep_through: int | None = None):
+        self.path = path
+        self.rows: list[ExampleRow] = []
+        if keep_through is not None and path.is_file():
+            self.rows = [r for r in rows_of(load_example_scores(path)) if r[2] <= keep_through]
+            save_example_scores(path, self.rows)
+
+    def add(self, rows: Sequence[ExampleRow]) -> None:
+        self.rows += rows
+        save_example_scores(self.path, self.rows)
 
 
 def interval_of(columns: dict[str, np.ndarray], split: str, metric: str, epoch: int | None = None,
