@@ -47,10 +47,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     try:
-        print_search(run_search(cfg, resume=args.resume), Path(cfg.output_dir))
+        summary = run_search(cfg, resume=args.resume)
     except SearchInterrupted as err:
         print(f"rayfed: {err}", file=sys.stderr)
         return 130
+    print_search(summary, Path(cfg.output_dir))
+    if not summary["complete"]:  # a trial failed: the search has no result for it
+        print(f"rayfed: the search is incomplete: {len(summary['failed'])} of {len(summary['rows'])} trials failed "
+              f"({', '.join(summary['failed'])}); results.csv lists them with status error, never ranked or "
+              "selected; retry them with `rayfed tune CONFIG --resume` (same overrides)", file=sys.stderr)
+        return 1
     return 0
 
 

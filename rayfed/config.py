@@ -219,7 +219,7 @@ class TuneConfig:
     num_samples: int = 1  # grid: repeats of the whole grid; random/optuna: trials
     max_concurrent_trials: int = 2
     scheduler: str = "none"  # none | asha (stops poor trials early on the per-epoch reports)
-    grace_period: int = 1  # asha: reports before a trial may be stopped
+    grace_period: int = 1  # asha: rounds (federation) or epochs (personalize) before a trial may be stopped
     cpus_per_trial: float = 1.0  # the trial process itself (executor local: it runs every client)
 
 

@@ -48,6 +48,7 @@ from rayfed.names import (
     objective,
     objectives_of,
 )
+from rayfed.outputs.checkpoint import CHECKPOINT
 from rayfed.personalization.phase import load_finished_run, personalize_run
 from rayfed.runtime.placement import check_bundles_fit, run_bundles
 
@@ -168,7 +169,7 @@ def _trainable(cfg: ExperimentConfig, out: Path, base_run: tuple[Path, Experimen
             trial_cfg = replace_keys(_shared(cfg), {**values, "output_dir": str(out / "trials" / trial_id),
                                                     "name": f"{search_name}-{trial_id}"})
             try:
-                run_experiment(trial_cfg, loggers=[_RoundReporter(trial_cfg)])
+                _federation_trial(trial_cfg)
             finally:
                 _end_wandb(cfg)
             return
@@ -190,6 +191,20 @@ def _trainable(cfg: ExperimentConfig, out: Path, base_run: tuple[Path, Experimen
     return trial
 
 
+def _federation_trial(cfg: ExperimentConfig) -> None:
+    """One federated run, reporting each evaluated round. A trial that Tune restarts after an
+    interruption (``--resume``) finds its checkpoint in its directory and continues from it, so its
+    rounds are the uninterrupted run's; when nothing is left to train, its last evaluated round is
+    reported again so that Tune's last result for the trial is the finished run's."""
+    out = Path(cfg.output_dir)
+    reporter = _RoundReporter(cfg)
+    run_experiment(cfg, loggers=[reporter], resume=(out / CHECKPOINT).is_file())
+    if not reporter.reported:
+        events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        key = metric_key("global_val", "rouge_l", phase=EVAL)
+        reporter.log([e for e in events if e.get("event") == "round" and key in e][-1])
+
+
 def _end_wandb(cfg: ExperimentConfig) -> None:
     """Stop this trial process's W&B service now: Ray ends trial processes without running
     W&B's exit hook cleanly, which would print a broken-connection traceback per trial."""
@@ -204,6 +219,7 @@ class _RoundReporter:
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
+        self.reported = 0
 
     def log(self, event: dict[str, Any]) -> None:
         from ray import tune
@@ -211,10 +227,12 @@ class _RoundReporter:
         if event.get("event") == "round" and metric_key("global_val", "rouge_l", phase=EVAL) in event:
             tune.report({"round": event["round"], **{k: v for k, v in event.items() if k.startswith("eval/")},
                          **objectives_of(_round_row(event))})
+            self.reported += 1
         elif (event.get("event") == "personalize" and event["epoch"] == self.cfg.personalize.local_epochs
               and event["interp_ratio"] == self.cfg.personalize.interp_ratios[0]):
             row = {k.removeprefix("personalize/"): v for k, v in event.items()}
             tune.report({"round": self.cfg.algorithm.rounds, "epoch": event["epoch"], **objectives_of(row)})
+            self.reported += 1
 
     def close(self) -> None:
         pass
@@ -272,7 +290,10 @@ def _tune_config(cfg: ExperimentConfig):
     if t.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(metric=LOCAL, mode="max", grace_period=t.grace_period,
+        # Progress is the trial's own round or epoch, not Tune's report count: a trial restarted
+        # on --resume continues at its checkpoint's round, and its rungs stay where they were.
+        scheduler = ASHAScheduler(time_attr="round" if t.kind == "federation" else "epoch", metric=LOCAL, mode="max",
+                                  grace_period=t.grace_period,
                                   max_t=max(cfg.personalize.local_epochs, cfg.algorithm.rounds) + 1)
     if t.searcher.startswith("optuna"):
         from ray.tune.search.optuna import OptunaSearch
@@ -308,7 +329,7 @@ def write_results(cfg: ExperimentConfig, out: Path, params: list[str],
     last reports; the Pareto set and the choice read validation scores only."""
     rows = []
     for metrics, config, error in trials:
-        row = {"trial_id": metrics.get("trial_id", ""), "status": "error" if error else "done"}
+        row = {"trial_id": metrics.get("trial_id", ""), "status": trial_status(cfg, metrics, config, error)}
         row.update({p: trial_params(config).get(p) for p in params})
         row["epoch"] = metrics.get("epoch", metrics.get("round"))
         row.update({k: metrics.get(k, math.nan) for k in OBJECTIVES})
@@ -316,7 +337,7 @@ def write_results(cfg: ExperimentConfig, out: Path, params: list[str],
                     for split, stat in CHANGES})
         rows.append(row)
     rows.sort(key=lambda r: r["trial_id"])
-    scored = [r for r in rows if not (math.isnan(r[LOCAL]) or math.isnan(r[GLOBAL]))]
+    scored = [r for r in rows if r["status"] == "done" and not (math.isnan(r[LOCAL]) or math.isnan(r[GLOBAL]))]
     for row, on_front in zip(scored, pareto_mask([(r[LOCAL], r[GLOBAL]) for r in scored])):
         row["pareto"] = int(on_front)
     bounds = [tuple(r[flat_name(split, stat)] for split in ("local_val", "global_val") for stat in ("change_low",
@@ -340,11 +361,29 @@ def write_results(cfg: ExperimentConfig, out: Path, params: list[str],
             writer.writerows(subset)
     if selected is not None:
         selected = {k: v for k, v in selected.items() if k in (*columns, "rule", "kept_global_prompt", "reason")}
+    failed = [r["trial_id"] for r in rows if r["status"] == "error"]
     summary = {"name": cfg.name, "kind": cfg.tune.kind, "params": params, "reference": reference, "rule": rule,
-               "selected": selected, "rows": rows}
+               "selected": selected, "complete": not failed, "failed": failed, "rows": rows}
     (out / "search.json").write_text(json.dumps(summary, indent=2, default=str))
     _publish(cfg, out, summary, columns)
     return summary
+
+
+def trial_status(cfg: ExperimentConfig, metrics: dict[str, Any], config: dict[str, Any], error: Any) -> str:
+    """``done`` when the trial's last report is its last round (federation; and its personalization's
+    last epoch when it personalizes) or its last epoch (personalize); ``error`` when it failed;
+    ``stopped`` when it ended early without an error (a scheduler stopped it). Only ``done`` trials
+    are ranked, put on the Pareto set or selected: a partial score is not a trial's result."""
+    if error:
+        return "error"
+    trial = replace_keys(_shared(cfg), trial_values(cfg, trial_params(config)))
+    last_epoch = trial.personalize.local_epochs
+    if cfg.tune.kind == "personalize":
+        finished = metrics.get("epoch") == last_epoch
+    else:
+        finished = metrics.get("round") == trial.algorithm.rounds and (
+            not trial.personalize.enabled or metrics.get("epoch") == last_epoch)
+    return "done" if finished else "stopped"
 
 
 def flat_name(split: str, stat: str) -> str:

@@ -132,3 +132,91 @@ def finished_trials(out: Path) -> dict[str, int]:
         if lines and lines[-1].get("epoch") == 2:
             done[result.parent.name] = len(lines)
     return done
+
+
+def test_an_interrupted_federation_search_resumes_to_the_uninterrupted_results(tmp_path):
+    """Ctrl-C while a whole-run trial is between checkpoints: on --resume the trial continues from
+    its own checkpoint (no RunExistsError), and every trial ends exactly where an uninterrupted run
+    of its config ends: the same prompt bits and the same per-round numbers."""
+    import torch
+
+    from rayfed.experiment import run_experiment
+    from rayfed.outputs.checkpoint import load_prompt
+
+    rounds = 12
+    search = tmp_path / "search.yaml"
+    text = TINY_SEARCH.read_text().replace("rounds: 2", f"rounds: {rounds}").replace("kind: personalize",
+                                                                                   "kind: federation")
+    space = "  space:\n    algorithm.client_optimizer.lr: {type: grid, values: [0.01, 0.1]}\n"
+    text = text.split("  space:")[0] + space + "  max_concurrent_trials: 1\n  cpus_per_trial: 1.0\n"
+    search.write_text(text + "checkpoint: {every: 1}\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [sys.executable, "-m", "rayfed.cli", "tune", str(search), f"output_dir={out}"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(2 <= n < rounds for n in rounds_logged(out).values()):  # a trial past its 2nd checkpoint
+            assert proc.poll() is None and time.monotonic() < deadline, "search ended before it was interrupted"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and not (out / "results.csv").exists()
+    assert any(n < rounds for n in rounds_logged(out).values()), "the trial finished before the interrupt"
+
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = rows_of(out / "results.csv")
+    assert len(rows) == 2 and all(r["status"] == "done" and r["epoch"] == str(rounds) for r in rows)
+    for row in rows:
+        trial = out / "trials" / row["trial_id"]
+        reference = tmp_path / "reference" / row["trial_id"]
+        run_experiment(load_config(trial / "config.yaml", [f"output_dir={reference}"]), loggers=[])
+        assert torch.equal(load_prompt(trial / "global_prompt.safetensors")[0],
+                           load_prompt(reference / "global_prompt.safetensors")[0])
+        assert round_numbers(trial) == round_numbers(reference)
+        assert float(row["global_val_rouge_l"]) == round_numbers(reference)[-1]["eval/global_val/rouge_l"]
+
+
+def rounds_logged(out: Path) -> dict[str, int]:
+    """Federation trial -> the rounds its metrics.jsonl holds."""
+    found = {}
+    for metrics in (out / "trials").glob("*/metrics.jsonl"):
+        lines = [line for line in metrics.read_text().splitlines() if line.endswith("}")]
+        found[metrics.parent.name] = sum(json.loads(line).get("event") == "round" for line in lines)
+    return found
+
+
+def round_numbers(run: Path) -> list[dict]:
+    """A run's round events without their timings."""
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [{k: v for k, v in e.items() if "seconds" not in k and "time" not in k}
+            for e in events if e.get("event") == "round"]
+
+
+def test_a_trial_that_did_not_finish_is_never_ranked_or_selected(tmp_path):
+    """An errored trial's partial scores (here: the best of all) and a trial stopped before its last
+    round stay in results.csv, marked, but off the Pareto set and never selected; the search says it
+    is incomplete when a trial failed."""
+    from rayfed.tuning import write_results
+
+    cfg = load_config(TINY_SEARCH, [f"output_dir={tmp_path}", "tune.kind=federation"])
+    params = ["algorithm.client_optimizer.lr"]
+
+    def trial(trial_id, lr, last_round, local, global_, error=None):
+        metrics = {"trial_id": trial_id, "round": last_round, "local_val_rouge_l": local,
+                   "global_val_rouge_l": global_, "local_test_rouge_l": local, "global_test_rouge_l": global_}
+        return metrics, {"grid": {params[0]: lr}}, error
+
+    summary = write_results(cfg, tmp_path, params, [
+        trial("a", 0.01, 2, 0.30, 0.30), trial("b", 0.1, 2, 0.20, 0.40),
+        trial("c", 1.0, 1, 0.90, 0.90, error="RunExistsError"), trial("d", 3.0, 1, 0.80, 0.80)])
+    rows = {r["trial_id"]: r for r in rows_of(tmp_path / "results.csv")}
+    assert {k: r["status"] for k, r in rows.items()} == {"a": "done", "b": "done", "c": "error", "d": "stopped"}
+    assert {k for k, r in rows.items() if r["pareto"] == "1"} == {"a", "b"}
+    assert summary["selected"]["trial_id"] in {"a", "b"} and rows["c"]["selected"] == rows["d"]["selected"] == "0"
+    assert summary["complete"] is False and summary["failed"] == ["c"]

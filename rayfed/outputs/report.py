@@ -75,7 +75,8 @@ def print_search(summary: dict[str, Any], output_dir: Path) -> None:
     """The Pareto trials and the selected one."""
     rows = summary["rows"]
     params = summary["params"]
-    print(f"\n{len(rows)} trials; Pareto set on (local_val, global_val) ROUGE-L:")
+    finished = sum(row["status"] == "done" for row in rows)
+    print(f"\n{len(rows)} trials ({finished} finished); Pareto set on (local_val, global_val) ROUGE-L:")
     print("  ".join(params) + "   local_val  global_val  local_test  global_test")
     for row in rows:
         if row["pareto"]:
