@@ -134,7 +134,7 @@ def check_space(cfg: ExperimentConfig, space: dict[str, SpaceParam]) -> None:
 def prepare_base_run(cfg: ExperimentConfig, out: Path) -> tuple[Path, ExperimentConfig, torch.Tensor]:
     """The finished run every personalize trial starts from, loaded once (directory, config,
     global prompt): ``tune.base_run``, or one trained now into ``OUT/base`` (skipped when a
-    finished one is already there, e.g. on resume)."""
+    finished one is already there, e.g. on resume; one cut off mid-run continues from its checkpoint)."""
     if cfg.tune.base_run:
         base = Path(cfg.tune.base_run).resolve()
         return (base, *load_finished_run(base, []))
@@ -143,7 +143,8 @@ def prepare_base_run(cfg: ExperimentConfig, out: Path) -> tuple[Path, Experiment
         return (base, *load_finished_run(base, []))
     except (FileNotFoundError, ConfigError):
         run_experiment(replace_keys(_shared(cfg), {"output_dir": str(base), "personalize.enabled": False,
-                                                   "logging.wandb.enabled": False}))
+                                                   "logging.wandb.enabled": False}),
+                       resume=(base / CHECKPOINT).is_file())
     return (base, *load_finished_run(base, []))
 
 

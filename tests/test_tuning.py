@@ -220,3 +220,41 @@ def test_a_trial_that_did_not_finish_is_never_ranked_or_selected(tmp_path):
     assert {k for k, r in rows.items() if r["pareto"] == "1"} == {"a", "b"}
     assert summary["selected"]["trial_id"] in {"a", "b"} and rows["c"]["selected"] == rows["d"]["selected"] == "0"
     assert summary["complete"] is False and summary["failed"] == ["c"]
+
+
+def test_a_personalize_search_cut_off_while_training_its_base_continues_it(tmp_path):
+    """The search's own base run, stopped between checkpoints, is continued on the next attempt
+    (it stopped with "base already holds a run") and ends on the uninterrupted run's prompt."""
+    import torch
+
+    from rayfed.experiment import run_experiment
+    from rayfed.outputs.checkpoint import load_prompt
+    from rayfed.tuning import _shared, prepare_base_run
+
+    class StopAtRound2:
+        def log(self, event):
+            if event.get("event") == "round" and event["round"] == 2:
+                raise KeyboardInterrupt
+
+        def close(self):
+            pass
+
+    cfg = load_config(TINY_SEARCH, [f"output_dir={tmp_path / 'search'}", "algorithm.rounds=3"])
+    base = tmp_path / "search" / "base"
+    base_cfg = load_config(TINY_SEARCH, [f"output_dir={base}", "algorithm.rounds=3", "logging.wandb.enabled=false"])
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(replace_base(_shared(base_cfg)), loggers=[StopAtRound2()])
+    assert (base / "checkpoint.safetensors").is_file() and not (base / "summary.json").exists()
+
+    _, run_cfg, prompt = prepare_base_run(cfg, tmp_path / "search")
+    reference = load_config(TINY_SEARCH, [f"output_dir={tmp_path / 'reference'}", "algorithm.rounds=3"])
+    run_experiment(replace_base(_shared(reference)), loggers=[])
+    assert run_cfg.algorithm.rounds == 3
+    assert torch.equal(prompt, load_prompt(tmp_path / "reference" / "global_prompt.safetensors")[0])
+
+
+def replace_base(cfg):
+    """A search's base run config, as prepare_base_run builds it."""
+    from rayfed.config import replace_keys
+
+    return replace_keys(cfg, {"personalize.enabled": False, "logging.wandb.enabled": False})
