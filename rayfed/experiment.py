@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -74,8 +76,7 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
         if resume:
             truncate_events(out / "metrics.jsonl", done)  # rounds after the checkpoint are logged again
         else:
-            for name in (CHECKPOINT, "metrics.jsonl", "summary.json", WANDB_ID, EXAMPLE_SCORES):  # --overwrite
-                (out / name).unlink(missing_ok=True)
+            _clear_run(out)  # --overwrite: nothing of the old run's may pass for the new one's
         (out / "config.yaml").write_text(to_yaml(cfg))
         scores = ScoreLog(out / EXAMPLE_SCORES, keep_through=done if resume else None)
         loggers = build_loggers(cfg, out, loggers, metrics_file=out / "metrics.jsonl", run_id_file=out / WANDB_ID)
@@ -140,6 +141,20 @@ def _open_output(out: Path, *, resume: bool, overwrite: bool, identity: str,
         raise RunExistsError(f"{out} already holds a run: continue it with `rayfed resume {out}`, choose "
                              f"another output_dir, or start over with --overwrite")
     return 0, {}, {}
+
+
+def _clear_run(out: Path) -> None:
+    """Remove an old run's results from ``out``: its checkpoint, metrics, summary, scores, W&B id
+    and every personalization of its prompt (each taken under its own lock, so one still being
+    written stops the overwrite instead of being deleted under its writer)."""
+    personal = out / "personalize"
+    with ExitStack() as locks:
+        for child in sorted(personal.iterdir() if personal.is_dir() else []):
+            if child.is_dir():
+                locks.enter_context(writing(child, "--overwrite"))
+        for name in (CHECKPOINT, "metrics.jsonl", "summary.json", WANDB_ID, EXAMPLE_SCORES):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(personal, ignore_errors=True)
 
 
 def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger], out: Path, scores: ScoreLog, *,

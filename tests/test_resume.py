@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rayfed.config import OptimizerConfig
+from rayfed.config import OptimizerConfig, replace_keys
 from rayfed.core.server_optimizer import ServerOptimizer
 from rayfed.errors import UserError
 from rayfed.experiment import RunExistsError, resume_experiment, run_experiment
@@ -101,6 +101,25 @@ def test_a_finished_run_is_not_overwritten_without_asking(tiny_config):
         run_experiment(cfg, loggers=[])
     assert (Path(cfg.output_dir) / "summary.json").read_text() == before
     run_experiment(cfg, loggers=[], overwrite=True)
+
+
+def test_overwrite_clears_the_old_prompts_personalizations_unless_one_is_being_written(tiny_config):
+    """`--overwrite` used to keep the old prompt's personalize/ results, which `rayfed plot` then
+    redrew as the new run's; one that another process is still writing stops the overwrite."""
+    from filelock import FileLock
+
+    cfg = tiny_config("runtime.executor=local", "algorithm.rounds=1", "personalize.enabled=true",
+                      "personalize.local_epochs=1")
+    run_experiment(cfg, loggers=[])
+    out = Path(cfg.output_dir)
+    assert (out / "personalize" / "default" / "personalization.jsonl").is_file()
+    (out / "personalize" / "other").mkdir()
+    with FileLock(str(out / "personalize" / "other" / ".rayfed.lock")), \
+            pytest.raises(UserError, match="another rayfed process is writing to .*other"):
+        run_experiment(replace_keys(cfg, {"personalize.enabled": False}), loggers=[], overwrite=True)
+    assert (out / "personalize" / "default" / "personalization.jsonl").is_file() and (out / "summary.json").is_file()
+    run_experiment(replace_keys(cfg, {"personalize.enabled": False}), loggers=[], overwrite=True)
+    assert not (out / "personalize").exists() and (out / "summary.json").is_file()
 
 
 def test_a_second_process_aimed_at_a_run_directory_being_written_stops_at_once(tmp_path, tiny_overrides):
