@@ -8,12 +8,15 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from rayfed.config import ConfigError, load_config, to_yaml
-from rayfed.errors import UserError, WorkerLostError
+from rayfed.errors import RayfedWarning, UserError, WorkerLostError, raise_interrupted
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -198,6 +201,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - warnings' API
+    """rayfed's own warnings as one line on stderr; any other warning as Python shows it."""
+    if issubclass(category, RayfedWarning):
+        print(f"rayfed: warning: {message}", file=sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+def continue_hint(args: argparse.Namespace) -> str:
+    """What an interrupted command left and how to go on from it."""
+    command = args.command if hasattr(args, "command") else ""
+    if command in ("run", "resume"):
+        from rayfed.outputs.checkpoint import CHECKPOINT, checkpoint_round
+
+        try:
+            run_dir = Path(args.run_dir if command == "resume" else load_config(args.config, args.overrides).output_dir)
+        except UserError:  # interrupted before its config was read: nothing was written
+            return "nothing was written: run the same command again"
+        done = checkpoint_round(run_dir / CHECKPOINT)
+        if done is None:
+            return f"nothing was saved in {run_dir} yet: start again with the same command and --overwrite"
+        return f"the checkpoint of round {done} is in {run_dir}: continue with `rayfed resume {run_dir}`"
+    if command == "tune":
+        return "continue with the same command and --resume"
+    if command == "study":
+        return "continue with the same command: finished jobs are kept and skipped"
+    return "nothing it depends on was changed: run the same command again"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Flags may come after ``key=value`` overrides (argparse alone would stop at the first flag)."""
     parser = build_parser()
@@ -211,8 +246,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    warnings.showwarning = _show_warning
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_interrupted)  # like Ctrl-C (Ray's runtime re-installs it too)
     try:
         return args.handler(args)
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM as Interrupted: one line, no traceback
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"rayfed: interrupted by {signal.Signals(signum).name}; {continue_hint(args)}", file=sys.stderr)
+        return 128 + signum
     except ConfigError as err:
         print(f"rayfed: config error: {err}", file=sys.stderr)
         return 2

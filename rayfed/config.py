@@ -169,6 +169,9 @@ class RayConfig:
     num_cpus: int | None = None  # local cluster only
     num_gpus: float | None = None  # local cluster only (can be faked on a CPU machine)
     include_dashboard: bool = False
+    # Token authentication off (RAY_AUTH_MODE=disabled) lets anyone who reaches this machine's Ray
+    # ports run code as you; rayfed warns once unless this accepts the risk.
+    allow_unauthenticated: bool = False
 
 
 @dataclass

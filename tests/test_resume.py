@@ -175,3 +175,36 @@ def test_a_metrics_line_cut_off_by_a_crash_does_not_block_resume(tiny_config):
     summary = resume_experiment(run, loggers=[])
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert summary["rounds"] == 2 and [e["round"] for e in events if e["event"] == "round"] == [0, 1, 2]
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_and_sigterm_end_with_one_line_the_shell_code_and_no_ray_left(tmp_path, tiny_overrides, sig):
+    """Ctrl-C printed a 30-line traceback and exited 1; SIGTERM ended by SIGABRT with Ray's C++
+    stack dump. Both now say where the checkpoint is and how to continue, exit 128 + signal, and
+    leave no Ray process behind; the resume line they print works."""
+    import psutil
+
+    run_dir = tmp_path / "run"
+    proc = rayfed("run", "configs/smoke.yaml", *tiny_overrides, "algorithm.rounds=30", f"output_dir={run_dir}")
+    deadline = time.monotonic() + 180
+    while not (run_dir / CHECKPOINT).exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "the run never wrote a checkpoint"
+        time.sleep(0.1)
+    family = psutil.Process(proc.pid).children(recursive=True)  # Ray's GCS, raylet, agents and workers
+    assert any("gcs_server" in p.name() for p in family)
+    proc.send_signal(sig)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + sig, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(f"rayfed: interrupted by {sig.name}; the checkpoint of round ")
+    assert f"continue with `rayfed resume {run_dir}`" in last
+    assert "Traceback" not in output and "SIGTERM received" not in output
+    _, alive = psutil.wait_procs(family, timeout=30)
+    assert not alive, [p.name() for p in alive]
+    resumed = subprocess.run([sys.executable, "-m", "rayfed.cli", "resume", str(run_dir), "runtime.executor=local"],
+                             capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 30

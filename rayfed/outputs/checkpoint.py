@@ -76,6 +76,16 @@ def load_run_state(path: Path) -> tuple[int, dict[str, torch.Tensor], dict[str, 
     return round_idx, tensors, {**record, "identity": meta.get("identity", "")}
 
 
+def checkpoint_round(path: Path) -> int | None:
+    """The round a checkpoint was written after, read from its header alone; None when there is
+    no readable checkpoint."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int((f.metadata() or {})["round"])
+    except Exception:  # noqa: BLE001 - missing, unreadable or not a checkpoint: nothing to continue from
+        return None
+
+
 def _checksum(tensors: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for key in sorted(tensors):

@@ -9,8 +9,11 @@ prompt. Only prompts, counts and metrics cross process boundaries.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +22,7 @@ import torch
 
 from rayfed.config import ConfigError, ExperimentConfig, RayConfig
 from rayfed.data.partition import FederatedData, global_sets_of
-from rayfed.errors import WorkerLostError
+from rayfed.errors import UnauthenticatedRayWarning, WorkerLostError, raise_interrupted
 from rayfed.runtime.driver import Driver
 from rayfed.runtime.parts import RunParts
 from rayfed.runtime.placement import by_worker, num_workers
@@ -28,17 +31,44 @@ from rayfed.runtime.worker import ClientWorker
 
 def start_ray(cfg: RayConfig) -> None:
     """Connect to ``cfg.address`` or ``$RAY_ADDRESS`` (e.g. under ``ray job submit``), else start
-    a local cluster. Does nothing more if Ray is already initialised (tests, Tune trials)."""
+    a new local cluster. Does nothing more if Ray is already initialised (tests, Tune trials).
+
+    The local cluster is always a new one (``address="local"``): a cluster file left in Ray's
+    temp directory by another (or a dead) Ray is never joined. It runs with Ray's token
+    authentication (Ray's default) and without the Prometheus metrics endpoint, which Ray serves
+    unauthenticated on every interface (set ``RAY_enable_metrics_collection=1`` to keep it); the
+    other ports it listens on are in docs/security.md.
+    """
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         check_reachable(address, "ray.address" if cfg.address else "RAY_ADDRESS")
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    warn_if_unauthenticated(cfg, address)
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.include_dashboard)
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
+        ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
+                 include_dashboard=cfg.include_dashboard)
+    if threading.current_thread() is threading.main_thread():
+        # ray.init replaced SIGTERM's handler (Ray's own exits by SIGABRT with a C++ stack dump):
+        # end like Ctrl-C instead, through the same clean-up.
+        signal.signal(signal.SIGTERM, raise_interrupted)
+
+
+def warn_if_unauthenticated(cfg: RayConfig, address: str | None) -> None:
+    """One warning when Ray's token authentication is switched off (``RAY_AUTH_MODE=disabled``),
+    unless ``ray.allow_unauthenticated`` accepts the risk."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "disabled" or cfg.allow_unauthenticated:
+        return
+    where = f"the Ray cluster at {address}" if address else "the local Ray cluster rayfed starts"
+    warnings.warn(f"RAY_AUTH_MODE=disabled: {where} accepts any client without a token, and its ports listen on "
+                  "every network interface, so anyone who can reach this machine can run code as you (and read "
+                  "WANDB_API_KEY from your environment). Unset RAY_AUTH_MODE (token authentication is Ray's "
+                  "default), or set ray.allow_unauthenticated=true to accept the risk", UnauthenticatedRayWarning,
+                  stacklevel=2)
 
 
 def check_reachable(address: str, key: str, timeout: float = 5.0) -> None:
