@@ -71,11 +71,11 @@ def _short_tmp() -> Path:
     return Path(tempfile.mkdtemp(prefix="rf", dir="/tmp"))
 
 
-def _start_run(tmp: Path, out: Path, tiny_overrides: list[str], rounds: int):
+def _start_run(tmp: Path, out: Path, tiny_overrides: list[str], rounds: int, **env_vars: str):
     import subprocess
     import sys
 
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(tmp)}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(tmp), **env_vars}
     return subprocess.Popen([sys.executable, "-m", "rayfed.cli", "run", "configs/smoke.yaml", *tiny_overrides,
                              f"algorithm.rounds={rounds}", "ray.num_cpus=2", f"output_dir={out}"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -111,8 +111,8 @@ def test_a_default_runs_ports_are_the_documented_ones_and_refuse_clients_without
     import psutil
 
     tmp = _short_tmp()
-    out = tmp_path / "out"
-    proc = _start_run(tmp, out, tiny_overrides, rounds=400)
+    out, home = tmp_path / "out", tmp_path / "home"  # a fresh HOME: no ~/.ray, so Ray creates the token
+    proc = _start_run(tmp, out, tiny_overrides, rounds=400, HOME=str(home))
     try:
         deadline = time.monotonic() + 180
         while not (out / "checkpoint.safetensors").exists():
@@ -121,6 +121,7 @@ def test_a_default_runs_ports_are_the_documented_ones_and_refuse_clients_without
         family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
         listening = [(p.name(), c.laddr) for p in family for c in p.net_connections(kind="tcp")
                      if c.status == psutil.CONN_LISTEN]
+        assert (home / ".ray" / "auth_token").stat().st_mode & 0o077 == 0  # readable by its owner only
         names = {name for name, _ in listening}
         assert {"gcs_server", "raylet"} <= names, listening
         assert all(n in ("gcs_server", "raylet", "python", "python3") or n.startswith("ray::") for n in names), names
@@ -141,9 +142,9 @@ def test_a_default_runs_ports_are_the_documented_ones_and_refuse_clients_without
         base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
         for extra, joins in (({"RAY_AUTH_MODE": "disabled"}, False),
                              ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 32}, False),
-                             ({"RAY_AUTH_MODE": "token"}, True)):  # the run's own token, from ~/.ray
-            client = subprocess.run([sys.executable, "-c", join], env={**base, **extra, "RAY_TMPDIR": str(tmp)},
-                                    capture_output=True, text=True, timeout=120)
+                             ({"RAY_AUTH_MODE": "token"}, True)):  # the run's own token, from HOME/.ray
+            env = {**base, **extra, "RAY_TMPDIR": str(tmp), "HOME": str(home)}
+            client = subprocess.run([sys.executable, "-c", join], env=env, capture_output=True, text=True, timeout=120)
             assert ("JOINED 2.0" in client.stdout) == joins, (extra, client.stdout + client.stderr[-2000:])
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -15,6 +15,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -52,10 +53,21 @@ def start_ray(cfg: RayConfig) -> None:
         os.environ.setdefault("RAY_enable_metrics_collection", "0")
         ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
                  include_dashboard=cfg.include_dashboard)
+    _keep_token_private(Path.home() / ".ray" / "auth_token")
     if threading.current_thread() is threading.main_thread():
         # ray.init replaced SIGTERM's handler (Ray's own exits by SIGABRT with a C++ stack dump):
         # end like Ctrl-C instead, through the same clean-up.
         signal.signal(signal.SIGTERM, raise_interrupted)
+
+
+def _keep_token_private(token: Path) -> None:
+    """Ray writes its token file with the process umask (usually readable by every user of the
+    machine, who could then run code on the cluster); make it readable by its owner only."""
+    try:
+        if token.is_file() and token.stat().st_mode & 0o077:
+            token.chmod(0o600)
+    except OSError:  # not ours to change (a mounted secret): leave it as it is
+        pass
 
 
 def warn_if_unauthenticated(cfg: RayConfig, address: str | None) -> None:
