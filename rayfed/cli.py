@@ -121,11 +121,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """A run config, or a study file (it has ``algorithms:``): every run and comparison it defines."""
     from omegaconf import OmegaConf
 
-    path = Path(args.config)
-    if path.is_file() and "algorithms" in (OmegaConf.load(path) or {}):
+    from rayfed.config import read_yaml
+
+    if "algorithms" in read_yaml(args.config, "config file"):
         from rayfed.study.config import load_study
 
-        s = load_study(path, args.overrides)
+        s = load_study(args.config, args.overrides)
         print(OmegaConf.to_yaml(OmegaConf.structured(s)), end="")
         return 0
     print(to_yaml(load_config(args.config, args.overrides)), end="")

@@ -8,6 +8,7 @@ inconsistent values raise :class:`ConfigError` with a message naming the key.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,15 +269,37 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """
     merged: DictConfig = OmegaConf.structured(ExperimentConfig)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as err:  # YAML syntax: the parser's message names the line
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        merged = _merge(merged, loaded, str(path))
+        merged = _merge(merged, read_yaml(path, "config file"), str(path))
     return _finish(merged, overrides)
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; a larger file is a wrong path, refused before parsing
+
+
+def read_yaml(path: str | Path, what: str) -> DictConfig:
+    """A config or study file as a mapping of keys.
+
+    Raises:
+        ConfigError: naming the file when it is missing, a directory, over 1 MiB, not YAML, empty,
+            or a YAML list or scalar instead of a mapping.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory; give a YAML file in it, such as configs/quickstart.yaml")
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{what} {path} is {size / 2**20:.1f} MiB; a config is a few KB of YAML (a wrong path?)")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as err:  # YAML syntax: the parser's message names the line
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: a {what} is a mapping of keys (name:, model:, ...), not a YAML list")
+    if len(loaded) == 0:
+        raise ConfigError(f"{path} is empty: it would run every default silently; start from configs/quickstart.yaml")
+    return loaded
 
 
 def config_from_mapping(mapping: dict[str, Any], source: str = "config",
@@ -290,10 +313,26 @@ def config_from_mapping(mapping: dict[str, Any], source: str = "config",
 
 def _finish(merged: DictConfig, overrides: list[str] | None) -> ExperimentConfig:
     for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        merged = _merge(merged, OmegaConf.from_dotlist([item]), f"override {item!r}")
+        merged = _merge(merged, parse_override(item), f"override {item!r}")
     return _checked(merged)
+
+
+def parse_override(item: str) -> DictConfig:
+    """One ``key=value`` override as a mapping; a list is set whole (``key=[a,b]``), never by index.
+
+    Raises:
+        ConfigError: naming the override when it has no ``=`` or indexes into a list.
+    """
+    key = item.partition("=")[0]
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    if "[" in key or any(part.isdigit() for part in key.split(".")):
+        whole = re.split(r"\[|\.\d", key)[0]
+        raise ConfigError(f"override {item!r}: key '{key}' indexes into a list; set the list whole, e.g. {whole}=[a,b]")
+    try:
+        return OmegaConf.from_dotlist([item])
+    except OmegaConfBaseException as err:
+        raise ConfigError(_describe(err, f"override {item!r}")) from None
 
 
 def _checked(node: DictConfig) -> ExperimentConfig:
@@ -362,12 +401,21 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"key '{key}': {message}")
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # prompts train in float32: a larger step size cannot be represented
+
+
+def _check_lr(lr: float, key: str) -> None:
+    _check(lr > 0 and math.isfinite(lr), key, f"must be a positive number, got {lr}")
+    _check(lr < FLOAT32_MAX, key, f"{lr:g} does not fit a float32 step (at most {FLOAT32_MAX:.3g})")
+
+
 def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
     _check(value in options, key, f"{value!r} is not one of {', '.join(options)}")
 
 
 def validate(cfg: ExperimentConfig) -> None:
     """Cross-field and range checks that types alone cannot express, section by section."""
+    _check(0 <= cfg.seed < 2**32, "seed", f"must be an integer from 0 to 2**32 - 1, got {cfg.seed}")
     for check in (_validate_model_and_data, _validate_partition, _validate_algorithm, _validate_availability,
                   _validate_eval, _validate_personalize, _validate_runtime, _validate_outputs):
         check(cfg)
@@ -416,7 +464,7 @@ def _validate_algorithm(cfg: ExperimentConfig) -> None:
     for key, opt, options in (("algorithm.client_optimizer", a.client_optimizer, OPTIMIZERS),
                               ("algorithm.server_optimizer", a.server_optimizer, SERVER_OPTIMIZERS)):
         _choice(f"{key}.name", opt.name, options)
-        _check(opt.lr > 0 and math.isfinite(opt.lr), f"{key}.lr", f"must be a positive number, got {opt.lr}")
+        _check_lr(opt.lr, f"{key}.lr")
         _check(0 <= opt.momentum < 1, f"{key}.momentum", "must be in [0, 1)")
         _check(opt.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
 
@@ -453,8 +501,7 @@ def _validate_personalize(cfg: ExperimentConfig) -> None:
            "the folder under the run's personalize/")
     _check(z.batch_size >= 1, "personalize.batch_size", "must be >= 1")
     _choice("personalize.optimizer.name", z.optimizer.name, OPTIMIZERS)
-    _check(z.optimizer.lr > 0 and math.isfinite(z.optimizer.lr), "personalize.optimizer.lr",
-           f"must be a positive number, got {z.optimizer.lr}")
+    _check_lr(z.optimizer.lr, "personalize.optimizer.lr")
     _check(z.l2_strength >= 0, "personalize.l2_strength", "must be >= 0")
     warn_unstable_l2(z.optimizer, z.l2_strength)
     _check(len(z.interp_ratios) >= 1, "personalize.interp_ratios", "needs at least one interpolation ratio")

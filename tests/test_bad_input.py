@@ -83,6 +83,52 @@ def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("output_dir under a file", [f"output_dir={tmp / 'a_file' / 'run'}"], "key 'output_dir'"),
         ("a Ray address that does not answer", ["runtime.executor=ray", f"ray.address=127.0.0.1:{closed_port()}"],
          "key 'ray.address': no Ray cluster answers"),
+        ("an lr too large for float32", ["algorithm.client_optimizer.lr=1e308"], "key 'algorithm.client_optimizer.lr'"),
+        ("a personalization lr too large", ["personalize.optimizer.lr=1e39"], "key 'personalize.optimizer.lr'"),
+        ("a seed past 2**32", ["seed=18446744073709551616"], "key 'seed'"),
+        ("a negative seed", ["seed=-1"], "key 'seed'"),
+        ("an override indexing a list", ["personalize.interp_ratios.0=0.5"], "indexes into a list"),
+        ("an override indexing a list, brackets", ["personalize.interp_ratios[0]=0.5"], "indexes into a list"),
+        ("an unknown tune kind", ["tune.kind=bayes"], "key 'tune.kind'"),
+        ("a personalization name that climbs out", ["personalize.name=.."], "key 'personalize.name'"),
+    ]
+
+
+def command_cases(tmp: Path, run: Path) -> list[tuple[str, list[str], str]]:
+    """``(case, whole argv, text the error must contain)`` for bad files and commands; ``run`` is a
+    finished run to copy."""
+    import shutil
+
+    def file(name: str, payload: bytes) -> str:
+        (tmp / name).write_bytes(payload)
+        return str(tmp / name)
+
+    def broken_run(name: str, checkpoint: bytes) -> str:
+        shutil.copytree(run, tmp / name)
+        (tmp / name / CHECKPOINT).write_bytes(checkpoint)
+        return str(tmp / name)
+
+    whole = (run / CHECKPOINT).read_bytes()
+    (tmp / "a_dir").mkdir()
+    study = "configs/study/tiny.yaml"
+    return [
+        ("a config that is a YAML list", ["run", file("list.yaml", b"- a\n- b\n")], "not a YAML list"),
+        ("an empty config", ["run", file("empty.yaml", b"")], "is empty"),
+        ("a config path that is a directory", ["run", str(tmp / "a_dir")], "is a directory"),
+        ("a 2 MiB config", ["validate", file("big.yaml", b"a" * (2 << 20))], "MiB"),
+        ("a config with a YAML syntax error", ["validate", file("syntax.yaml", b"model: [1, 2\n")], "line 1"),
+        ("a zero-byte checkpoint", ["resume", broken_run("zero", b"")], "not a readable rayfed checkpoint"),
+        ("a truncated checkpoint", ["resume", broken_run("cut", whole[: len(whole) // 2])],
+         "not a readable rayfed checkpoint"),
+        ("resume of a directory that holds no run", ["resume", str(tmp / "a_dir")], "not a rayfed run"),
+        ("resume changing what was trained", ["resume", str(run), "algorithm.rounds=9"], "algorithm.rounds"),
+        ("personalize of a directory that holds no run", ["personalize", str(tmp / "a_dir")], "config.yaml is missing"),
+        ("a study file that is a YAML list", ["study", str(tmp / "list.yaml")], "not a YAML list"),
+        ("a study seed out of range", ["study", study, "seeds=[-1]"], "key 'seeds'"),
+        ("a study override indexing a list", ["study", study, "seeds.0=3"], "indexes into a list"),
+        ("a searched key that does not exist", ["tune", "configs/tune/tiny.yaml", f"output_dir={tmp / 't'}",
+                                                "tune.space={algorithm.roundz: {type: grid, values: [1]}}"],
+         "tune.space.algorithm.roundz"),
     ]
 
 
@@ -100,7 +146,6 @@ def test_each_bad_input_fails_with_one_line_naming_what_is_wrong(tmp_path, capsy
     run_experiment(load(tiny_overrides, f"output_dir={previous}"), loggers=[])
     before = {p.name: p.read_bytes() for p in previous.iterdir() if p.is_file()}
     table = cases(tmp_path)
-    assert len(table) >= 30
     failures = []
     for case, extra, expected in table:
         out_dir = previous if case != "output_dir under a file" else None
@@ -110,6 +155,15 @@ def test_each_bad_input_fails_with_one_line_naming_what_is_wrong(tmp_path, capsy
         err = capsys.readouterr().err.strip()
         lines = [line for line in err.splitlines() if line.startswith("rayfed")]
         if rc == 0 or expected not in err or len(lines) != 1:
+            failures.append(f"{case}: rc={rc}, stderr={err[-300:]!r}")
+    assert not failures, "\n".join(failures)
+    commands = command_cases(tmp_path, previous)
+    assert len(table) + len(commands) >= 50
+    for case, argv, expected in commands:
+        rc = main(argv)
+        err = capsys.readouterr().err.strip()
+        lines = [line for line in err.splitlines() if line.startswith("rayfed")]
+        if rc != 2 or expected not in err or len(lines) != 1:
             failures.append(f"{case}: rc={rc}, stderr={err[-300:]!r}")
     assert not failures, "\n".join(failures)
     after = {p.name: p.read_bytes() for p in previous.iterdir() if p.is_file()}

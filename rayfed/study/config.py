@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rayfed.config import ConfigError, ExperimentConfig, config_from_mapping, replace_keys
+from rayfed.config import ConfigError, ExperimentConfig, config_from_mapping, parse_override, read_yaml, replace_keys
 
 
 @dataclass
@@ -103,14 +103,11 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
         ConfigError: an unknown or bad key (of the study or of its experiment section).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study file not found: {path}")
+    loaded = read_yaml(path, "study file")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(StudyConfig), OmegaConf.load(path))
+        merged = OmegaConf.merge(OmegaConf.structured(StudyConfig), loaded)
         for item in overrides or []:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} is not of the form key=value")
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            merged = OmegaConf.merge(merged, parse_override(item))
         study: StudyConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
@@ -123,6 +120,8 @@ def check_study(s: StudyConfig, source: str) -> None:
     p = s.personalize
     if not s.seeds or len(set(s.seeds)) != len(s.seeds):
         raise ConfigError(f"{source}: key 'seeds': needs distinct seeds")
+    if not all(0 <= seed < 2**32 for seed in s.seeds):
+        raise ConfigError(f"{source}: key 'seeds': each must be an integer from 0 to 2**32 - 1, got {s.seeds}")
     if not s.concentrations or any(c <= 0 for c in s.concentrations):
         raise ConfigError(f"{source}: key 'concentrations': needs positive Dirichlet concentrations")
     if not s.algorithms:
