@@ -177,14 +177,16 @@ class RayConfig:
 
 @dataclass
 class WandbConfig:
-    """Weights & Biases. The API key comes only from the environment (WANDB_API_KEY)."""
+    """Weights & Biases. The API key is W&B's own: WANDB_API_KEY or a `wandb login`, never a config."""
 
     enabled: bool = False
     project: str = "rayfed"
     entity: str | None = None
     group: str | None = None  # None: the run name (tune: the search name, one run per trial)
     tags: list[str] = field(default_factory=list)
-    mode: str | None = None  # online | offline | disabled; None: online with WANDB_API_KEY, else offline
+    # online | offline | disabled; None: online with WANDB_API_KEY or a `wandb login`, else offline
+    mode: str | None = None
+    init_timeout: float = 30.0  # seconds an online run waits for the W&B server before failing
 
 
 @dataclass
@@ -530,6 +532,7 @@ def _validate_outputs(cfg: ExperimentConfig) -> None:
     """The ``checkpoint:``, ``logging:`` and ``tune:`` sections."""
     _check(cfg.checkpoint.every >= 1, "checkpoint.every", "must be >= 1")
     w = cfg.logging.wandb
+    _check(w.init_timeout > 0, "logging.wandb.init_timeout", "must be > 0 seconds")
     _check(w.mode is None or w.mode in WANDB_MODES, "logging.wandb.mode",
            f"{w.mode!r} is not one of {', '.join(WANDB_MODES)} (or null)")
     validate_tune(cfg.tune)

@@ -1,8 +1,8 @@
 """Weights & Biases as a :class:`~rayfed.outputs.loggers.MetricLogger`.
 
 ``wandb`` is imported only when a :class:`WandbLogger` is built, so runs without W&B never pay for it.
-The API key is never read here: W&B picks ``WANDB_API_KEY`` up from the environment itself. Without
-a key (and without ``cfg.mode`` or ``WANDB_MODE``) the run is written offline under ``directory/wandb``
+The API key is never read here: W&B picks ``WANDB_API_KEY`` or a ``wandb login`` up itself. Without
+either (and without ``cfg.mode`` or ``WANDB_MODE``) the run is written offline under ``directory/wandb``
 and can be uploaded later with ``wandb sync <run_dir>``.
 
 Events (flat dicts with an ``event`` kind):
@@ -36,12 +36,30 @@ PERSONALIZE_RATIO = "personalize/interp_ratio"
 
 
 def resolve_mode(cfg_mode: str | None) -> str:
-    """``cfg.mode``, else ``WANDB_MODE``, else online with ``WANDB_API_KEY`` in the environment, else offline."""
+    """``cfg.mode``, else ``WANDB_MODE``, else online when W&B has credentials (``WANDB_API_KEY`` or
+    a ``wandb login``), else offline."""
     if cfg_mode:
         return cfg_mode
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
-    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return "online" if os.environ.get("WANDB_API_KEY") or logged_in() else "offline"
+
+
+def base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+
+def logged_in() -> bool:
+    """Whether ``wandb login`` stored a key for the W&B server (``WANDB_BASE_URL``): it writes it to
+    the netrc file (``$NETRC``, else ``~/.netrc``). The key itself is not read."""
+    import netrc
+    from urllib.parse import urlparse
+
+    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+    try:
+        return netrc.netrc(str(path)).authenticators(urlparse(base_url()).hostname or "") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def _is_number(value: Any) -> bool:
@@ -126,8 +144,32 @@ class WandbLogger:
             # 169.254.169.254) and no machine-info probing; nothing then attempts the network.
             x_disable_stats=offline,
             x_disable_machine_info=offline,
+            init_timeout=cfg.init_timeout,
         )
-        self._run = wandb.init(
+        try:
+            self._run = self._init(cfg, name, config, directory, group, job_type, run_id, settings)
+        except wandb.errors.CommError as err:  # online, and the server does not answer
+            from rayfed.errors import UserError
+
+            raise UserError(f"W&B: no answer from {base_url()} within logging.wandb.init_timeout="
+                            f"{cfg.init_timeout:g} s ({str(err).splitlines()[0]}); log offline with "
+                            f"logging.wandb.mode=offline and upload later with `wandb sync`") from None
+        self._run.define_metric("round")
+        for pattern in ROUND_PREFIXES:
+            self._run.define_metric(pattern, step_metric="round")
+        self._run.define_metric(PERSONALIZE_STEP)
+        self._run.define_metric("personalize/*", step_metric=PERSONALIZE_STEP)
+        self._clients: dict[int, list[dict[str, Any]]] = {}  # round -> client events not yet logged
+        self._personalize: list[dict[str, Any]] = []
+        self._closed = False
+        try:
+            self._log_file: Path | None = Path(self._run.settings.sync_file) if offline else None
+        except AttributeError:
+            self._log_file = None
+
+    def _init(self, cfg: WandbConfig, name: str, config: dict[str, Any], directory: Path, group: str | None,
+              job_type: str, run_id: str | None, settings: Any) -> Any:
+        return self._wandb.init(
             project=cfg.project,
             entity=cfg.entity,
             group=group or cfg.group,
@@ -142,18 +184,6 @@ class WandbLogger:
             resume="allow" if run_id else None,
             settings=settings,
         )
-        self._run.define_metric("round")
-        for pattern in ROUND_PREFIXES:
-            self._run.define_metric(pattern, step_metric="round")
-        self._run.define_metric(PERSONALIZE_STEP)
-        self._run.define_metric("personalize/*", step_metric=PERSONALIZE_STEP)
-        self._clients: dict[int, list[dict[str, Any]]] = {}  # round -> client events not yet logged
-        self._personalize: list[dict[str, Any]] = []
-        self._closed = False
-        try:
-            self._log_file: Path | None = Path(self._run.settings.sync_file) if offline else None
-        except AttributeError:
-            self._log_file = None
 
     @property
     def run_dir(self) -> Path | None:

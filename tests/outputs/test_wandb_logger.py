@@ -83,8 +83,9 @@ def wandb_env(tmp_path, monkeypatch):
         (tmp_path / sub).mkdir()
         monkeypatch.setenv(var, str(tmp_path / sub))
     for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_GROUP",
-                "WANDB_TAGS", "WANDB_NAME", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_NOTES"):
+                "WANDB_TAGS", "WANDB_NAME", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_NOTES", "WANDB_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # no `wandb login` on this machine's account
     yield tmp_path
     wandb.teardown()
 
@@ -245,10 +246,18 @@ def test_disabled_mode_writes_nothing(wandb_env):
     assert not (out / "wandb").exists()
 
 
-def test_resolve_mode(monkeypatch):
+def test_resolve_mode(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     assert resolve_mode(None) == "offline"
+    # `wandb login` stores the key in the netrc file: a user who ran it logs online, as with W&B alone.
+    (tmp_path / "netrc").write_text(f"machine api.wandb.ai\n  login user\n  password {FAKE_KEY}\n")
+    assert resolve_mode(None) == "online"
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")  # a login for another server does not count
+    assert resolve_mode(None) == "offline"
+    monkeypatch.delenv("WANDB_BASE_URL")
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     assert resolve_mode(None) == "online"
     assert resolve_mode("offline") == "offline"
@@ -307,3 +316,19 @@ def test_a_resumed_run_continues_its_wandb_run(wandb_env, tiny_config):
     assert first.run.run_id == second.run.run_id == (Path(cfg.output_dir) / "wandb-run-id.txt").read_text()
     assert [row["round"] for row in first.rows_with("train/loss")] == [1]  # stopped before W&B saw round 2
     assert [row["round"] for row in second.rows_with("train/loss")] == [2, 3]
+
+
+def test_an_unreachable_wandb_server_fails_in_one_line_naming_the_keys(wandb_env, monkeypatch):
+    """Online with a server that does not answer used to stall 110 s and end in a traceback."""
+    import socket
+
+    from rayfed.errors import UserError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    cfg = WandbConfig(enabled=True, mode="online", init_timeout=3)
+    with pytest.raises(UserError, match="no answer from .*logging.wandb.init_timeout=3 s.*logging.wandb.mode=offline"):
+        WandbLogger(cfg, name="r", config={}, directory=wandb_env / "run")
