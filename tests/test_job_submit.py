@@ -41,7 +41,12 @@ def head(tmp_path_factory):
     ports = [f"--{name}={free_port()}" for name in (
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
         "node-manager-port", "object-manager-port", "ray-client-server-port")]
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ""}
+    home = tmp_path_factory.mktemp("home")  # a fresh HOME: no ~/.ray, no token yet, as on a new machine
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": "",
+           "HOME": str(home)}
+    # cluster/README.md's step: `ray start` never creates the token (it fails without one).
+    generate = ray_cli("get-auth-token", "--generate", env=env)
+    assert generate.returncode == 0 and (home / ".ray" / "auth_token").is_file(), generate.stderr
     start = ray_cli("start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
                     "--disable-usage-stats", *ports, env=env)
@@ -121,3 +126,13 @@ def test_ray_job_submit_runs_a_smoke_run_and_a_tiny_search(head, tmp_path, tiny_
     rows = (tmp_path / "search" / "results.csv").read_text().splitlines()
     assert len(rows) == 3  # a header and two trials
     assert (tmp_path / "search" / "pareto.csv").is_file() and (tmp_path / "search" / "pareto.png").is_file()
+
+
+def test_the_cluster_readme_creates_the_token_before_it_starts_the_head():
+    """The fixture above follows these steps in a fresh HOME; the README must give them in order."""
+    readme = (ROOT / "cluster" / "README.md").read_text()
+    block = readme.split("## A local head node and `ray job submit`")[1].split("```bash")[1].split("```")[0]
+    lines = [line.strip() for line in block.strip().splitlines()]
+    generate = next(i for i, line in enumerate(lines) if line.startswith(".venv/bin/ray get-auth-token --generate"))
+    start = next(i for i, line in enumerate(lines) if line.startswith(".venv/bin/ray start --head"))
+    assert generate < start and "RAY_AUTH_MODE=token" in lines[0]
