@@ -31,6 +31,9 @@ def test_the_cluster_launcher_file_follows_rays_schema():
     head = " ".join(launcher["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head and "RAY_AUTH_MODE=token" in head
     assert all("RAY_AUTH_MODE=token" in c for c in launcher["worker_start_ray_commands"] if "ray start" in c)
+    # The token reaches every node: the user's own token file is mounted on head and workers alike.
+    assert launcher["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
+    assert "ray get-auth-token --generate" in (CLUSTER / "launcher-gpu.yaml").read_text()
     gpu = launcher["available_node_types"]["gpu_worker"]["resources"]
     assert gpu["GPU"] >= 1
 
@@ -65,3 +68,13 @@ def test_the_runtime_env_is_one_ray_accepts():
 def test_no_cluster_file_holds_a_secret(path):
     text = (CLUSTER / path).read_text().lower()
     assert "wandb_api_key:" not in text and "ray_auth_token: " not in text
+
+
+def test_every_cluster_file_runs_the_ray_the_project_is_tested_with():
+    """One Ray version everywhere: the RayJob's rayVersion is the one constraints.txt pins."""
+    import re
+
+    pinned = re.search(r"^ray\[?[^=\n]*==([0-9.]+)", (CLUSTER.parent / "constraints.txt").read_text(), re.M)
+    assert pinned, "constraints.txt pins ray"
+    rayjob = next(yaml.safe_load_all((CLUSTER / "kuberay-rayjob.yaml").read_text()))
+    assert rayjob["spec"]["rayClusterSpec"]["rayVersion"] == pinned.group(1)
