@@ -185,7 +185,8 @@ def _trainable(cfg: ExperimentConfig, out: Path, base_run: tuple[Path, Experimen
         name = f"{search_name}-{trial_id}"
         try:
             personalize_run(base_dir, replace_keys(inherited, {**values, "personalize.name": name}),
-                            global_prompt, name, loggers=[], prompt_cache=out / "local_prompts", on_epoch=report)
+                            global_prompt, name, loggers=[], prompt_cache=out / "local_prompts", on_epoch=report,
+                            wandb_id=trial_id)  # a trial restarted on --resume continues its W&B run
         finally:
             _end_wandb(cfg)
 

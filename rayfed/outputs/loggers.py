@@ -81,9 +81,11 @@ class ConsoleLogger:
 
 def build_loggers(cfg: ExperimentConfig, out: Path, extra: list[MetricLogger] | None, *,
                   metrics_file: Path | None = None, job_type: str = "run",
-                  run_id_file: Path | None = None) -> list[MetricLogger]:
+                  run_id_file: Path | None = None, run_id: str | None = None) -> list[MetricLogger]:
     """``extra`` (default: the console), plus a JSONL file and W&B when configured. ``run_id_file``
-    keeps the W&B run id, so a run that is resumed logs into the same W&B run."""
+    keeps the W&B run id, so a run that is resumed logs into the same W&B run; ``run_id`` gives
+    it (a Tune trial's id, so a restarted trial continues its W&B run). The W&B group is
+    ``logging.wandb.group``, else the run's name: a run and its personalizations share it."""
     loggers = list(extra) if extra is not None else [ConsoleLogger(cfg.algorithm.rounds)]
     if metrics_file is not None:
         loggers.append(JsonlLogger(metrics_file))
@@ -95,15 +97,14 @@ def build_loggers(cfg: ExperimentConfig, out: Path, extra: list[MetricLogger] | 
         out.mkdir(parents=True, exist_ok=True)
         config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
         name = cfg.name if job_type == "run" else f"{cfg.name}/{out.name}"
-        run_id = None
-        if run_id_file is not None:
+        if run_id is None and run_id_file is not None:
             if not run_id_file.is_file():
                 import secrets
 
                 run_id_file.write_text(secrets.token_hex(4))  # W&B ids: short, lowercase alphanumeric
             run_id = run_id_file.read_text().strip()
         loggers.append(WandbLogger(cfg.logging.wandb, name=name, config=config, directory=out, job_type=job_type,
-                                   run_id=run_id))
+                                   run_id=run_id, group=cfg.logging.wandb.group or cfg.name))
     return loggers
 
 

@@ -292,6 +292,13 @@ def test_a_run_with_personalization_logs_its_config_rounds_curves_and_plots(wand
     curve = log.rows_with("personalize/local_test/loss_mean")
     assert len(curve) == 3 * 2  # epochs 0..2 x ratios 0, 1
     assert {"plots/rounds", "plots/curves"} <= {k for row in log.history for k in row}
+    # A later `rayfed personalize` of the run is a W&B run of its own, in the run's group.
+    from rayfed.personalization.phase import run_personalization
+
+    assert log.run.run_group == cfg.name
+    run_personalization(out, ["personalize.name=again", "personalize.local_epochs=1"])
+    again = RunLog(next((out / "personalize" / "again" / "wandb").glob("offline-run-*")))
+    assert again.run.run_group == cfg.name and again.run.job_type == "personalize"
 
 
 def test_a_resumed_run_continues_its_wandb_run(wandb_env, tiny_config):
