@@ -117,10 +117,31 @@ def personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.T
                                   on_epoch=on_epoch)
 
 
+def _check_same_settings(out: Path, cfg: ExperimentConfig) -> None:
+    """Refuse to replace a personalization of this name made with other settings (the
+    ``personalize.*`` and ``eval.*`` keys): rerunning the same settings is fine, different ones
+    need their own name.
+
+    Raises:
+        ConfigError: naming the keys that differ and the way out.
+    """
+    if not (out / "config.yaml").is_file():
+        return
+    old = load_config(out / "config.yaml")
+    changed = [f"{section}.{key}: {value!r} -> {getattr(getattr(cfg, section), key)!r}"
+               for section in ("personalize", "eval") for key, value in asdict(getattr(old, section)).items()
+               if key != "name" and value != asdict(getattr(cfg, section))[key]]
+    if changed:
+        raise ConfigError(f"key 'personalize.name': {out} holds a personalization with other settings "
+                          f"({'; '.join(changed)}); give this one its own personalize.name=NAME, or remove {out} "
+                          "to replace it")
+
+
 def _personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.Tensor, out: Path,
                        loggers: list[MetricLogger], *, prompt_cache: Path | None,
                        on_epoch: EpochCallback | None) -> dict[str, Any]:
     started = time.perf_counter()
+    _check_same_settings(out, cfg)
     (out / "config.yaml").write_text(to_yaml(cfg))
     settings = PersonalizeSettings.from_config(cfg.personalize)
     evaluation = EvalSettings.from_config(cfg.eval)

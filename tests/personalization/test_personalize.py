@@ -336,3 +336,19 @@ def test_the_reliable_pareto_set_keeps_what_the_noise_cannot_rank():
     assert reliable_pareto_mask([clear_winner, loser, overlapping]) == [True, False, True]
     means = [((a + b) / 2, (c + d) / 2) for a, b, c, d in (clear_winner, loser, overlapping)]
     assert pareto_mask(means) == [True, False, False]  # the means alone would drop the overlapping one
+
+
+def test_a_personalization_with_other_settings_never_replaces_one_of_the_same_name(finished_run, capsys):
+    """`rayfed personalize RUN eval.max_new_tokens=2` silently replaced the earlier `default`;
+    the same settings again may rerun it."""
+    run_dir, _ = finished_run
+    args = ["personalize", str(run_dir), "personalize.name=kept", "personalize.local_epochs=1",
+            "runtime.executor=local"]
+    assert main(args) == 0
+    kept = run_dir / "personalize" / "kept"
+    before = (kept / "summary.json").read_text()
+    assert main([*args, "eval.max_new_tokens=2"]) == 2
+    err = capsys.readouterr().err
+    assert "key 'personalize.name'" in err and "eval.max_new_tokens: 8 -> 2" in err
+    assert (kept / "summary.json").read_text() == before
+    assert main(args) == 0  # the same settings: rerun in place
