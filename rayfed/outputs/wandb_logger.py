@@ -10,8 +10,10 @@ Events (flat dicts with an ``event`` kind):
 - ``round``: numeric metrics (``train/*``, ``eval/*``, ``time/*``) logged against ``round``.
 - ``client``: per-client metrics, gathered into one ``eval/clients`` table per round, logged when a
   later round starts or at close.
-- ``personalize``: metrics logged against ``personalize/epoch`` (with ``personalize/interp_ratio``),
-  and a ``personalize/curve`` table of all of them at close.
+- ``personalize``: metrics logged against ``personalize/epoch``, one series per interpolation ratio
+  (``personalize/ratio=0.5/local_val/rouge_l_mean``, so no chart zig-zags between ratios logged at
+  one epoch); at close, a ``personalize/curve`` table of all of them and, per mean metric, one
+  chart with a line per ratio (``personalize/curves/...``).
 - ``image`` (``key``, ``path``), ``table`` (``key``, ``columns``, ``rows``), ``summary`` (any keys).
 """
 
@@ -32,7 +34,6 @@ ROUND_PREFIXES = ("train/*", "eval/*", "time/*")
 CLIENT_TABLE = "eval/clients"
 PERSONALIZE_TABLE = "personalize/curve"
 PERSONALIZE_STEP = "personalize/epoch"
-PERSONALIZE_RATIO = "personalize/interp_ratio"
 
 
 def resolve_mode(cfg_mode: str | None) -> str:
@@ -60,6 +61,13 @@ def logged_in() -> bool:
         return netrc.netrc(str(path)).authenticators(urlparse(base_url()).hostname or "") is not None
     except (OSError, netrc.NetrcParseError):
         return False
+
+
+def _per_ratio(key: str, ratio: Any) -> str:
+    """``personalize/local_val/rouge_l_mean`` of ratio 0.5 -> ``personalize/ratio=0.5/local_val/rouge_l_mean``."""
+    if ratio is None or not key.startswith("personalize/"):
+        return key
+    return f"personalize/ratio={ratio:g}/{key.removeprefix('personalize/')}"
 
 
 def _is_number(value: Any) -> bool:
@@ -235,20 +243,29 @@ class WandbLogger:
     def _log_personalize(self, event: dict[str, Any]) -> None:
         row = {k: v for k, v in event.items() if k != "event"}
         self._personalize.append(row)
-        data = {k: v for k, v in row.items() if k not in ("epoch", "interp_ratio") and _is_number(v)}
+        data = {_per_ratio(k, row.get("interp_ratio")): v for k, v in row.items()
+                if k not in ("epoch", "interp_ratio") and _is_number(v)}
         if "epoch" in row:
             data[PERSONALIZE_STEP] = row["epoch"]
-        if "interp_ratio" in row:
-            data[PERSONALIZE_RATIO] = row["interp_ratio"]
         self._run.log(data)
 
     def _flush_personalize(self) -> None:
         if not self._personalize:
             return
-        metrics = sorted({k for row in self._personalize for k in row if k not in ("epoch", "interp_ratio")})
-        rows = [[row.get("epoch"), row.get("interp_ratio"), *(row.get(m) for m in metrics)]
-                for row in self._personalize]
-        self._run.log({PERSONALIZE_TABLE: self._wandb.Table(columns=["epoch", "interp_ratio", *metrics], data=rows)})
+        rows_in = self._personalize
+        metrics = sorted({k for row in rows_in for k in row if k not in ("epoch", "interp_ratio")})
+        rows = [[row.get("epoch"), row.get("interp_ratio"), *(row.get(m) for m in metrics)] for row in rows_in]
+        charts = {}
+        ratios = sorted({row["interp_ratio"] for row in rows_in if _is_number(row.get("interp_ratio"))})
+        for metric in (m for m in metrics if m.endswith("_mean")):
+            lines = [sorted((row["epoch"], row[metric]) for row in rows_in if row.get("interp_ratio") == r
+                            and _is_number(row.get("epoch")) and _is_number(row.get(metric))) for r in ratios]
+            if any(lines):
+                charts[f"personalize/curves/{metric.removeprefix('personalize/')}"] = self._wandb.plot.line_series(
+                    xs=[[e for e, _ in line] for line in lines], ys=[[v for _, v in line] for line in lines],
+                    keys=[f"ratio {r:g}" for r in ratios], title=metric, xname="epoch")
+        self._run.log({PERSONALIZE_TABLE: self._wandb.Table(columns=["epoch", "interp_ratio", *metrics], data=rows),
+                       **charts})
         self._personalize = []
 
     def close(self, wait_s: float = 10.0) -> None:

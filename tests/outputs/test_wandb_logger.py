@@ -115,6 +115,7 @@ def _drive(logger: WandbLogger, png: Path) -> None:
     logger.log({"event": "client", "round": 2, "client_id": "c7", "eval/local_test/rouge_l": 0.75})
     logger.log({"event": "personalize", "epoch": 0, "interp_ratio": 0.5, "personalize/local_val/rouge_l_mean": 0.3})
     logger.log({"event": "personalize", "epoch": 1, "interp_ratio": 0.5, "personalize/local_val/rouge_l_mean": 0.35})
+    logger.log({"event": "personalize", "epoch": 1, "interp_ratio": 1.0, "personalize/local_val/rouge_l_mean": 0.5})
     logger.log({"event": "image", "key": "plots/pareto", "path": str(png)})
     logger.log({"event": "table", "key": "tune/results", "columns": ["lr", "rouge_l"],
                 "rows": [[0.1, 0.3], [0.2, 0.4]]})
@@ -169,12 +170,20 @@ def test_offline_run_is_written_and_reads_back(wandb_env, monkeypatch):
     assert first["columns"] == ["round", "client_id", "eval/local_test/loss", "eval/local_test/rouge_l"]
     assert first["data"] == [[0, 0, 2.0, 0.0], [0, 1, 1.0, 0.1], [0, 2, 0.0, 0.2]]
 
-    personalize = log.rows_with("personalize/local_val/rouge_l_mean")
-    assert [(r["personalize/epoch"], r["personalize/interp_ratio"], r["personalize/local_val/rouge_l_mean"])
-            for r in personalize] == [(0, 0.5, 0.3), (1, 0.5, 0.35)]
+    # One series per ratio (ratio 1.0 logged at epoch 1 too: no key holds two ratios' values).
+    key = "personalize/ratio=0.5/local_val/rouge_l_mean"
+    assert [(r["personalize/epoch"], r[key]) for r in log.rows_with(key)] == [(0, 0.3), (1, 0.35)]
+    assert [r["personalize/ratio=1/local_val/rouge_l_mean"]
+            for r in log.rows_with("personalize/ratio=1/local_val/rouge_l_mean")] == [0.5]
     curve = log.table("personalize/curve")
     assert curve["columns"] == ["epoch", "interp_ratio", "personalize/local_val/rouge_l_mean"]
-    assert curve["data"] == [[0, 0.5, 0.3], [1, 0.5, 0.35]]
+    assert curve["data"] == [[0, 0.5, 0.3], [1, 0.5, 0.35], [1, 1.0, 0.5]]
+    # One chart, a line per ratio: W&B keeps a custom chart's data as the table KEY_table.
+    chart = log.rows_with("personalize/curves/local_val/rouge_l_mean_table")
+    assert len(chart) == 1
+    lines = json.loads((run_dir / "files" / chart[0]["personalize/curves/local_val/rouge_l_mean_table"]["path"])
+                       .read_text())
+    assert sorted(map(tuple, lines["data"])) == [(0, "ratio 0.5", 0.3), (1, "ratio 0.5", 0.35), (1, "ratio 1", 0.5)]
 
     tune = log.table("tune/results")
     assert tune["columns"] == ["lr", "rouge_l"] and tune["data"] == [[0.1, 0.3], [0.2, 0.4]]
@@ -289,8 +298,8 @@ def test_a_run_with_personalization_logs_its_config_rounds_curves_and_plots(wand
     assert sorted(rounds) == [0, 1, 2]
     assert rounds[2]["eval/global_test/loss"] == pytest.approx(summary["final"]["loss"])
     assert log.table("eval/clients")["columns"][:2] == ["round", "client_id"]
-    curve = log.rows_with("personalize/local_test/loss_mean")
-    assert len(curve) == 3 * 2  # epochs 0..2 x ratios 0, 1
+    for ratio in (0, 1):  # epochs 0..2 of each ratio, as series of their own
+        assert len(log.rows_with(f"personalize/ratio={ratio}/local_test/loss_mean")) == 3
     assert {"plots/rounds", "plots/curves"} <= {k for row in log.history for k in row}
     # A later `rayfed personalize` of the run is a W&B run of its own, in the run's group.
     from rayfed.personalization.phase import run_personalization
