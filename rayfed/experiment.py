@@ -66,7 +66,8 @@ def run_experiment(cfg: ExperimentConfig, loggers: list[MetricLogger] | None = N
 def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *, resume: bool, overwrite: bool,
          started: float) -> dict[str, Any]:
     """:func:`run_experiment` with ``out`` locked."""
-    done, state, record = _open_output(out, resume=resume, overwrite=overwrite, identity=run_identity(cfg))
+    done, state, record = _open_output(out, resume=resume, overwrite=overwrite, identity=run_identity(cfg),
+                                       fingerprint=run_fingerprint(cfg))
 
     # --- Data: load and partition once, here; shards travel to the workers once. Bad data or a
     # bad model fails here and in open_driver, before anything in output_dir is touched.
@@ -112,13 +113,43 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
 def run_identity(cfg: ExperimentConfig) -> str:
     """What makes a run the run it is, for its checkpoint: the seed and a hash of every key
     except those a resume may change (RESUME_OVERRIDABLE), the name and the output directory."""
-    keys = {k: v for k, v in asdict(cfg).items()
-            if k not in ("name", "output_dir") and not any(p.startswith(f"{k}.") for p in RESUME_OVERRIDABLE)}
-    digest = hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(_determining(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
     return f"seed {cfg.seed}, config {digest}"
 
 
-def _open_output(out: Path, *, resume: bool, overwrite: bool, identity: str,
+def run_fingerprint(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The keys behind :func:`run_identity`, flattened (``algorithm.rounds``: 20), and the rayfed
+    version that trains them: kept in the checkpoint so that a refused resume names what differs."""
+    def flat(prefix: str, value: Any) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return {k: v for key, sub in value.items() for k, v in flat(f"{prefix}{key}.", sub).items()}
+        return {prefix.rstrip("."): value}
+
+    from rayfed import __version__
+
+    return {"rayfed": __version__, **flat("", _determining(cfg))}
+
+
+def _determining(cfg: ExperimentConfig) -> dict[str, Any]:
+    return {k: v for k, v in asdict(cfg).items()
+            if k not in ("name", "output_dir") and not any(p.startswith(f"{k}.") for p in RESUME_OVERRIDABLE)}
+
+
+def _refuse_foreign(checkpoint: Path, record: dict[str, Any], identity: str, fingerprint: dict[str, Any]) -> None:
+    """Stop a resume whose checkpoint another run wrote (a copied checkpoint, an edited config) or
+    another rayfed version, naming what differs."""
+    old = record.get("fingerprint") or {}
+    changed = [f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in sorted({*old, *fingerprint})
+               if old and old.get(k) != fingerprint.get(k)]
+    if (record.get("identity") and record["identity"] != identity) or changed:
+        what = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+        raise UserError(f"{checkpoint} was written by another run than the one {checkpoint.parent / 'config.yaml'} "
+                        f"describes ({what or record['identity'] + ' -> ' + identity}): a copied checkpoint, an edited "
+                        f"config or another rayfed version; resume it with its own config and version, or start over "
+                        f"with `rayfed run --overwrite`")
+
+
+def _open_output(out: Path, *, resume: bool, overwrite: bool, identity: str, fingerprint: dict[str, Any],
                  ) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
     """Check that ``out`` can be written and holds no run (unless resuming or overwriting); return
     the checkpoint's ``(round, driver state, record)`` when resuming (refused when the checkpoint
@@ -132,10 +163,7 @@ def _open_output(out: Path, *, resume: bool, overwrite: bool, identity: str,
     checkpoint = out / CHECKPOINT
     if resume:
         done, state, record = load_run_state(checkpoint)
-        if record.get("identity") and record["identity"] != identity:
-            raise UserError(f"{checkpoint} was written by another run ({record['identity']}) than the one "
-                            f"{out / 'config.yaml'} describes ({identity}): a copied checkpoint or an edited "
-                            f"config; resume it with its own config, or start over with `rayfed run --overwrite`")
+        _refuse_foreign(checkpoint, record, identity, fingerprint)
         return done, state, record
     if not overwrite and ((out / "summary.json").exists() or checkpoint.exists()):
         raise RunExistsError(f"{out} already holds a run: continue it with `rayfed resume {out}`, choose "
@@ -172,7 +200,8 @@ def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger
                     {"round": str(round_idx), "config": cfg.name})
         if round_idx % cfg.checkpoint.every == 0 or round_idx == cfg.algorithm.rounds:
             save_run_state(out / CHECKPOINT, round_idx, driver.state(),
-                           {"initial": _record(initial), "final": _record(final)}, identity=run_identity(cfg))
+                           {"initial": _record(initial), "final": _record(final), "fingerprint": run_fingerprint(cfg)},
+                           identity=run_identity(cfg))
     return final
 
 

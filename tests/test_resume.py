@@ -155,9 +155,23 @@ def test_a_checkpoint_from_another_run_or_a_corrupted_one_is_refused_before_anyt
 
     mine, other = _interrupted(tiny_config, "mine"), _interrupted(tiny_config, "other", "seed=1")
     (mine / CHECKPOINT).write_bytes((other / CHECKPOINT).read_bytes())  # a seed-1 checkpoint copied over
-    with pytest.raises(UserError, match=r"written by another run \(seed 1, config .*\) than the one .* \(seed 0"):
+    with pytest.raises(UserError, match=r"written by another run than the one .* describes \(seed: 1 -> 0\)"):
         resume_experiment(mine, loggers=[])
     assert main(["resume", str(mine)]) == 2
+    edited = _interrupted(tiny_config, "edited")
+    text = (edited / "config.yaml").read_text()
+    (edited / "config.yaml").write_text(text.replace("local_steps: 4", "local_steps: 5", 1))
+    with pytest.raises(UserError, match=r"\(algorithm.local_steps: 4 -> 5\)"):
+        resume_experiment(edited, loggers=[])
+    import rayfed
+
+    versioned, version = _interrupted(tiny_config, "versioned"), rayfed.__version__
+    try:
+        rayfed.__version__ = "99.0"  # a checkpoint from an older rayfed: the rounds after it may differ
+        with pytest.raises(UserError, match=rf"\(rayfed: '{version}' -> '99.0'\).*another rayfed version"):
+            resume_experiment(versioned, loggers=[])
+    finally:
+        rayfed.__version__ = version
     data = bytearray((other / CHECKPOINT).read_bytes())
     data[-8:] = bytes(b ^ 0xFF for b in data[-8:])  # the last tensor bytes flipped
     (other / CHECKPOINT).write_bytes(bytes(data))
