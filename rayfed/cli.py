@@ -225,7 +225,7 @@ def continue_hint(args: argparse.Namespace) -> str:
             return "nothing was written: run the same command again"
         done = checkpoint_round(run_dir / CHECKPOINT)
         if done is None:
-            return f"nothing was saved in {run_dir} yet: start again with the same command and --overwrite"
+            return f"no round was saved in {run_dir} yet: start again with the same command"
         return f"the checkpoint of round {done} is in {run_dir}: continue with `rayfed resume {run_dir}`"
     if command == "tune":
         return "continue with the same command and --resume"

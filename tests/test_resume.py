@@ -222,3 +222,24 @@ def test_sigint_and_sigterm_end_with_one_line_the_shell_code_and_no_ray_left(tmp
                              env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert json.loads((run_dir / "summary.json").read_text())["rounds"] == 30
+
+
+@pytest.mark.ray
+def test_ctrl_c_while_ray_starts_leaves_nothing_running(tmp_path, tiny_overrides):
+    """Interrupted before its first checkpoint (here while Ray and the actors start): the same one
+    line and exit code, and none of the processes it started (Ray's agents included) outlive it."""
+    import psutil
+
+    run_dir = tmp_path / "early"
+    proc = rayfed("run", "configs/smoke.yaml", *tiny_overrides, "algorithm.rounds=50", f"output_dir={run_dir}")
+    seen: dict[int, psutil.Process] = {}
+    started = time.monotonic()
+    while time.monotonic() - started < 4 and proc.poll() is None:
+        seen.update({p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)})
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, output[-3000:]
+    assert output.strip().splitlines()[-1].startswith("rayfed: interrupted by SIGINT; ")
+    _, alive = psutil.wait_procs(list(seen.values()), timeout=10)
+    assert not alive, [p.name() for p in alive]
