@@ -20,6 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_SEARCH = ROOT / "configs" / "tune" / "tiny.yaml"
 
 
+def interruptible() -> None:
+    """``preexec_fn`` for a subprocess this test interrupts: a shell that runs the suite in the
+    background (nohup, ``&``, some CI runners) passes SIGINT on as ignored, and Python then never
+    raises KeyboardInterrupt; restore the default, as a terminal has it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def rows_of(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -101,7 +108,7 @@ def test_an_interrupted_search_resumes_where_it_stopped(tmp_path):
     cmd = [sys.executable, "-m", "rayfed.cli", "tune", str(search), f"output_dir={out}",
            "tune.max_concurrent_trials=1"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            preexec_fn=interruptible, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while len(finished_trials(out)) < 1:  # interrupt after the first of the four trials
@@ -154,7 +161,7 @@ def test_an_interrupted_federation_search_resumes_to_the_uninterrupted_results(t
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     cmd = [sys.executable, "-m", "rayfed.cli", "tune", str(search), f"output_dir={out}"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            preexec_fn=interruptible, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while not any(2 <= n < rounds for n in rounds_logged(out).values()):  # a trial past its 2nd checkpoint

@@ -106,30 +106,35 @@ class RayExecutor:
     the error names the worker and its clients.
     """
 
-    def __init__(self, actors: Sequence[Any], on_failure: str = "fail", max_retries: int = 0):
+    def __init__(self, actors: Sequence[Any], data: Sequence[list[Any]], on_failure: str = "fail",
+                 max_retries: int = 0):
         self.actors = list(actors)
+        self.data = list(data)  # per worker: [its shards, the global sets] as object refs (LazyClientWorker)
         self.on_failure = on_failure
         self.max_retries = max_retries
 
+    def _call(self, worker: int, method: str, *args: Any) -> Any:
+        return self.actors[worker].call.remote(self.data[worker], method, *args)
+
     def initial_prompt(self) -> torch.Tensor:
-        return ray.get(self.actors[0].initial_prompt.remote())
+        return ray.get(self._call(0, "initial_prompt"))
 
     def each(self, method: str, args_by_client: dict[int, tuple]) -> dict[int, Any]:
         """``method(client_id, *args)`` for every client, all workers at once; gathered by id."""
         groups = by_worker(args_by_client.items(), len(self.actors))
-        calls = {w: self.actors[w].each.remote(method, group) for w, group in enumerate(groups) if group}
+        calls = {w: self._call(w, "each", method, group) for w, group in enumerate(groups) if group}
         results: dict[int, Any] = {}
         for w, ref in calls.items():
-            part = self._get(w, ref, lambda w=w: self.actors[w].each.remote(method, groups[w]),
+            part = self._get(w, ref, lambda w=w: self._call(w, "each", method, groups[w]),
                              droppable=method == "fit", clients=sorted(groups[w]))
             results.update(part or {})
         return dict(sorted(results.items()))
 
     def sharded(self, method: str, args: tuple) -> list[Any]:
         n = len(self.actors)
-        refs = [getattr(a, method).remote(*args, i, n) for i, a in enumerate(self.actors)]
-        return [self._get(i, ref, lambda i=i: getattr(self.actors[i], method).remote(*args, i, n), droppable=False,
-                          clients=[]) for i, ref in enumerate(refs)]
+        refs = [self._call(i, method, *args, i, n) for i in range(n)]
+        return [self._get(i, ref, lambda i=i: self._call(i, method, *args, i, n), droppable=False, clients=[])
+                for i, ref in enumerate(refs)]
 
     def _get(self, worker: int, ref: Any, resubmit: Any, *, droppable: bool, clients: list[int]) -> Any:
         """The call's result; a dead worker is handled by the failure policy (None: dropped)."""
@@ -156,7 +161,7 @@ class RayExecutor:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                ray.get(self.actors[worker].ready.remote())
+                ray.get(self._call(worker, "ready"))
                 return
             except ray.exceptions.RayActorError:
                 if time.monotonic() > deadline:
@@ -170,8 +175,8 @@ class RemoteDriver:
 
     def __init__(self, handle: Any, keep_alive: Sequence[Any] = ()):
         self._handle = handle
-        # The worker actors' constructor arguments in the object store: a restarted actor
-        # (runtime.on_client_failure) reads them again, so they live as long as the run.
+        # The worker actors' shards and global sets in the object store: a restarted actor
+        # (runtime.on_client_failure) fetches them again, so they live as long as the run.
         self._keep_alive = list(keep_alive)
 
     def __getattr__(self, name: str):
@@ -198,6 +203,29 @@ def check_resources(cfg: ExperimentConfig, workers: int) -> None:
             f"runtime.num_gpus_per_worker{fewer}, or set it to 0 to run on CPUs")
 
 
+class LazyClientWorker:
+    """A :class:`ClientWorker` as a Ray actor whose constructor takes settings only: its shards
+    and the global sets come, as object refs, with every call and are fetched on the first one.
+    A restarted actor (``runtime.on_client_failure``) thus reloads them from the call that finds
+    it, and its constructor holds nothing in the object store that a restart would depend on."""
+
+    def __init__(self, model: Any, settings: Any, algorithm: Any, torch_threads: int | None):
+        self._args = (model, settings, algorithm, torch_threads)
+        self._worker: ClientWorker | None = None
+
+    def call(self, data: list[Any], method: str, *args: Any) -> Any:
+        if self._worker is None:
+            shards, global_sets = ray.get(list(data))
+            model, settings, algorithm, threads = self._args
+            self._worker = ClientWorker(model, settings, algorithm, shards, global_sets, threads)
+        return getattr(self._worker, method)(*args)
+
+    def device_stats(self) -> dict[str, Any]:
+        """The loaded worker's process and device (tests; after the first call)."""
+        assert self._worker is not None, "no call has loaded this worker yet"
+        return self._worker.device_stats()
+
+
 def launch(cfg: ExperimentConfig, data: FederatedData) -> tuple[RemoteDriver, list[Any]]:
     """Start the worker actors (each with its clients' shards) and the driver actor; wait until
     all are ready."""
@@ -205,17 +233,17 @@ def launch(cfg: ExperimentConfig, data: FederatedData) -> tuple[RemoteDriver, li
     workers = num_workers(cfg)
     check_resources(cfg, workers)
     restarts = 0 if r.on_client_failure == "fail" else r.max_retries
-    worker_actor = ray.remote(ClientWorker).options(
+    worker_actor = ray.remote(LazyClientWorker).options(
         num_cpus=r.num_cpus_per_worker, num_gpus=r.num_gpus_per_worker, max_restarts=restarts,
         max_task_retries=restarts if r.on_client_failure == "retry" else 0)
     global_sets = ray.put(global_sets_of(data))  # stored once, not once per actor
     shards = [ray.put(list(group.values())) for group in by_worker(((c.client_id, c) for c in data.clients), workers)]
     parts = RunParts.from_config(cfg)
-    actors = [worker_actor.remote(parts.model, parts.worker, parts.algorithm, group, global_sets, r.torch_threads)
-              for group in shards]
-    ray.get([a.ready.remote() for a in actors])  # surfaces load errors now, not mid-round
+    actors = [worker_actor.remote(parts.model, parts.worker, parts.algorithm, r.torch_threads) for _ in shards]
+    refs = [[shard, global_sets] for shard in shards]  # nested in a list: passed as refs, fetched once per actor
+    ray.get([a.call.remote(d, "ready") for a, d in zip(actors, refs, strict=True)])  # load errors now, not mid-round
     driver = RemoteDriver(ray.remote(Driver).options(num_cpus=r.num_cpus_driver).remote(
-        parts.rounds, parts.algorithm, RayExecutor(actors, r.on_client_failure, r.max_retries)),
+        parts.rounds, parts.algorithm, RayExecutor(actors, refs, r.on_client_failure, r.max_retries)),
         keep_alive=[global_sets, *shards])
     driver.global_prompt()  # the driver actor is up too: start-up is not charged to the first round
     return driver, actors
