@@ -129,3 +129,23 @@ def test_schema_lists_every_registered_algorithm():
     assert set(ALGORITHM_NAMES) == set(ALGORITHMS)
     for name in ALGORITHM_NAMES:
         assert type(build_algorithm(load_config(None, [f"algorithm.name={name}"]).algorithm)).__name__.lower() == name
+
+
+def test_every_dependency_floor_is_the_version_the_suite_runs():
+    """pyproject.toml's floors for the pinned packages are constraints.txt's pins (torch excepted:
+    a range, so GPU users keep their CUDA build); a floor below what is tested would promise an
+    untested combination."""
+    import re
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    root = Path(__file__).resolve().parents[1]
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==([0-9.]+)", (root / "constraints.txt").read_text(), re.M))
+    floors = {}
+    for dep in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]:
+        name, floor = re.match(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?>=([0-9.]+)", dep).groups()
+        floors[name.lower()] = floor
+    checked = {name: pin for name, pin in pins.items() if name.lower() in floors and name != "torch"}
+    assert len(checked) >= 10
+    for name, pin in checked.items():
+        floor, tested = floors[name.lower()].split("."), pin.split(".")
+        assert tested[:len(floor)] == floor, f"{name}: floor {floors[name.lower()]}, tested {pin}"
