@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rayfed.errors import UserError
 
 # The algorithm registry (rayfed.algorithms.ALGORITHMS) holds one entry per name; a test keeps them equal.
-ALGORITHM_NAMES = ("fedavg", "fedsgd")
+ALGORITHM_NAMES = ("fedavg", "fedprox", "fedsgd")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SERVER_OPTIMIZERS = ("sgd", "adam")
 DATA_SOURCES = ("synthetic", "bigbench", "sni")
@@ -85,7 +85,7 @@ class OptimizerConfig:
 
 @dataclass
 class AlgorithmConfig:
-    name: str = "fedavg"  # fedavg | fedsgd
+    name: str = "fedavg"  # fedavg | fedprox | fedsgd
     rounds: int = 5
     clients_per_round: int = 4
     local_steps: int | None = 4  # fedavg: optimizer steps per round (or set local_epochs)
@@ -94,6 +94,9 @@ class AlgorithmConfig:
     client_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("sgd", 0.1))
     # FedAvg's plain average is sgd with lr 1.0; FedSGD needs the server lr to be the step size.
     server_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("sgd", 1.0))
+    # fedprox: mu of the proximal term mu / 2 * ||p - global||^2 in each client's local objective
+    # (Li et al. 2020); 0 is plain FedAvg.
+    proximal_mu: float = 0.0
 
 
 @dataclass
@@ -463,6 +466,9 @@ def _validate_algorithm(cfg: ExperimentConfig) -> None:
     _check(a.local_steps is None or a.local_steps >= 1, "algorithm.local_steps", "must be >= 1")
     _check(a.local_epochs is None or a.local_epochs >= 1, "algorithm.local_epochs", "must be >= 1")
     _check(a.batch_size >= 1, "algorithm.batch_size", "must be >= 1")
+    _check(a.proximal_mu >= 0 and math.isfinite(a.proximal_mu), "algorithm.proximal_mu", "must be >= 0")
+    _check(a.proximal_mu == 0 or a.name == "fedprox", "algorithm.proximal_mu",
+           f"only fedprox has a proximal term; set algorithm.name=fedprox (it is {a.name})")
     for key, opt, options in (("algorithm.client_optimizer", a.client_optimizer, OPTIMIZERS),
                               ("algorithm.server_optimizer", a.server_optimizer, SERVER_OPTIMIZERS)):
         _choice(f"{key}.name", opt.name, options)

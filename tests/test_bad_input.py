@@ -59,7 +59,7 @@ def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("both steps and epochs", ["algorithm.local_epochs=2"], "algorithm.local_steps"),
         ("unknown optimizer", ["algorithm.client_optimizer.name=lion"], "algorithm.client_optimizer.name"),
         ("non-positive lr", ["algorithm.client_optimizer.lr=0"], "algorithm.client_optimizer.lr"),
-        ("unknown algorithm", ["algorithm.name=fedprox"], "algorithm.name"),
+        ("unknown algorithm", ["algorithm.name=scaffold"], "algorithm.name"),
         ("renamed key", ["partition.alpha=0.5"], "partition.alpha' was renamed"),
         ("override without =", ["algorithm.rounds"], "key=value"),
         ("ratio out of range", ["personalize.interp_ratios=[0.5,2]"], "personalize.interp_ratios"),

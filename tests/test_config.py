@@ -78,7 +78,7 @@ def test_unknown_key_in_file_names_the_key(tmp_path):
     ("partition.num_clients=2", "algorithm.clients_per_round"),
     ("algorithm.client_optimizer.lr=-0.1", "algorithm.client_optimizer.lr"),
     ("algorithm.client_optimizer.name=lion", "algorithm.client_optimizer.name"),
-    ("algorithm.name=fedprox", "algorithm.name"),
+    ("algorithm.name=scaffold", "algorithm.name"),
     ("partition.concentration=0", "partition.concentration"),
     ("algorithm.local_epochs=2", "algorithm.local_steps"),
     ("runtime.num_cpus_per_worker=0", "runtime.num_cpus_per_worker"),

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 # name -> "module:Class"; resolved lazily so importing the config schema stays light.
 ALGORITHMS = {
     "fedavg": "rayfed.algorithms.fedavg:FedAvg",
+    "fedprox": "rayfed.algorithms.fedprox:FedProx",
     "fedsgd": "rayfed.algorithms.fedsgd:FedSGD",
 }
 

@@ -27,6 +27,7 @@ class FedAvg:
     batch_size: int
     local_steps: int | None
     local_epochs: int | None
+    proximal_mu: float = 0.0  # FedProx's pull toward the global prompt (rayfed.algorithms.fedprox); 0 here
 
     @classmethod
     def from_config(cls, cfg: AlgorithmConfig) -> FedAvg:
@@ -36,9 +37,11 @@ class FedAvg:
     def client_updates(self, model: PromptModel, trains: Sequence[list[TokenizedExample]],
                        prompts: Sequence[torch.Tensor], seeds: Sequence[int], max_rows: int | None = None,
                        ) -> list[tuple[torch.Tensor, float]]:
+        pull = self.proximal_mu > 0  # each client's local objective then adds mu / 2 * ||p - global||^2
         jobs = [step_job(train, prompt, steps_for(len(train), self.batch_size, self.local_steps, self.local_epochs),
-                         self.batch_size, seed) for train, prompt, seed in zip(trains, prompts, seeds)]
-        results = train_lockstep(model, jobs, optimizer=self.optimizer, max_rows=max_rows)
+                         self.batch_size, seed, l2_reference=prompt if pull else None)
+                for train, prompt, seed in zip(trains, prompts, seeds)]
+        results = train_lockstep(model, jobs, optimizer=self.optimizer, l2_strength=self.proximal_mu, max_rows=max_rows)
         return [(job.init_prompt - r.prompts[len(job.plan)], float(np.mean(r.losses))) for r, job in zip(results, jobs)]
 
     def aggregate(self, updates: Sequence[ClientUpdate]) -> torch.Tensor:

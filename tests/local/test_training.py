@@ -84,3 +84,37 @@ def test_rows_of_clients_with_very_different_lengths_run_in_length_groups_and_co
     alone = torch.cat([per_example_loss(model, list(r), per_row[i * 4:(i + 1) * 4]) for i, r in enumerate(rows)])
     assert torch.allclose(together, alone, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(together[:4], together[4:8])  # different rows, different losses
+
+
+def test_fedprox_adds_its_proximal_step_to_fedavgs_and_is_fedavg_at_mu_zero(setup):
+    """Plain SGD, two local steps: the first starts at the global prompt, where the proximal term's
+    gradient is zero, so FedProx's second step differs from FedAvg's by lr * mu * (p1 - p0): its
+    delta is FedAvg's minus lr * mu times the one-step delta."""
+    from rayfed.algorithms.fedprox import FedProx
+    from rayfed.settings import OptimizerSettings
+
+    model, shards, prompts = setup
+    sgd, lr, mu = OptimizerSettings.from_config(OptimizerConfig("sgd", 0.3)), 0.3, 2.0
+    seeds = [11, 12, 13, 14]
+    fedavg = FedAvg(sgd, batch_size=4, local_steps=2, local_epochs=None)
+    one_step = FedAvg(sgd, batch_size=4, local_steps=1, local_epochs=None).client_updates(model, shards, prompts, seeds)
+    averaged = fedavg.client_updates(model, shards, prompts, seeds)
+    proximal = FedProx(sgd, batch_size=4, local_steps=2, local_epochs=None, proximal_mu=mu).client_updates(
+        model, shards, prompts, seeds)
+    for (d_avg, _), (d1, _), (d_prox, _) in zip(averaged, one_step, proximal, strict=True):
+        assert torch.allclose(d_prox, d_avg - lr * mu * d1, atol=1e-6)
+        assert not torch.allclose(d_prox, d_avg)
+    plain = FedProx(sgd, batch_size=4, local_steps=2, local_epochs=None, proximal_mu=0.0)
+    for (a, _), (b, _) in zip(averaged, plain.client_updates(model, shards, prompts, seeds), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_fedprox_run_lowers_the_loss_and_mu_belongs_to_fedprox_only(tiny_config):
+    from rayfed.config import ConfigError
+    from rayfed.experiment import run_experiment
+
+    summary = run_experiment(tiny_config("runtime.executor=local", "algorithm.name=fedprox", "algorithm.rounds=3",
+                                         "algorithm.proximal_mu=0.1"), loggers=[])
+    assert summary["final"]["loss"] < summary["initial"]["loss"]
+    with pytest.raises(ConfigError, match="key 'algorithm.proximal_mu': only fedprox"):
+        tiny_config("algorithm.proximal_mu=0.1")

@@ -173,7 +173,7 @@ def test_the_time_left_is_estimated_per_kind_of_job():
 
 def test_bad_study_keys_are_named(tmp_path):
     assert main(["study", str(TINY), "personalize.lrs=[0.01,0.1]"]) == 2
-    assert main(["study", str(TINY), "personalize.main_algorithm=fedprox"]) == 2
+    assert main(["study", str(TINY), "personalize.main_algorithm=scaffold"]) == 2
     assert main(["study", str(TINY), "experiment.partition.num_clientz=3"]) == 2
     assert main(["study", str(tmp_path / "missing.yaml")]) == 2
     assert main(["study", str(TINY), "parallel_runs=0"]) == 2
