@@ -352,3 +352,29 @@ def test_a_personalization_with_other_settings_never_replaces_one_of_the_same_na
     assert "key 'personalize.name'" in err and "eval.max_new_tokens: 8 -> 2" in err
     assert (kept / "summary.json").read_text() == before
     assert main(args) == 0  # the same settings: rerun in place
+
+
+def test_two_personalizations_of_one_name_at_once_the_second_stops_and_the_first_finishes(finished_run):
+    """They used to leave a mixed directory (one's config.yaml, the other's summary) and both exit 0."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    run_dir, _ = finished_run
+    out = run_dir / "personalize" / "twice"
+    args = [sys.executable, "-m", "rayfed.cli", "personalize", str(run_dir), "personalize.name=twice",
+            "runtime.executor=local"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    first = subprocess.Popen([*args, "personalize.local_epochs=8"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "config.yaml").exists():  # written under the lock
+        assert first.poll() is None, first.stdout.read()
+        assert time.monotonic() < deadline, "the first personalization never started writing"
+        time.sleep(0.05)
+    second = subprocess.run([*args, "personalize.local_epochs=8"], env=env, capture_output=True, text=True)
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert "another rayfed process is writing to" in second.stderr and "key 'personalize.name'" in second.stderr
+    assert first.wait(timeout=300) == 0, first.stdout.read()
+    assert json.loads((out / "summary.json").read_text())["settings"]["epochs"] == 8
