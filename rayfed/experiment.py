@@ -28,7 +28,7 @@ from rayfed.outputs.lock import writing
 from rayfed.outputs.loggers import MetricLogger, build_loggers, log_round
 from rayfed.outputs.plots import draw_and_log
 from rayfed.outputs.scores import EXAMPLE_SCORES, ScoreLog, interval_of, load_example_scores
-from rayfed.personalization.phase import personalize_phase
+from rayfed.personalization.phase import check_same_settings, personalize_phase
 from rayfed.runtime.session import open_driver
 from rayfed.types import RoundResult
 
@@ -68,6 +68,8 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
     """:func:`run_experiment` with ``out`` locked."""
     done, state, record = _open_output(out, resume=resume, overwrite=overwrite, identity=run_identity(cfg),
                                        fingerprint=run_fingerprint(cfg))
+    if cfg.personalize.enabled and not overwrite:  # refused now, not after the remaining rounds have trained
+        check_same_settings(_personal_dir(cfg, out), cfg)
 
     # --- Data: load and partition once, here; shards travel to the workers once. Bad data or a
     # bad model fails here and in open_driver, before anything in output_dir is touched.
@@ -95,8 +97,7 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
             # --- Personalization (optional): the same phase `rayfed personalize` runs on a finished run.
             personal = None
             if cfg.personalize.enabled:
-                personal = personalize_phase(cfg, driver, driver.global_prompt(),
-                                             out / "personalize" / (cfg.personalize.name or "default"), loggers)
+                personal = personalize_phase(cfg, driver, driver.global_prompt(), _personal_dir(cfg, out), loggers)
             draw_and_log(out, loggers, recurse=False)
         finally:
             for logger in loggers:
@@ -108,6 +109,10 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
         summary["personalization"] = personal
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     return summary
+
+
+def _personal_dir(cfg: ExperimentConfig, out: Path) -> Path:
+    return out / "personalize" / (cfg.personalize.name or "default")
 
 
 def run_identity(cfg: ExperimentConfig) -> str:

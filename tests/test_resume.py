@@ -252,3 +252,29 @@ def test_ctrl_c_while_ray_starts_leaves_nothing_running(tmp_path, tiny_overrides
     assert output.strip().splitlines()[-1].startswith("rayfed: interrupted by SIGINT; ")
     _, alive = psutil.wait_procs(list(seen.values()), timeout=10)
     assert not alive, [p.name() for p in alive]
+
+
+def test_a_resume_whose_personalization_would_be_refused_stops_before_training(tiny_config):
+    """A resume may change personalize.*, but not into settings that clash with the personalization
+    already in the run: that used to be found only after the remaining rounds had trained."""
+    import shutil
+
+    from rayfed.config import ConfigError
+
+    class KeepRoundOne:
+        def log(self, event):
+            if event.get("event") == "round" and event["round"] == 2:  # round 1's checkpoint is on disk
+                shutil.copy(out / CHECKPOINT, out.parent / "round1.safetensors")
+
+        def close(self):
+            pass
+
+    cfg = tiny_config("runtime.executor=local", "algorithm.rounds=2", "personalize.enabled=true",
+                      "personalize.local_epochs=1")
+    out = Path(cfg.output_dir)
+    run_experiment(cfg, loggers=[KeepRoundOne()])
+    shutil.copy(out.parent / "round1.safetensors", out / CHECKPOINT)  # as if it had stopped after round 1
+    (out / "summary.json").unlink()
+    with pytest.raises(ConfigError, match=r"personalize.local_epochs: 1 -> 2"):
+        resume_experiment(out, ["personalize.local_epochs=2"], loggers=[])
+    assert load_run_state(out / CHECKPOINT)[0] == 1  # round 2 was not trained again

@@ -117,7 +117,7 @@ def personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.T
                                   on_epoch=on_epoch)
 
 
-def _check_same_settings(out: Path, cfg: ExperimentConfig) -> None:
+def check_same_settings(out: Path, cfg: ExperimentConfig) -> None:
     """Refuse to replace a personalization of this name made with other settings (the
     ``personalize.*`` and ``eval.*`` keys): rerunning the same settings is fine, different ones
     need their own name.
@@ -141,7 +141,7 @@ def _personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.
                        loggers: list[MetricLogger], *, prompt_cache: Path | None,
                        on_epoch: EpochCallback | None) -> dict[str, Any]:
     started = time.perf_counter()
-    _check_same_settings(out, cfg)
+    check_same_settings(out, cfg)
     (out / "config.yaml").write_text(to_yaml(cfg))
     settings = PersonalizeSettings.from_config(cfg.personalize)
     evaluation = EvalSettings.from_config(cfg.eval)
