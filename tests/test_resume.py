@@ -2,6 +2,7 @@
 bit for bit; a finished run's directory is not silently overwritten."""
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from rayfed.config import OptimizerConfig, replace_keys
 from rayfed.core.server_optimizer import ServerOptimizer
 from rayfed.errors import UserError
 from rayfed.experiment import RunExistsError, resume_experiment, run_experiment
-from rayfed.outputs.checkpoint import CHECKPOINT, load_prompt, load_run_state
+from rayfed.outputs.checkpoint import CHECKPOINT, load_prompt, load_run_state, save_run_state
 from rayfed.outputs.scores import EXAMPLE_SCORES, load_example_scores
 
 SERVERS = {
@@ -99,6 +100,31 @@ def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_prompt_bit_for_bit(tm
     assert summaries[0]["final_intervals"] == summaries[1]["final_intervals"]
     low, high = summaries[1]["final_intervals"]["global_test"]["loss"]
     assert low <= summaries[1]["final"]["loss"] <= high
+
+
+def _rewrite_checkpoint(path: Path, times: int) -> None:
+    for round_idx in range(times):
+        save_run_state(path, round_idx, {"prompt": torch.full((4, 64), float(round_idx)),
+                                         "momentum": torch.full((4, 64), -float(round_idx))}, {"round": round_idx})
+
+
+def test_a_checkpoint_read_while_its_run_rewrites_it_is_one_whole_checkpoint(tmp_path):
+    """What a watcher (`rayfed status`, the resume test above, a Tune callback) reads while the run
+    replaces its checkpoint is the old file or the new one, never one's header with the other's
+    tensors (safetensors.safe_open opens the path twice: that mix failed ~5% of reads)."""
+    path = tmp_path / CHECKPOINT
+    _rewrite_checkpoint(path, 1)
+    writer = multiprocessing.get_context("spawn").Process(target=_rewrite_checkpoint, args=(path, 1500))
+    writer.start()
+    reads = 0
+    while writer.is_alive() or reads < 50:
+        round_idx, tensors, record = load_run_state(path)
+        assert record["round"] == round_idx
+        assert torch.equal(tensors["prompt"], torch.full((4, 64), float(round_idx)))
+        assert torch.equal(tensors["momentum"], torch.full((4, 64), -float(round_idx)))
+        reads += 1
+    writer.join()
+    assert writer.exitcode == 0
 
 
 def test_a_finished_run_is_not_overwritten_without_asking(tiny_config):

@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from rayfed.errors import UserError
+from rayfed.outputs.tensorfile import read_tensors
 
 PROMPT_KEY = "global_prompt"
 
@@ -29,8 +30,8 @@ def save_prompt(path: Path, prompt: torch.Tensor, metadata: dict[str, str] | Non
 
 def load_prompt(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
     """Return ``(prompt, metadata)`` from a file written by :func:`save_prompt`."""
-    with safe_open(str(path), framework="pt") as f:
-        return f.get_tensor(PROMPT_KEY), f.metadata() or {}
+    tensors, metadata = read_tensors(path)
+    return tensors[PROMPT_KEY], metadata
 
 
 # --- A run's checkpoint: everything `rayfed resume` needs to continue bit for bit -------------
@@ -63,9 +64,7 @@ def load_run_state(path: Path) -> tuple[int, dict[str, torch.Tensor], dict[str, 
         raise FileNotFoundError(f"no checkpoint at {path}: a run writes one after every checkpoint.every "
                                 f"rounds; start it with `rayfed run CONFIG` first")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - not a mapping
+        tensors, meta = read_tensors(path)
         round_idx, record = int(meta["round"]), json.loads(meta["record"])
     except Exception as err:  # noqa: BLE001 - safetensors' own error type, bad JSON, a missing key: not a checkpoint
         raise UserError(f"{path} is not a readable rayfed checkpoint ({err}); start over with `rayfed run "

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from rayfed.names import SPLITS
+from rayfed.outputs.tensorfile import read_tensors
 
 EXAMPLE_SCORES = "example_scores.safetensors"
 KEYS = ("client_id", "split", "epoch", "interp_ratio", "example_id")
@@ -40,9 +40,9 @@ def save_example_scores(path: Path, rows: Sequence[ExampleRow]) -> None:
 
 def load_example_scores(path: Path) -> dict[str, np.ndarray]:
     """The columns of :func:`save_example_scores`'s file; ``split`` as split names."""
-    with safe_open(str(path), framework="np") as f:
-        splits = json.loads((f.metadata() or {})["splits"])
-        out = {name: f.get_tensor(name) for name in (*KEYS, *SCORES)}
+    arrays, metadata = read_tensors(path, framework="np")
+    splits = json.loads(metadata["splits"])
+    out = {name: arrays[name] for name in (*KEYS, *SCORES)}
     out["split"] = np.asarray(splits, dtype=object)[out["split"]] if len(out["split"]) else out["split"].astype(object)
     return out
 

@@ -8,8 +8,9 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
+
+from rayfed.outputs.tensorfile import read_tensors
 
 
 def save_local_prompts(path: Path, trained: dict[int, tuple[dict[int, torch.Tensor], dict[int, float]]]) -> None:
@@ -26,13 +27,13 @@ def save_local_prompts(path: Path, trained: dict[int, tuple[dict[int, torch.Tens
 
 def load_local_prompts(path: Path) -> dict[int, tuple[dict[int, torch.Tensor], dict[int, float]]]:
     """The inverse of :func:`save_local_prompts`."""
-    with safe_open(str(path), framework="pt") as f:
-        losses = json.loads((f.metadata() or {})["train_losses"])
-        out: dict[int, tuple[dict[int, torch.Tensor], dict[int, float]]] = {
-            int(cid): ({}, {int(e): v for e, v in by_epoch.items()}) for cid, by_epoch in losses.items()}
-        for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-            client, epoch = key.split("/")
-            out[int(client.removeprefix("client_"))][0][int(epoch.removeprefix("epoch_"))] = f.get_tensor(key)
+    tensors, metadata = read_tensors(path)
+    losses = json.loads(metadata["train_losses"])
+    out: dict[int, tuple[dict[int, torch.Tensor], dict[int, float]]] = {
+        int(cid): ({}, {int(e): v for e, v in by_epoch.items()}) for cid, by_epoch in losses.items()}
+    for key, tensor in tensors.items():
+        client, epoch = key.split("/")
+        out[int(client.removeprefix("client_"))][0][int(epoch.removeprefix("epoch_"))] = tensor
     return out
 
 
