@@ -111,7 +111,7 @@ def _rewrite_checkpoint(path: Path, times: int) -> None:
 def test_a_checkpoint_read_while_its_run_rewrites_it_is_one_whole_checkpoint(tmp_path):
     """What a watcher (`rayfed status`, the resume test above, a Tune callback) reads while the run
     replaces its checkpoint is the old file or the new one, never one's header with the other's
-    tensors (safetensors.safe_open opens the path twice: that mix failed ~5% of reads)."""
+    tensors (with safetensors.safe_open that mix failed ~5% of reads)."""
     path = tmp_path / CHECKPOINT
     _rewrite_checkpoint(path, 1)
     writer = multiprocessing.get_context("spawn").Process(target=_rewrite_checkpoint, args=(path, 1500))

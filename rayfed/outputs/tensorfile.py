@@ -1,10 +1,10 @@
 """Reading a safetensors file whole, from one read.
 
-``safetensors.safe_open`` reads the header through one open of the path and maps the tensors
-through another, so a file that a writer replaces in between (every rayfed writer renames a
-finished temporary file into place) yields one file's metadata with the next one's tensors:
-measured at 5% of reads with a checkpoint rewritten in a loop. Reading the bytes once and
-decoding them gives one consistent file, the old or the new.
+A ``safetensors.safe_open`` read of a file that a writer replaces meanwhile (every rayfed writer
+renames a finished temporary file into place) can return one file's metadata with the next
+one's tensors: 5% of reads of a checkpoint rewritten in a loop failed its checksum (safetensors
+0.8, tests/test_resume.py). Reading the bytes once and decoding them gives one consistent file,
+the old or the new.
 """
 
 from __future__ import annotations
