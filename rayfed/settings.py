@@ -90,7 +90,7 @@ class WorkerSettings:
     max_target_tokens: int
     batch_clients: bool = False  # lockstep training and pooled evaluation of the hosted clients
     max_batch_rows: int = 256
-    use_gpu: bool = False  # a GPU share was requested (used only if torch sees one)
+    use_gpu: bool = False  # a GPU share was requested: the worker trains on CUDA, and fails without it
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig) -> WorkerSettings:

@@ -53,7 +53,7 @@ def tiny_config(tmp_path):
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray cluster for the whole test session: 2 CPUs and one faked GPU, so
-    fractional-GPU actors schedule on a CPU machine (torch itself stays on the CPU)."""
+    fractional-GPU actors schedule on a CPU machine (where they then stop: no CUDA)."""
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
     yield ray

@@ -241,7 +241,11 @@ def launch(cfg: ExperimentConfig, data: FederatedData) -> tuple[RemoteDriver, li
     parts = RunParts.from_config(cfg)
     actors = [worker_actor.remote(parts.model, parts.worker, parts.algorithm, r.torch_threads) for _ in shards]
     refs = [[shard, global_sets] for shard in shards]  # nested in a list: passed as refs, fetched once per actor
-    ray.get([a.call.remote(d, "ready") for a, d in zip(actors, refs, strict=True)])  # load errors now, not mid-round
+    try:  # load errors now, not mid-round; a failed start frees what it reserved
+        ray.get([a.call.remote(d, "ready") for a, d in zip(actors, refs, strict=True)])
+    except BaseException:
+        shutdown(actors, None)
+        raise
     driver = RemoteDriver(ray.remote(Driver).options(num_cpus=r.num_cpus_driver).remote(
         parts.rounds, parts.algorithm, RayExecutor(actors, refs, r.on_client_failure, r.max_retries)),
         keep_alive=[global_sets, *shards])

@@ -10,6 +10,7 @@ runs one of them for many clients in one call, so executors dispatch them all th
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from rayfed.algorithms.base import Algorithm
 from rayfed.core.sampling import derive_seed
 from rayfed.data.formatting import TokenizedExample, tokenize
 from rayfed.data.partition import ClientData
+from rayfed.errors import UserError
 from rayfed.local.evaluation import evaluate_many
 from rayfed.local.training import by_epoch, epoch_job, train_lockstep
 from rayfed.model.prompt_model import build_prompt_model
@@ -26,6 +28,24 @@ from rayfed.names import GLOBAL_SPLITS
 from rayfed.personalization.settings import PersonalizeSettings
 from rayfed.settings import EvalSettings, ModelSettings, WorkerSettings
 from rayfed.types import ClientUpdate, EvalSums, Example
+
+
+def require_cuda(client_ids: list[int]) -> None:
+    """Stop a worker that was given a GPU share but whose torch sees no CUDA device, naming it
+    and the key, instead of training on the CPU in silence.
+
+    Raises:
+        UserError: no CUDA device visible to this process.
+    """
+    if torch.cuda.is_available():
+        return
+    why = ("this torch is a CPU build (torch.version.cuda is None)" if torch.version.cuda is None else
+           f"torch {torch.__version__} is built for CUDA {torch.version.cuda} but sees no device "
+           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}: a driver missing, or no GPU here)")
+    hosted = f"clients {client_ids[0]}-{client_ids[-1]}" if len(client_ids) > 1 else f"client {client_ids[0]}"
+    raise UserError(f"the worker hosting {hosted} on {socket.gethostname()} was given a GPU share "
+                    f"(runtime.num_gpus_per_worker > 0) but finds no CUDA: {why}. Install a CUDA build of torch on "
+                    f"the GPU nodes, or set runtime.num_gpus_per_worker=0 to train on CPUs")
 
 
 class ClientWorker:
@@ -44,9 +64,10 @@ class ClientWorker:
                  shards: list[ClientData], global_sets: dict[str, list[Example]], torch_threads: int | None = None):
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
-        use_gpu = settings.use_gpu and torch.cuda.is_available()
+        if settings.use_gpu:
+            require_cuda([c.client_id for c in shards])
         self.settings = settings
-        self.model = build_prompt_model(model, "cuda" if use_gpu else "cpu", seed=settings.seed)
+        self.model = build_prompt_model(model, "cuda" if settings.use_gpu else "cpu", seed=settings.seed)
         self.algorithm = algorithm
         self.train = {c.client_id: self._tokenize(c.train) for c in shards}
         self.local = {"local_val": {c.client_id: self._tokenize(c.val) for c in shards},

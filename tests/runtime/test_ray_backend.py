@@ -47,16 +47,30 @@ def test_ray_and_in_process_executors_give_the_same_prompt_whatever_the_number_o
         assert summaries["ray-4"]["final"]["loss"] == pytest.approx(summaries[name]["final"]["loss"], rel=1e-5)
 
 
-def test_fractional_gpu_client_actors_schedule_and_train(ray_session, tiny_config):
-    """Four client actors at 0.25 GPU each fill the session's one (faked) GPU."""
+def test_fractional_gpu_client_actors_schedule_and_train_on_cuda_or_fail_naming_the_key(ray_session, tiny_config):
+    """Four client actors at 0.25 GPU each fill the session's one (faked on a CPU machine) GPU.
+    With CUDA they train; without it each stops naming the key instead of training on the CPU in
+    silence, and the failed start hands its GPU share back."""
     from rayfed.data.sources import federated_data
+    from rayfed.errors import UserError
     from rayfed.runtime import ray_backend
 
     cfg = tiny_config("runtime.num_gpus_per_worker=0.25", "eval.local=false")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match=r"the worker hosting client \d on .* was given a GPU share "
+                                            r"\(runtime.num_gpus_per_worker > 0\) but finds no CUDA"):
+            try:
+                ray_backend.launch(cfg, federated_data(cfg))
+            except ray_session.exceptions.RayTaskError as err:
+                raise err.cause from None
+        wait_for_resources(ray_session, "GPU", 1.0)
+        return
     driver, actors = ray_backend.launch(cfg, federated_data(cfg))
     try:
         assert ray_session.available_resources().get("GPU", 0) == pytest.approx(0.0)
         assert driver.run_round(1).metrics["train/clients"] == 4
+        stats = ray_session.get([a.device_stats.remote() for a in actors])
+        assert all(st["device"].startswith("cuda") for st in stats), stats
     finally:
         ray_backend.shutdown(actors, driver)
     wait_for_resources(ray_session, "GPU", 1.0)
