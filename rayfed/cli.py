@@ -99,6 +99,24 @@ def _study_power(pilot, out: Path, target) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A run's global prompt as a PEFT adapter directory (runs write RUN_DIR/adapter themselves;
+    this rewrites it from global_prompt.safetensors, for a run from before adapters or one cut off)."""
+    from rayfed.outputs.adapter import ADAPTER_DIR, save_adapter
+    from rayfed.outputs.checkpoint import load_prompt
+    from rayfed.settings import ModelSettings
+
+    run_dir = Path(args.run_dir)
+    cfg = load_config(run_dir / "config.yaml", [])
+    prompt, meta = load_prompt(run_dir / "global_prompt.safetensors")
+    target = Path(args.to) if args.to else run_dir / ADAPTER_DIR
+    save_adapter(target, prompt, ModelSettings.from_config(cfg.model), max_source_tokens=cfg.data.max_source_tokens,
+                 max_target_tokens=cfg.data.max_target_tokens,
+                 source={"prompt": "global", "round": int(meta.get("round", -1))})
+    print(f"adapter of round {meta.get('round', '?')}: {target} (load it with peft.PeftModel.from_pretrained)")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     """Figures from files only: a study directory draws the study's figures, any other directory
     what its run, personalization or search files allow (neither needs torch or Ray)."""
@@ -190,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the interrupted run's output directory", "runtime.*/ray.*/logging.*/personalize.* overrides")
     add("personalize", cmd_personalize, "personalize a finished run's global prompt: curves per epoch", "run_dir",
         "a finished run's output directory", "personalize.*/eval.*/runtime.*/logging.* overrides")
+    add("export", cmd_export, "write a run's global prompt as a PEFT adapter directory", "run_dir",
+        "a run's output directory", None).add_argument("--to", help="the adapter directory (default RUN_DIR/adapter)")
     add("plot", cmd_plot, "redraw every figure of a run, personalization, search or study directory", "path",
         "the directory (or a file in it)", None)
     data = sub.add_parser("data", help="data caches").add_subparsers(dest="data_command", required=True)

@@ -23,6 +23,7 @@ from rayfed.config import ExperimentConfig, check_overridable, load_config, to_y
 from rayfed.data.sources import federated_data
 from rayfed.errors import UserError
 from rayfed.names import EVAL, GLOBAL_SPLITS, METRICS, metric_key
+from rayfed.outputs.adapter import ADAPTER_DIR, save_adapter
 from rayfed.outputs.checkpoint import CHECKPOINT, load_run_state, save_prompt, save_run_state, truncate_events
 from rayfed.outputs.lock import writing
 from rayfed.outputs.loggers import MetricLogger, build_loggers, log_round
@@ -30,6 +31,7 @@ from rayfed.outputs.plots import draw_and_log
 from rayfed.outputs.scores import EXAMPLE_SCORES, ScoreLog, interval_of, load_example_scores
 from rayfed.personalization.phase import check_same_settings, personalize_phase
 from rayfed.runtime.session import open_driver
+from rayfed.settings import ModelSettings
 from rayfed.types import RoundResult
 
 # What `rayfed resume` may change: where and how the rest of the run runs, not what it trains.
@@ -93,6 +95,9 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
                 log_round(loggers, initial)
                 scores.add(initial.examples)
             final = _train_rounds(cfg, driver, loggers, out, scores, first=done + 1, initial=initial, final=final)
+            save_adapter(out / ADAPTER_DIR, driver.global_prompt(), ModelSettings.from_config(cfg.model),
+                         max_source_tokens=cfg.data.max_source_tokens, max_target_tokens=cfg.data.max_target_tokens,
+                         source={"prompt": "global", "round": cfg.algorithm.rounds})
 
             # --- Personalization (optional): the same phase `rayfed personalize` runs on a finished run.
             personal = None
@@ -188,6 +193,7 @@ def _clear_run(out: Path) -> None:
         for name in (CHECKPOINT, "metrics.jsonl", "summary.json", WANDB_ID, EXAMPLE_SCORES):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(personal, ignore_errors=True)
+        shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)
 
 
 def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger], out: Path, scores: ScoreLog, *,

@@ -41,3 +41,21 @@ def test_one_real_round_changes_the_prompt_with_finite_metrics(tmp_path):
         assert 0.0 <= summary[stage]["rouge_l"] <= 1.0
     assert prompt.shape == (20, 576)
     assert not torch.allclose(prompt, initial_prompt)
+
+    # The run's adapter loads with PEFT's own API on the base it names, with rayfed's logits.
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "adapter"
+    base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter)).eval()
+    ours = build_prompt_model(cfg.model, seed=cfg.seed)
+    ours.set_prompt(prompt)
+    ids = ours.tokenizer("Translate to French.\n\nInput: good morning\nOutput:", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        embeds, mask = ours.prompted_inputs(ids, torch.ones_like(ids))
+        expected = ours.peft.get_base_model()(inputs_embeds=embeds, attention_mask=mask).logits
+        got = theirs(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()

@@ -22,7 +22,9 @@ from typing import Any
 import torch
 
 from rayfed.config import ConfigError, ExperimentConfig, check_overridable, load_config, to_yaml
+from rayfed.core.interpolation import interpolate
 from rayfed.data.sources import federated_data
+from rayfed.outputs.adapter import SITE_ADAPTERS, save_adapter
 from rayfed.outputs.checkpoint import load_prompt
 from rayfed.outputs.lock import writing
 from rayfed.outputs.loggers import MetricLogger, build_loggers
@@ -32,7 +34,7 @@ from rayfed.personalization.cache import PromptCache
 from rayfed.personalization.curves import EpochCallback, personalize, score_reference
 from rayfed.personalization.settings import PersonalizeSettings
 from rayfed.runtime.session import open_driver
-from rayfed.settings import EvalSettings
+from rayfed.settings import EvalSettings, ModelSettings
 
 # What `rayfed personalize` may change in a finished run's config: how to personalize, evaluate,
 # run and log, never what was trained (model, data, partition, algorithm, seed).
@@ -168,6 +170,8 @@ def _personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.
     with open(out / "personalization.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in result.records)
     save_example_scores(out / EXAMPLE_SCORES, result.examples)
+    if result.selected is not None:
+        save_site_adapters(out / SITE_ADAPTERS, cfg, global_prompt, trained, result.selected)
     summary = {"name": out.name, "settings": asdict(settings), "reference": result.reference,
                "curve": result.curve, "selected": result.selected, "local_prompts_reused": reused,
                "seconds": time.perf_counter() - started}
@@ -177,6 +181,22 @@ def _personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.
                                            for k, v in (result.selected or {}).items()}})
     draw_and_log(out, loggers)
     return summary
+
+
+def save_site_adapters(directory: Path, cfg: ExperimentConfig, global_prompt: torch.Tensor,
+                       trained: dict[int, tuple[dict[int, torch.Tensor], dict[int, float]]],
+                       selected: dict[str, Any]) -> None:
+    """Each client's prompt at the selected setting (its local prompt of the selected epoch,
+    interpolated with the global one at the selected ratio; the global prompt where the rule kept
+    it) as a PEFT adapter, ``directory/client_<id>/``: what each site would deploy."""
+    epoch, ratio = int(selected.get("epoch", 0)), float(selected.get("interp_ratio", 0.0))
+    for cid, (prompts, _) in sorted(trained.items()):
+        prompt = global_prompt if epoch == 0 or ratio == 0 else interpolate(global_prompt, prompts[epoch], ratio)
+        save_adapter(directory / f"client_{cid}", prompt, ModelSettings.from_config(cfg.model),
+                     max_source_tokens=cfg.data.max_source_tokens, max_target_tokens=cfg.data.max_target_tokens,
+                     source={"prompt": "personalized", "client_id": cid, "epoch": epoch, "interp_ratio": ratio,
+                             "l2_strength": cfg.personalize.l2_strength,
+                             "kept_global_prompt": bool(selected.get("kept_global_prompt", False))})
 
 
 class _Progress:

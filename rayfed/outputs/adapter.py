@@ -1,0 +1,75 @@
+"""Trained prompts as PEFT adapter directories, for use outside rayfed.
+
+Every global and personalized prompt rayfed keeps is also written as the directory
+``PeftModel.from_pretrained`` loads: ``adapter_config.json`` (PEFT's own prompt-tuning config,
+naming the base model) and ``adapter_model.safetensors`` (tensor ``prompt_embeddings``, as PEFT
+saves it), plus ``rayfed_template.json``: the text template and token limits the prompt was
+trained with, which the adapter alone does not carry::
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    model = PeftModel.from_pretrained(base, "OUT/adapter")
+
+The base is a hub id, a local directory, or for a built-in model (``smollm2-135m``) the directory
+it was converted into on the machine that wrote the adapter (``rayfed model prepare`` rebuilds it
+elsewhere). ``tiny-llama`` is rayfed's random test model and has no directory to name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from rayfed.settings import ModelSettings
+
+ADAPTER_DIR = "adapter"  # a run's global prompt: OUT/adapter/
+SITE_ADAPTERS = "adapters"  # a personalization's selected prompt per client: .../personalize/NAME/adapters/client_<id>/
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+TEMPLATE_FILE = "rayfed_template.json"
+TEMPLATE = "{instruction}\n\nInput: {input}\nOutput:"  # rayfed.data.formatting.source_text; the target follows
+
+
+def adapter_base(name: str) -> str:
+    """What ``base_model_name_or_path`` names for ``model.name``: a hub id as given, a local
+    directory made absolute, a built-in model's converted directory."""
+    from rayfed.model.builtin import BUILTIN_MODELS, resolve_model_path
+    from rayfed.model.prompt_model import TINY_LLAMA
+
+    if name in BUILTIN_MODELS:
+        return resolve_model_path(name, quiet=True)
+    if name == TINY_LLAMA:
+        return TINY_LLAMA
+    local = Path(name).expanduser()
+    return str(local.resolve()) if local.is_dir() else name
+
+
+def save_adapter(directory: Path, prompt: torch.Tensor, model: ModelSettings, *, max_source_tokens: int,
+                 max_target_tokens: int, source: dict[str, object] | None = None) -> None:
+    """Write ``prompt`` (``[num_virtual_tokens, hidden]``) as a PEFT prompt-tuning adapter in
+    ``directory``. ``source`` (the round, a client, an epoch and ratio) goes into the template file.
+
+    Each file is written whole and renamed into place."""
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType
+
+    directory.mkdir(parents=True, exist_ok=True)
+    config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=prompt.shape[0],
+                                token_dim=prompt.shape[1], num_transformer_submodules=1,
+                                prompt_tuning_init=PromptTuningInit.RANDOM,  # the weights replace it on load
+                                inference_mode=True,  # as PeftModel.save_pretrained writes it
+                                base_model_name_or_path=adapter_base(model.name))
+    staging = directory / ".staging"
+    staging.mkdir(exist_ok=True)
+    config.save_pretrained(str(staging))
+    save_file({"prompt_embeddings": prompt.detach().to("cpu", torch.float32).contiguous()},
+              str(staging / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    template = {"template": TEMPLATE, "target_prefix": " ", "eos_after_target": True,
+                "max_source_tokens": max_source_tokens, "max_source_truncation": "left",
+                "max_target_tokens": max_target_tokens, "model_name": model.name, **(source or {})}
+    (staging / TEMPLATE_FILE).write_text(json.dumps(template, indent=2, sort_keys=True) + "\n")
+    for name in ("adapter_config.json", ADAPTER_WEIGHTS, TEMPLATE_FILE):
+        (staging / name).replace(directory / name)
+    staging.rmdir()
