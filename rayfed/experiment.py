@@ -30,6 +30,7 @@ from rayfed.outputs.loggers import MetricLogger, build_loggers, log_round
 from rayfed.outputs.plots import draw_and_log
 from rayfed.outputs.scores import EXAMPLE_SCORES, ScoreLog, interval_of, load_example_scores
 from rayfed.personalization.phase import check_same_settings, personalize_phase
+from rayfed.runtime.driver import payload_bytes
 from rayfed.runtime.session import open_driver
 from rayfed.settings import ModelSettings
 from rayfed.types import RoundResult
@@ -87,6 +88,7 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
         loggers = build_loggers(cfg, out, loggers, metrics_file=out / "metrics.jsonl", run_id_file=out / WANDB_ID)
         try:
             # --- Rounds: evaluate the untrained prompt, then train, evaluating every eval_every rounds.
+            traffic = dict(record.get("communication", NO_TRAFFIC)) if resume else dict(NO_TRAFFIC)
             if resume:
                 driver.restore(state)
                 initial, final = _result(record["initial"]), _result(record["final"])
@@ -94,7 +96,8 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
                 initial = final = driver.evaluate(0)
                 log_round(loggers, initial)
                 scores.add(initial.examples)
-            final = _train_rounds(cfg, driver, loggers, out, scores, first=done + 1, initial=initial, final=final)
+            final = _train_rounds(cfg, driver, loggers, out, scores, traffic, first=done + 1, initial=initial,
+                                  final=final)
             save_adapter(out / ADAPTER_DIR, driver.global_prompt(), ModelSettings.from_config(cfg.model),
                          max_source_tokens=cfg.data.max_source_tokens, max_target_tokens=cfg.data.max_target_tokens,
                          source={"prompt": "global", "round": cfg.algorithm.rounds})
@@ -104,12 +107,14 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
             if cfg.personalize.enabled:
                 personal = personalize_phase(cfg, driver, driver.global_prompt(), _personal_dir(cfg, out), loggers)
             draw_and_log(out, loggers, recurse=False)
+            driver_prompt = driver.global_prompt()
         finally:
             for logger in loggers:
                 logger.close()
 
     # --- Results.
     summary = _run_summary(cfg, initial, final, time.perf_counter() - started, out)
+    summary["communication"] = {**traffic, "prompt_bytes": float(payload_bytes(driver_prompt))}
     if personal is not None:
         summary["personalization"] = personal
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
@@ -196,12 +201,21 @@ def _clear_run(out: Path) -> None:
         shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)
 
 
-def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger], out: Path, scores: ScoreLog, *,
-                  first: int, initial: RoundResult, final: RoundResult) -> RoundResult:
+# Bytes sent to and received from clients over the run so far; kept in the checkpoint's record.
+NO_TRAFFIC = {"down_bytes": 0.0, "up_bytes": 0.0}
+
+
+def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger], out: Path, scores: ScoreLog,
+                  traffic: dict[str, float], *, first: int, initial: RoundResult, final: RoundResult) -> RoundResult:
     """Rounds ``first`` to the last: train, evaluate every ``eval.eval_every`` rounds (and the last),
-    log, save the global prompt, checkpoint. Returns the last evaluation."""
+    log, save the global prompt, checkpoint. ``traffic`` accumulates the rounds' bytes (each round
+    event carries the running totals, ``comm/down_bytes_total``, ``comm/up_bytes_total``).
+    Returns the last evaluation."""
     for round_idx in range(first, cfg.algorithm.rounds + 1):
         result = driver.run_round(round_idx)
+        for way in NO_TRAFFIC:
+            traffic[way] += result.metrics[f"comm/{way}"]
+            result.metrics[f"comm/{way}_total"] = traffic[way]
         evaluation = None
         if round_idx % cfg.eval.eval_every == 0 or round_idx == cfg.algorithm.rounds:
             evaluation = final = driver.evaluate(round_idx)
@@ -211,7 +225,8 @@ def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger
                     {"round": str(round_idx), "config": cfg.name})
         if round_idx % cfg.checkpoint.every == 0 or round_idx == cfg.algorithm.rounds:
             save_run_state(out / CHECKPOINT, round_idx, driver.state(),
-                           {"initial": _record(initial), "final": _record(final), "fingerprint": run_fingerprint(cfg)},
+                           {"initial": _record(initial), "final": _record(final), "fingerprint": run_fingerprint(cfg),
+                            "communication": dict(traffic)},
                            identity=run_identity(cfg))
     return final
 

@@ -71,3 +71,27 @@ def test_a_crash_mid_run_leaves_the_last_prompt_and_metrics_usable(tiny_config):
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["round"] for line in lines if '"round"' in line][-1] == 2
     assert not (out / "summary.json").exists()
+
+
+def test_communication_is_counted_per_client_per_round_and_in_total(tiny_config):
+    """Each client a round dispatches to receives the global prompt (4 virtual tokens x 64 x 4
+    bytes = 1 KiB) and each that reports sends back an update of the same size; clients the
+    availability model drops before dispatch cost nothing."""
+    cfg = tiny_config("runtime.executor=local", "algorithm.rounds=4", "algorithm.clients_per_round=3",
+                      "availability.dropout=0.4", "eval.eval_every=4")
+    summary = run_experiment(cfg, loggers=[])
+    events = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    rounds = [e for e in events if e["event"] == "round" and e["round"] > 0]
+    prompt_bytes = 4 * 64 * 4
+    assert summary["communication"]["prompt_bytes"] == prompt_bytes
+    down = up = 0
+    for r in rounds:
+        reported = len(r["finished"])
+        assert r["comm/down_bytes"] == r["comm/up_bytes"] == reported * prompt_bytes
+        down, up = down + r["comm/down_bytes"], up + r["comm/up_bytes"]
+        assert (r["comm/down_bytes_total"], r["comm/up_bytes_total"]) == (down, up)
+        clients = [e for e in events if e["event"] == "client" and e["round"] == r["round"] and "train/loss" in e]
+        assert sorted(e["client_id"] for e in clients) == r["finished"]
+        assert all(e["comm/up_bytes"] == e["comm/down_bytes"] == prompt_bytes for e in clients)
+    assert any(r["train/dropped"] for r in rounds)  # the dropout did drop someone
+    assert (summary["communication"]["down_bytes"], summary["communication"]["up_bytes"]) == (down, up)

@@ -91,6 +91,7 @@ def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_prompt_bit_for_bit(tm
     assert [e["round"] for e in events if e["event"] == "round"] == list(range(0, 9))
     summaries = [json.loads((d / "summary.json").read_text()) for d in (tmp_path / "whole", run_dir)]
     assert summaries[0]["final"] == summaries[1]["final"] and summaries[0]["initial"] == summaries[1]["initial"]
+    assert summaries[0]["communication"] == summaries[1]["communication"]  # bytes before the kill are kept
     # Every evaluated round's per-example scores, once each (the rounds after the checkpoint were
     # scored again and replace their first scoring), and the intervals computed from them.
     scores = [load_example_scores(d / EXAMPLE_SCORES) for d in (tmp_path / "whole", run_dir)]

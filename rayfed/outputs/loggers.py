@@ -43,6 +43,14 @@ class JsonlLogger:
         self._file.close()
 
 
+def _size(num_bytes: float) -> str:
+    """``1.4 MiB``: bytes in binary units."""
+    units, step = ("B", "KiB", "MiB", "GiB", "TiB"), 0
+    while num_bytes >= 1024 and step < len(units) - 1:
+        num_bytes, step = num_bytes / 1024, step + 1
+    return f"{num_bytes:.0f} B" if step == 0 else f"{num_bytes:.1f} {units[step]}"
+
+
 class ConsoleLogger:
     """One progress line per round and per personalization curve row."""
 
@@ -65,6 +73,8 @@ class ConsoleLogger:
             if event.get("train/dropped"):
                 parts.append(f"dropped {int(event['train/dropped'])}/{int(event['train/sampled'])}"
                              + (" (skipped: below availability.min_clients)" if event.get("train/skipped") else ""))
+            if "comm/up_bytes_total" in event:
+                parts.append(f"comm {_size(event['comm/down_bytes_total'] + event['comm/up_bytes_total'])}")
             parts.append(f"{event.get('time/round_s', 0.0) + event.get('time/eval_s', 0.0):.1f}s")
         elif event.get("event") == "status":
             parts = [str(event["message"])]

@@ -32,6 +32,12 @@ from rayfed.types import EvalSums, RoundResult
 class NonFiniteError(UserError):
     """A client's training produced a NaN or infinite loss or update."""
 
+def payload_bytes(tensor: torch.Tensor) -> int:
+    """The bytes a tensor's values take on the wire (``numel x element size``): what a round's
+    communication counts, without the transport's framing (Ray's or any other)."""
+    return tensor.numel() * tensor.element_size()
+
+
 class Executor(Protocol):
     """Runs client work somewhere and returns plain results; any ``ClientWorker`` method can be
     dispatched, so a new phase adds a worker method, not an executor method."""
@@ -98,17 +104,20 @@ class Driver:
         sampled = sample_clients(s.num_clients, s.clients_per_round, s.seed, round_idx)
         finished, dropped = who_reports(sampled, s.availability, s.seed, round_idx)
         quorum = s.availability.min_clients
-        updates = []
+        updates, sent = [], 0
         if len(finished) >= quorum:
             prompt = self.server.global_prompt()
+            sent = len(finished)  # the clients the global prompt went to
             results = self.executor.each("fit", {cid: (prompt, round_idx) for cid in finished})
             # runtime.on_client_failure=drop: the clients of a worker that died are missing.
             dropped.update({cid: "failure" for cid in finished if cid not in results})
             finished, updates = sorted(results), list(results.values())
         clients = {"sampled": sampled, "finished": finished, "dropped": sorted(dropped),
                    "dropped_reasons": {str(c): r for c, r in sorted(dropped.items())}}
+        down = payload_bytes(self.server.global_prompt())
         metrics = {"train/sampled": float(len(sampled)), "train/clients": float(len(finished)),
-                   "train/dropped": float(len(dropped))}
+                   "train/dropped": float(len(dropped)), "comm/down_bytes": float(sent * down),
+                   "comm/up_bytes": float(sum(payload_bytes(u.delta) for u in updates))}
         if len(finished) < quorum:  # below quorum: the global prompt stays as it is
             metrics.update({"train/skipped": 1.0, "time/round_s": time.perf_counter() - start})
             return RoundResult(round_idx, metrics, {}, clients)
@@ -126,7 +135,9 @@ class Driver:
             "train/update_norm": float(pseudo_gradient.norm()),
             "time/round_s": time.perf_counter() - start,
         })
-        return RoundResult(round_idx, metrics, {u.client_id: {"train/loss": u.train_loss} for u in updates}, clients)
+        per_client = {u.client_id: {"train/loss": u.train_loss, "comm/down_bytes": float(down),
+                                    "comm/up_bytes": float(payload_bytes(u.delta))} for u in updates}
+        return RoundResult(round_idx, metrics, per_client, clients)
 
     def evaluate(self, round_idx: int) -> RoundResult:
         """The global prompt on the global sets and, if enabled, on every client's own splits."""
