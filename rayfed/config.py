@@ -26,6 +26,7 @@ SERVER_OPTIMIZERS = ("sgd", "adam")
 DATA_SOURCES = ("synthetic", "bigbench", "sni")
 PARTITION_SCHEMES = ("dirichlet", "k_tasks", "iid")
 PARTITION_UNITS = ("category", "task")
+DTYPES = ("float32", "bfloat16", "float16")
 PROMPT_INITS = ("text", "random")
 FAILURE_POLICIES = ("retry", "drop", "fail")
 EXECUTORS = ("ray", "local")
@@ -49,6 +50,9 @@ class ModelConfig:
     # Run Python code shipped with a hub model or local directory (its own modeling files). Off:
     # only architectures transformers itself implements load.
     trust_remote_code: bool = False
+    # The frozen backbone's weights and activations: float32 | bfloat16 | float16. The prompt (or
+    # any trainable adapter) stays float32, as do its optimizer state, the loss and aggregation.
+    dtype: str = "float32"
 
 
 @dataclass
@@ -431,6 +435,7 @@ def _validate_model_and_data(cfg: ExperimentConfig) -> None:
     m, d = cfg.model, cfg.data
     _check(m.num_virtual_tokens >= 1, "model.num_virtual_tokens", "must be >= 1")
     _choice("model.prompt_init", m.prompt_init, PROMPT_INITS)
+    _choice("model.dtype", m.dtype, DTYPES)
     _choice("data.source", d.source, DATA_SOURCES)
     _check(d.source != "sni" or bool(d.path), "data.path", "is required when data.source is sni")
     _check(d.max_examples_per_task >= 1, "data.max_examples_per_task", "must be >= 1")

@@ -145,9 +145,20 @@ def run_fingerprint(cfg: ExperimentConfig) -> dict[str, Any]:
     return {"rayfed": __version__, **flat("", _determining(cfg))}
 
 
+# Keys added to the config after runs were checkpointed, with the value that reproduces what runs
+# did before the key existed. At that value a key is left out of the identity and fingerprint, so
+# a checkpoint written before it was added still resumes; any other value makes another run.
+ADDED_KEYS: dict[str, Any] = {"algorithm.proximal_mu": 0.0, "model.dtype": "float32"}
+
+
 def _determining(cfg: ExperimentConfig) -> dict[str, Any]:
-    return {k: v for k, v in asdict(cfg).items()
+    keys = {k: v for k, v in asdict(cfg).items()
             if k not in ("name", "output_dir") and not any(p.startswith(f"{k}.") for p in RESUME_OVERRIDABLE)}
+    for dotted, before in ADDED_KEYS.items():
+        section, key = dotted.split(".")
+        if section in keys and key in keys[section] and keys[section][key] == before:
+            keys[section] = {k: v for k, v in keys[section].items() if k != key}
+    return keys
 
 
 def _refuse_foreign(checkpoint: Path, record: dict[str, Any], identity: str, fingerprint: dict[str, Any]) -> None:

@@ -47,6 +47,7 @@ class ModelSettings:
     prompt_init: str
     prompt_init_text: str
     trust_remote_code: bool = False
+    dtype: str = "float32"  # the backbone's; the prompt trains in float32
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> ModelSettings:

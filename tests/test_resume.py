@@ -305,3 +305,18 @@ def test_a_resume_whose_personalization_would_be_refused_stops_before_training(t
     with pytest.raises(ConfigError, match=r"personalize.local_epochs: 1 -> 2"):
         resume_experiment(out, ["personalize.local_epochs=2"], loggers=[])
     assert load_run_state(out / CHECKPOINT)[0] == 1  # round 2 was not trained again
+
+
+def test_a_key_added_later_at_its_old_behaviour_keeps_old_checkpoints_resumable(tiny_config):
+    """A checkpoint written before model.dtype / algorithm.proximal_mu existed holds neither in its
+    identity; a config at the values that reproduce the old behaviour has the same identity, and
+    any other value is another run (a resume names the key)."""
+    from rayfed.experiment import ADDED_KEYS, run_fingerprint, run_identity
+
+    default = tiny_config()
+    assert not set(ADDED_KEYS) & set(run_fingerprint(default))
+    for key, value in (("model.dtype", "bfloat16"), ("algorithm.proximal_mu", 0.1)):
+        other = tiny_config(f"{key}={value}", "algorithm.name=fedprox") if "proximal" in key else tiny_config(
+            f"{key}={value}")
+        assert run_fingerprint(other)[key] == value
+        assert run_identity(other) != run_identity(default)

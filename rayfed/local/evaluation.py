@@ -172,7 +172,7 @@ def _prompt_states(model: PromptModel, prompts: torch.Tensor) -> list[tuple[torc
     Every example starts with its prompt at positions ``0..V-1`` and causal attention keeps
     those states independent of what follows, so they are computed once per prompt, not per row.
     """
-    prompts = prompts.to(model.device, model.prompt_parameter.dtype)
+    prompts = prompts.to(model.device, model.compute_dtype)
     n, n_virtual = prompts.shape[:2]
     out = model.peft.get_base_model().base_model(
         inputs_embeds=prompts, attention_mask=torch.ones(n, n_virtual, dtype=torch.long, device=model.device),

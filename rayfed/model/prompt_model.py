@@ -33,6 +33,11 @@ class PromptModel:
     device: torch.device
 
     @property
+    def compute_dtype(self) -> torch.dtype:
+        """The backbone's dtype, which prompts are cast to on their way in (they train in float32)."""
+        return self.peft.get_base_model().get_input_embeddings().weight.dtype
+
+    @property
     def prompt_parameter(self) -> torch.nn.Parameter:
         return self.peft.prompt_encoder["default"].embedding.weight
 
@@ -72,7 +77,7 @@ def build_prompt_model(cfg: ModelSettings, device: str | torch.device = "cpu", s
     The initial prompt depends only on the backbone, ``cfg`` and ``seed``, so every process that
     builds the same config holds the same starting prompt.
     """
-    backbone, tokenizer = load_backbone(cfg.name, trust_remote_code=cfg.trust_remote_code)
+    backbone, tokenizer = load_backbone(cfg.name, trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
     backbone.eval()  # no dropout: training the prompt must be deterministic
     peft_cfg = PromptTuningConfig(
         task_type=TaskType.CAUSAL_LM,
@@ -101,8 +106,9 @@ def initial_prompt(backbone, tokenizer, cfg: ModelSettings, seed: int) -> torch.
     return torch.randn(n, table.shape[1], generator=gen) * table.float().std()
 
 
-def load_backbone(name: str, trust_remote_code: bool = False):
-    """Return ``(model, tokenizer)`` with every backbone parameter frozen.
+def load_backbone(name: str, trust_remote_code: bool = False, dtype: str = "float32"):
+    """Return ``(model, tokenizer)`` with every backbone parameter frozen, in ``dtype``
+    (``float32``, ``bfloat16`` or ``float16``).
 
     Weights load from safetensors only, never from a pickle (``pytorch_model.bin``), and a
     model's own code runs only with ``trust_remote_code`` (``model.trust_remote_code``).
@@ -122,7 +128,7 @@ def load_backbone(name: str, trust_remote_code: bool = False):
         path = resolve_model_path(name)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), use_safetensors=True,
                                                          trust_remote_code=trust_remote_code)
         except ValueError as err:  # transformers: a config class with no causal-LM head
             raise UserError(f"model.name {name!r}: not a causal language model ({str(err).splitlines()[0]})") from None
@@ -134,6 +140,7 @@ def load_backbone(name: str, trust_remote_code: bool = False):
                              f"AutoModelForCausalLM.from_pretrained(path).save_pretrained(path)") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    model.to(getattr(torch, dtype))  # the tiny model is built in float32; a loaded one already is dtype
     for p in model.parameters():
         p.requires_grad_(False)
     return model, tokenizer

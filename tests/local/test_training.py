@@ -118,3 +118,33 @@ def test_a_fedprox_run_lowers_the_loss_and_mu_belongs_to_fedprox_only(tiny_confi
     assert summary["final"]["loss"] < summary["initial"]["loss"]
     with pytest.raises(ConfigError, match="key 'algorithm.proximal_mu': only fedprox"):
         tiny_config("algorithm.proximal_mu=0.1")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_a_half_precision_backbone_trains_a_float32_prompt_that_lowers_the_loss(tiny_config, tmp_path, dtype):
+    from pathlib import Path
+
+    from rayfed.experiment import run_experiment
+    from rayfed.model.prompt_model import build_prompt_model
+    from rayfed.outputs.checkpoint import load_prompt
+
+    model = build_prompt_model(tiny_config(f"model.dtype={dtype}").model)
+    assert {p.dtype for p in model.peft.get_base_model().parameters()} == {getattr(torch, dtype)}
+    assert model.prompt_parameter.dtype == torch.float32
+    prompts = []
+    for attempt in range(2 if dtype == "bfloat16" else 1):  # the same numbers again, in half precision too
+        cfg = tiny_config(f"model.dtype={dtype}", "runtime.executor=local", "algorithm.rounds=3", "eval.local=false",
+                          f"output_dir={tmp_path / str(attempt)}")
+        summary = run_experiment(cfg, loggers=[])
+        assert summary["final"]["loss"] < summary["initial"]["loss"] - 0.5
+        prompt, _ = load_prompt(Path(cfg.output_dir) / "global_prompt.safetensors")
+        assert prompt.dtype == torch.float32
+        prompts.append(prompt)
+    assert all(torch.equal(prompts[0], p) for p in prompts)
+
+
+def test_an_unknown_dtype_is_refused_naming_the_key(tiny_config):
+    from rayfed.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.dtype"):
+        tiny_config("model.dtype=int8")
