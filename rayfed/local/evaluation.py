@@ -7,6 +7,7 @@ decoder they are checked against (benchmarks/eval_speed.py, tests/local/test_eva
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -15,7 +16,9 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from rayfed.data.formatting import TokenizedExample, collate_generate
+from rayfed.errors import RayfedWarning
 from rayfed.local.lengths import call_overhead_tokens, length_groups
+from rayfed.local.loss import per_example_loss
 from rayfed.metrics import exact_match, rouge_l
 from rayfed.model.prompt_model import PromptModel
 from rayfed.types import EvalSums
@@ -83,15 +86,24 @@ def evaluate_many(model: PromptModel, jobs: Sequence[tuple[Sequence[TokenizedExa
     # Whole batches decode together: a decode step reads every weight once however many rows it
     # has, so fewer, fuller steps are cheaper. The bound keeps the KV cache's memory modest.
     chunk = max(1, _DECODE_ROWS // batch_size) * batch_size
+    n_virtual = jobs[0][1].shape[0] if jobs else 0
+    exact = any(_past_sliding_window(model, n_virtual + len(r.source_ids) + limit) for r, limit in zip(rows, limits))
+    if exact:
+        _note_sliding_window(model)
     with torch.inference_mode():
         for start in range(0, len(order), chunk):
             part = order[start:start + chunk]
-            used = sorted({owners[i] for i in part})  # the prompts this chunk needs, once each
-            states = _prompt_states(model, torch.stack([jobs[j][1] for j in used]))
-            slot = {j: k for k, j in enumerate(used)}
-            losses, predictions = _score_and_generate(
-                model, [rows[i] for i in part], [limits[i] for i in part], states,
-                torch.tensor([slot[owners[i]] for i in part]), max_group_rows=batch_size)
+            if exact:  # a sliding window counts cache slots: no padding between a row's tokens
+                losses, predictions = _score_and_generate_unpadded(
+                    model, [rows[i] for i in part], [limits[i] for i in part],
+                    torch.stack([jobs[owners[i]][1] for i in part]), max_group_rows=batch_size)
+            else:
+                used = sorted({owners[i] for i in part})  # the prompts this chunk needs, once each
+                states = _prompt_states(model, torch.stack([jobs[j][1] for j in used]))
+                slot = {j: k for k, j in enumerate(used)}
+                losses, predictions = _score_and_generate(
+                    model, [rows[i] for i in part], [limits[i] for i in part], states,
+                    torch.tensor([slot[owners[i]] for i in part]), max_group_rows=batch_size)
             for i, loss, prediction in zip(part, losses.tolist(), predictions):
                 target = rows[i].target_text
                 em, rouge = exact_match(prediction, target), rouge_l(prediction, target)
@@ -103,16 +115,19 @@ def evaluate_many(model: PromptModel, jobs: Sequence[tuple[Sequence[TokenizedExa
 
 
 @torch.no_grad()
-def generate(model: PromptModel, batch: list[TokenizedExample], max_new_tokens: int) -> list[str]:
+def generate(model: PromptModel, batch: list[TokenizedExample], max_new_tokens: int,
+             prompts: torch.Tensor | None = None) -> list[str]:
     """Greedy continuations with a KV cache, bounded by the longest target in the batch.
 
     Sources are left-padded; position ids count only real tokens, so every row sees the same
-    positions it was trained at (prompt, then its own tokens), whatever the padding.
+    positions it was trained at (prompt, then its own tokens), whatever the padding (under
+    full attention: a sliding window counts cache slots, pads included). ``prompts``
+    (``[rows, virtual, hidden]``) gives each row its own prompt; by default the model's.
     """
     inputs = collate_generate(batch, model.pad_id)
     limit = min(max_new_tokens, max(len(b.target_ids) for b in batch))
     backbone = model.peft.get_base_model()
-    embeds, mask = model.prompted_inputs(inputs["input_ids"], inputs["attention_mask"])
+    embeds, mask = model.prompted_inputs(inputs["input_ids"], inputs["attention_mask"], prompts)
     n_rows = mask.shape[0]
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     out = backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
@@ -338,3 +353,53 @@ def _score_and_generate(model: PromptModel, rows: list[TokenizedExample], limits
         _greedy_continue(model, merged, tokens, limits)
     texts = model.tokenizer.batch_decode(tokens, skip_special_tokens=True)
     return torch.cat(losses), [t.strip() for t in texts]
+
+
+# --- Sliding-window attention (Gemma 3, Mistral): the window counts cache slots, so the pads and
+# holes the fused path leaves between a row's tokens would change what it attends to once a row
+# is longer than the window. Such rows are scored by per_example_loss (right padding only, after
+# the tokens) and decoded by generate() in groups of one source length (no padding at all).
+
+_noted: set[int] = set()
+
+
+def _sliding_window(model: PromptModel) -> int | None:
+    """The backbone's attention window in tokens, or None under full attention in every layer."""
+    config = model.peft.get_base_model().config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if window is None or (types is not None and "sliding_attention" not in types):
+        return None
+    return None if getattr(config, "use_sliding_window", True) is False else int(window)
+
+
+def _past_sliding_window(model: PromptModel, length: int) -> bool:
+    window = _sliding_window(model)
+    return window is not None and length > window
+
+
+def _note_sliding_window(model: PromptModel) -> None:
+    if id(model) not in _noted:
+        _noted.add(id(model))
+        warnings.warn(f"rows longer than the backbone's sliding attention window ({_sliding_window(model)} tokens) "
+                      f"are scored without the fused evaluation: exact, and slower", RayfedWarning, stacklevel=3)
+
+
+def _score_and_generate_unpadded(model: PromptModel, rows: list[TokenizedExample], limits: list[int],
+                                 prompts: torch.Tensor, *, max_group_rows: int) -> tuple[torch.Tensor, list[str]]:
+    """:func:`_score_and_generate`'s numbers for any attention: losses by
+    :func:`~rayfed.local.loss.per_example_loss`, texts by :func:`generate` over rows of one source
+    length and one limit (``prompts[i]``: row ``i``'s prompt)."""
+    losses = torch.cat([per_example_loss(model, rows[k:k + max_group_rows], prompts[k:k + max_group_rows]).float()
+                        for k in range(0, len(rows), max_group_rows)])
+    texts = [""] * len(rows)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (row, limit) in enumerate(zip(rows, limits)):
+        groups.setdefault((len(row.source_ids), limit), []).append(i)
+    for (_, limit), members in groups.items():
+        for k in range(0, len(members), max_group_rows):
+            part = members[k:k + max_group_rows]
+            for i, text in zip(part, generate(model, [rows[i] for i in part], limit, prompts[part])):
+                texts[i] = text
+    return losses, texts
