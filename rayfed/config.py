@@ -27,6 +27,7 @@ DATA_SOURCES = ("synthetic", "bigbench", "sni")
 PARTITION_SCHEMES = ("dirichlet", "k_tasks", "iid")
 PARTITION_UNITS = ("category", "task")
 DTYPES = ("float32", "bfloat16", "float16")
+COMPRESSIONS = ("none", "fp16", "int8", "topk")  # rayfed.core.compression.METHODS
 PROMPT_INITS = ("text", "random")
 FAILURE_POLICIES = ("retry", "drop", "fail")
 EXECUTORS = ("ray", "local")
@@ -101,6 +102,14 @@ class AlgorithmConfig:
     # fedprox: mu of the proximal term mu / 2 * ||p - global||^2 in each client's local objective
     # (Li et al. 2020); 0 is plain FedAvg.
     proximal_mu: float = 0.0
+
+
+@dataclass
+class CommunicationConfig:
+    """What a client's update costs on the way to the server (rayfed.core.compression)."""
+
+    compress: str = "none"  # none | fp16 | int8 | topk (top-k with error feedback)
+    topk_fraction: float = 0.1  # topk: the share of values a client sends each round
 
 
 @dataclass
@@ -246,6 +255,7 @@ class ExperimentConfig:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     availability: AvailabilityConfig = field(default_factory=AvailabilityConfig)
+    communication: CommunicationConfig = field(default_factory=CommunicationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -436,6 +446,8 @@ def _validate_model_and_data(cfg: ExperimentConfig) -> None:
     _check(m.num_virtual_tokens >= 1, "model.num_virtual_tokens", "must be >= 1")
     _choice("model.prompt_init", m.prompt_init, PROMPT_INITS)
     _choice("model.dtype", m.dtype, DTYPES)
+    _choice("communication.compress", cfg.communication.compress, COMPRESSIONS)
+    _check(0 < cfg.communication.topk_fraction <= 1, "communication.topk_fraction", "must be in (0, 1]")
     _choice("data.source", d.source, DATA_SOURCES)
     _check(d.source != "sni" or bool(d.path), "data.path", "is required when data.source is sni")
     _check(d.max_examples_per_task >= 1, "data.max_examples_per_task", "must be >= 1")

@@ -148,7 +148,8 @@ def run_fingerprint(cfg: ExperimentConfig) -> dict[str, Any]:
 # Keys added to the config after runs were checkpointed, with the value that reproduces what runs
 # did before the key existed. At that value a key is left out of the identity and fingerprint, so
 # a checkpoint written before it was added still resumes; any other value makes another run.
-ADDED_KEYS: dict[str, Any] = {"algorithm.proximal_mu": 0.0, "model.dtype": "float32"}
+ADDED_KEYS: dict[str, Any] = {"algorithm.proximal_mu": 0.0, "model.dtype": "float32", "communication.compress": "none",
+                              "communication.topk_fraction": 0.1}
 
 
 def _determining(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -158,6 +159,8 @@ def _determining(cfg: ExperimentConfig) -> dict[str, Any]:
         section, key = dotted.split(".")
         if section in keys and key in keys[section] and keys[section][key] == before:
             keys[section] = {k: v for k, v in keys[section].items() if k != key}
+            if not keys[section]:  # a section added whole, at its old behaviour
+                del keys[section]
     return keys
 
 

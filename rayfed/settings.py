@@ -114,6 +114,8 @@ class RoundSettings:
     eval: EvalSettings  # how the rounds' evaluations score
     evaluate_clients: bool = True  # also score the global prompt on every client's own splits
     client_lr: float | None = None  # named in the error when training diverges
+    compress: str = "none"  # how clients' updates travel (rayfed.core.compression)
+    topk_fraction: float = 0.1
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig) -> RoundSettings:
@@ -122,4 +124,5 @@ class RoundSettings:
                    AvailabilitySettings.from_config(cfg.availability),
                    tuple(s for s in LOCAL_SPLITS if (p.val_examples if s == "local_val" else 1) > 0),
                    tuple(s for s in GLOBAL_SPLITS if (p.global_val_examples if s == "global_val" else 1) > 0),
-                   EvalSettings.from_config(cfg.eval), cfg.eval.local, a.client_optimizer.lr)
+                   EvalSettings.from_config(cfg.eval), cfg.eval.local, a.client_optimizer.lr,
+                   cfg.communication.compress, cfg.communication.topk_fraction)

@@ -24,6 +24,9 @@ SERVERS = {
     "sgd-momentum": ["algorithm.server_optimizer.name=sgd", "algorithm.server_optimizer.lr=1.0",
                      "algorithm.server_optimizer.momentum=0.9"],
     "adam": ["algorithm.server_optimizer.name=adam", "algorithm.server_optimizer.lr=0.05"],
+    # Each client's top-k residual carries across rounds: it is saved in the checkpoint.
+    "topk-error-feedback": ["algorithm.server_optimizer.name=sgd", "algorithm.server_optimizer.lr=1.0",
+                            "communication.compress=topk", "communication.topk_fraction=0.05"],
 }
 
 

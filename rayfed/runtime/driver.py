@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 import torch
 
 from rayfed.algorithms.base import Algorithm
 from rayfed.core.availability import who_reports
+from rayfed.core.compression import compress
 from rayfed.core.interpolation import interpolate
 from rayfed.core.sampling import sample_clients
 from rayfed.core.server_optimizer import ServerOptimizer
@@ -26,7 +28,7 @@ from rayfed.names import EVAL, metric_key
 from rayfed.personalization.settings import PersonalizeSettings
 from rayfed.runtime.worker import ClientWorker
 from rayfed.settings import EvalSettings, RoundSettings
-from rayfed.types import EvalSums, RoundResult
+from rayfed.types import ClientUpdate, EvalSums, RoundResult
 
 
 class NonFiniteError(UserError):
@@ -79,18 +81,35 @@ class Driver:
         self.server = ServerOptimizer(executor.initial_prompt(), settings.server_optimizer)
         self.client_ids = list(range(settings.num_clients))
         self.local_splits, self.global_splits = settings.local_splits, settings.global_splits
+        # Each client's top-k error-feedback residual: what its compressed updates left out so far.
+        self.residuals: dict[int, torch.Tensor] = {}
 
     def global_prompt(self) -> torch.Tensor:
         return self.server.global_prompt()
 
     def state(self) -> dict[str, torch.Tensor]:
-        """Everything a resumed run needs from the driver: the global prompt and the server
-        optimizer's state. Clients keep none between rounds, and every seed derives from the
-        round, so this and the round index continue the run bit for bit."""
-        return self.server.state()
+        """Everything a resumed run needs from the driver: the global prompt, the server
+        optimizer's state and the clients' error-feedback residuals (``residual/<id>``). Clients
+        keep nothing else between rounds, and every seed derives from the round, so this and the
+        round index continue the run bit for bit."""
+        return {**self.server.state(), **{f"residual/{cid}": r for cid, r in sorted(self.residuals.items())}}
 
     def restore(self, state: dict[str, torch.Tensor]) -> None:
-        self.server.load_state(state)
+        self.server.load_state({k: v for k, v in state.items() if not k.startswith("residual/")})
+        self.residuals = {int(k.removeprefix("residual/")): v.clone() for k, v in state.items()
+                          if k.startswith("residual/")}
+
+    def _compressed(self, updates: list[ClientUpdate]) -> tuple[list[ClientUpdate], dict[int, int]]:
+        """Each update as the server decodes it after ``communication.compress`` (what the client
+        sends, simulated here, where its residual is kept), and the bytes each one took."""
+        s, out, sizes = self.settings, [], {}
+        for u in updates:
+            decoded, residual, sizes[u.client_id] = compress(u.delta, s.compress, residual=self.residuals.get(
+                u.client_id), topk_fraction=s.topk_fraction)
+            if residual is not None:
+                self.residuals[u.client_id] = residual
+            out.append(replace(u, delta=decoded))
+        return out, sizes
 
     def splits(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The non-empty ``(local splits, global splits)`` of this run's data."""
@@ -112,12 +131,13 @@ class Driver:
             # runtime.on_client_failure=drop: the clients of a worker that died are missing.
             dropped.update({cid: "failure" for cid in finished if cid not in results})
             finished, updates = sorted(results), list(results.values())
+        updates, up = self._compressed(updates)
         clients = {"sampled": sampled, "finished": finished, "dropped": sorted(dropped),
                    "dropped_reasons": {str(c): r for c, r in sorted(dropped.items())}}
         down = payload_bytes(self.server.global_prompt())
         metrics = {"train/sampled": float(len(sampled)), "train/clients": float(len(finished)),
                    "train/dropped": float(len(dropped)), "comm/down_bytes": float(sent * down),
-                   "comm/up_bytes": float(sum(payload_bytes(u.delta) for u in updates))}
+                   "comm/up_bytes": float(sum(up.values()))}
         if len(finished) < quorum:  # below quorum: the global prompt stays as it is
             metrics.update({"train/skipped": 1.0, "time/round_s": time.perf_counter() - start})
             return RoundResult(round_idx, metrics, {}, clients)
@@ -136,7 +156,7 @@ class Driver:
             "time/round_s": time.perf_counter() - start,
         })
         per_client = {u.client_id: {"train/loss": u.train_loss, "comm/down_bytes": float(down),
-                                    "comm/up_bytes": float(payload_bytes(u.delta))} for u in updates}
+                                    "comm/up_bytes": float(up[u.client_id])} for u in updates}
         return RoundResult(round_idx, metrics, per_client, clients)
 
     def evaluate(self, round_idx: int) -> RoundResult:
