@@ -1,0 +1,114 @@
+"""Quality against bytes: one run per ``communication.compress`` setting of a config.
+
+Prints, per setting, the final global test loss and ROUGE-L (with the 95% bootstrap interval of
+the loss over the global test examples, from the run's summary, and of its change from the
+uncompressed run, paired by example), the bytes clients sent up and
+received down over the run, and the upload as a ratio to the uncompressed run's. Full
+fine-tuning's bytes are computed for reference: every backbone parameter in float32, once down
+and once up per dispatched client per round (the same rounds and clients as these runs).
+
+    .venv/bin/python benchmarks/communication.py configs/smoke.yaml              # tiny model, minutes
+    .venv/bin/python benchmarks/communication.py configs/quickstart.yaml         # SmolLM2-135M, hours on 2 cores
+    .venv/bin/python benchmarks/communication.py configs/smoke.yaml --plot docs/figures/communication_smoke.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from rayfed.config import load_config
+from rayfed.core.bootstrap import bootstrap_mean
+from rayfed.experiment import run_experiment
+from rayfed.model.prompt_model import load_backbone
+from rayfed.outputs.scores import EXAMPLE_SCORES, load_example_scores
+
+SETTINGS = {"none": [], "fp16": [], "int8": [], "topk 10%": ["communication.topk_fraction=0.1"],
+            "topk 1%": ["communication.topk_fraction=0.01"]}
+
+
+def run_all(config: str, overrides: list[str]) -> dict[str, dict]:
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, extra in SETTINGS.items():
+            method = label.split()[0]
+            cfg = load_config(config, [*overrides, f"communication.compress={method}", *extra,
+                                       f"output_dir={Path(tmp) / label.replace(' ', '').replace('%', '')}"])
+            summary = run_experiment(cfg, loggers=[])
+            rows[label] = {**summary["final"], "loss_interval": summary["final_intervals"]["global_test"]["loss"],
+                           **summary["communication"], "_scores": final_global_losses(Path(cfg.output_dir))}
+    base = rows["none"]["_scores"]
+    for r in rows.values():  # the change from uncompressed, paired by example
+        ids = sorted(set(base) & set(r["_scores"]))
+        diffs = np.array([r["_scores"][i] - base[i] for i in ids])
+        r["loss_change"] = list(bootstrap_mean([[diffs]]))
+        del r["_scores"]
+    return rows
+
+
+def final_global_losses(run_dir: Path) -> dict[int, float]:
+    """Each global test example's loss at the run's last evaluation, by example id."""
+    columns = load_example_scores(run_dir / EXAMPLE_SCORES)
+    last = columns["epoch"].max()
+    keep = (columns["split"] == "global_test") & (columns["epoch"] == last)
+    return dict(zip(columns["example_id"][keep].tolist(), columns["loss"][keep].tolist(), strict=True))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--plot", help="write the ROUGE-L / loss against uploaded bytes figure here")
+    args = parser.parse_args()
+    rows = run_all(args.config, args.overrides)
+
+    cfg = load_config(args.config, args.overrides)
+    backbone, _ = load_backbone(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+    params = sum(p.numel() for p in backbone.parameters())
+    base = rows["none"]
+    dispatched = base["down_bytes"] / base["prompt_bytes"]  # client-rounds that received the prompt
+    full = params * 4 * dispatched
+
+    print(f"{'compress':<10} {'loss':>8} {'loss 95% interval':>19} {'change from none [95%]':>27} {'rougeL':>7} "
+          f"{'up bytes':>12} {'vs none':>8} {'down bytes':>12}")
+    for label, r in rows.items():
+        low, high = r["loss_interval"]
+        change, c_low, c_high = r["loss_change"]
+        print(f"{label:<10} {r['loss']:>8.4f} [{low:>7.4f}, {high:>7.4f}] "
+              f"{change:>+8.4f} [{c_low:>+7.4f}, {c_high:>+7.4f}] {r['rouge_l']:>7.4f} {r['up_bytes']:>12,.0f} "
+              f"{r['up_bytes'] / base['up_bytes']:>7.3f}x {r['down_bytes']:>12,.0f}")
+    print(f"{'full FT':<10} {'':>8} {'':>19} {'':>27} {'':>7} {full:>12,.0f} {full / base['up_bytes']:>7.0f}x "
+          f"{full:>12,.0f}   ({params:,} float32 parameters each way per client-round)")
+    print(json.dumps({"rows": rows, "full_finetuning_bytes_each_way": full, "backbone_parameters": params},
+                     sort_keys=True))
+    if args.plot:
+        plot(rows, args.plot)
+
+
+def plot(rows: dict[str, dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, r in rows.items():
+        low, high = r["loss_interval"]
+        ax.errorbar(r["up_bytes"], r["loss"], yerr=[[r["loss"] - low], [high - r["loss"]]], fmt="o", capsize=3)
+        ax.annotate(label, (r["up_bytes"], r["loss"]), textcoords="offset points", xytext=(5, 5))
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes uploaded by clients over the run (log)")
+    ax.set_ylabel("final global test loss (95% interval over examples)")
+    ax.set_title("Client-to-server compression: quality against bytes")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
