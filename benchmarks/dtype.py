@@ -33,19 +33,20 @@ from rayfed.model.prompt_model import build_prompt_model
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def step_times(cfg_path: str, overrides: list[str], repeats: int) -> dict[str, dict[str, float]]:
+def step_times(cfg_path: str, overrides: list[str], repeats: int, dtypes: tuple[str, ...] = DTYPES,
+               ) -> dict[str, dict[str, float]]:
     """Median seconds of one local training step and of one evaluation of the global test set's
     first 32 examples, per dtype, the dtypes taking turns."""
     cfg = load_config(cfg_path, overrides)
     data = federated_data(cfg)
     models = {dt: build_prompt_model(load_config(cfg_path, [*overrides, f"model.dtype={dt}"]).model, seed=cfg.seed)
-              for dt in DTYPES}
+              for dt in dtypes}
     tok = next(iter(models.values())).tokenizer
     train = tokenize(data.clients[0].train, tok, cfg.data.max_source_tokens, cfg.data.max_target_tokens)
     test = tokenize(data.global_test[:32], tok, cfg.data.max_source_tokens, cfg.data.max_target_tokens)
     prompt = models["float32"].get_prompt()
     a = cfg.algorithm
-    times: dict[str, dict[str, list[float]]] = {dt: {"train_step_s": [], "eval_s": []} for dt in DTYPES}
+    times: dict[str, dict[str, list[float]]] = {dt: {"train_step_s": [], "eval_s": []} for dt in dtypes}
     for _ in range(repeats + 1):  # the first pass warms up and is dropped
         for dt, model in models.items():
             start = time.perf_counter()
@@ -63,19 +64,23 @@ def main() -> None:
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--repeats", type=int, default=3, help="alternating timing passes per dtype")
+    parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated, float32 first (the baseline)")
     args = parser.parse_args()
+    dtypes = tuple(args.dtypes.split(","))
+    if dtypes[0] != "float32":
+        parser.error("--dtypes starts with float32, the baseline every ratio is to")
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    steps = step_times(args.config, args.overrides, args.repeats)
+    steps = step_times(args.config, args.overrides, args.repeats, dtypes)
     print(f"{'dtype':<10} {'train step s':>13} {'vs fp32':>8} {'eval s':>8} {'vs fp32':>8}")
-    for dt in DTYPES:
+    for dt in dtypes:
         t, base = steps[dt], steps["float32"]
         print(f"{dt:<10} {t['train_step_s']:>13.3f} {t['train_step_s'] / base['train_step_s']:>7.2f}x "
               f"{t['eval_s']:>8.3f} {t['eval_s'] / base['eval_s']:>7.2f}x")
 
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for dt in DTYPES:
+        for dt in dtypes:
             cfg = load_config(args.config, [*args.overrides, f"model.dtype={dt}", f"output_dir={Path(tmp) / dt}"])
             start = time.perf_counter()
             summary = run_experiment(cfg, loggers=[])
@@ -84,7 +89,7 @@ def main() -> None:
     print(f"\n{'dtype':<10} {'loss':>8} {'d loss':>8} {'EM':>7} {'rougeL':>7} {'d rougeL':>9} "
           f"{'local rL':>9} {'run s':>7} {'vs fp32':>8}")
     base = runs["float32"]
-    for dt in DTYPES:
+    for dt in dtypes:
         r = runs[dt]
         local = "" if r["local_rouge_l"] is None else f"{r['local_rouge_l']:.4f}"
         print(f"{dt:<10} {r['loss']:>8.4f} {r['loss'] - base['loss']:>+8.4f} {r['exact_match']:>7.4f} "
