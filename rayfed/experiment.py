@@ -93,6 +93,7 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
                 driver.restore(state)
                 initial, final = _result(record["initial"]), _result(record["final"])
             else:
+                _status(loggers, f"round 0: scoring the untrained prompt ({_eval_size(cfg, data)})")
                 initial = final = driver.evaluate(0)
                 log_round(loggers, initial)
                 scores.add(initial.examples)
@@ -119,6 +120,21 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
         summary["personalization"] = personal
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     return summary
+
+
+def _status(loggers: list[MetricLogger], message: str) -> None:
+    """A progress line for the console (not kept in metrics.jsonl)."""
+    for logger in loggers:
+        logger.log({"event": "status", "message": message})
+
+
+def _eval_size(cfg: ExperimentConfig, data: Any) -> str:
+    """What one evaluation scores: the global sets and, with eval.local, every client's own splits."""
+    shared = len(data.global_test) + len(data.global_val)
+    if not cfg.eval.local:
+        return f"{shared} global examples"
+    own = sum(len(c.test) + len(c.val) for c in data.clients)
+    return f"{shared} global examples; {own} of the {len(data.clients)} clients' own"
 
 
 def _personal_dir(cfg: ExperimentConfig, out: Path) -> Path:

@@ -95,3 +95,18 @@ def test_communication_is_counted_per_client_per_round_and_in_total(tiny_config)
         assert all(e["comm/up_bytes"] == e["comm/down_bytes"] == prompt_bytes for e in clients)
     assert any(r["train/dropped"] for r in rounds)  # the dropout did drop someone
     assert (summary["communication"]["down_bytes"], summary["communication"]["up_bytes"]) == (down, up)
+
+
+def test_the_console_says_what_the_first_evaluation_scores_before_it_starts(tiny_config):
+    """Round 0 is the longest silence of a run (every global and local example scored): a line
+    says what is being scored before it starts."""
+    import io
+
+    from rayfed.outputs.loggers import ConsoleLogger
+
+    cfg = tiny_config("runtime.executor=local", "algorithm.rounds=1")
+    stream = io.StringIO()
+    run_experiment(cfg, loggers=[ConsoleLogger(cfg.algorithm.rounds, stream)])
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "round 0: scoring the untrained prompt (16 global examples; 16 of the 4 clients' own)"
+    assert lines[1].startswith("round   0/1")
