@@ -28,6 +28,7 @@ from rayfed.outputs.checkpoint import CHECKPOINT, load_run_state, save_prompt, s
 from rayfed.outputs.lock import writing
 from rayfed.outputs.loggers import MetricLogger, build_loggers, log_round
 from rayfed.outputs.plots import draw_and_log
+from rayfed.outputs.prompt_files import PROMPT_TOKENS, write_prompt_tokens
 from rayfed.outputs.scores import EXAMPLE_SCORES, ScoreLog, interval_of, load_example_scores
 from rayfed.personalization.phase import check_same_settings, personalize_phase
 from rayfed.runtime.driver import payload_bytes
@@ -102,6 +103,7 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
             save_adapter(out / ADAPTER_DIR, driver.global_prompt(), ModelSettings.from_config(cfg.model),
                          max_source_tokens=cfg.data.max_source_tokens, max_target_tokens=cfg.data.max_target_tokens,
                          source={"prompt": "global", "round": cfg.algorithm.rounds})
+            write_prompt_tokens(out, driver, driver.global_prompt(), cfg.algorithm.rounds)
 
             # --- Personalization (optional): the same phase `rayfed personalize` runs on a finished run.
             personal = None
@@ -229,6 +231,7 @@ def _clear_run(out: Path) -> None:
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(personal, ignore_errors=True)
         shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)
+        (out / PROMPT_TOKENS).unlink(missing_ok=True)
 
 
 # Bytes sent to and received from clients over the run so far; kept in the checkpoint's record.

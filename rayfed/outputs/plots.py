@@ -2,7 +2,8 @@
 
 ``plot_path(dir)`` draws what the files there allow, writing PNGs next to them: a run (``metrics.jsonl``)
 -> ``rounds.png``, then each ``personalize/*/`` study (``personalization.jsonl``, ``summary.json``) ->
-``curves.png``, ``curves_by_epoch.png``, ``interpolation.png``; a search (``results.csv``, ``search.json``)
+``curves.png``, ``curves_by_epoch.png``, ``interpolation.png``; the prompt maps (``prompt_tokens.png``,
+``drift.png``: rayfed.outputs.plots_prompt); a search (``results.csv``, ``search.json``)
 -> ``pareto.png``. A study's figures are drawn by ``rayfed.study.plots`` (``rayfed plot`` picks which).
 Interpolation ratio 0 is the global prompt, 1 the client's own (local) prompt.
 """
@@ -27,6 +28,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from rayfed.names import EVAL, METRICS, SPLITS, metric_key, objective  # noqa: E402
+from rayfed.outputs.plots_prompt import plot_prompt_map, plot_prompt_tokens  # noqa: E402
 
 DPI = 120
 SPLIT_STYLE = {"val": "-", "test": "--"}  # validation solid, test dashed, everywhere
@@ -54,9 +56,10 @@ def plot_path(path: Path) -> list[Path]:
     """
     path = Path(path)
     path = path.parent if path.is_file() else path
-    jobs = [(plot_run, path)] if (path / "metrics.jsonl").is_file() else []
-    jobs += [(plot_personalization, d) for d in [path, *sorted((path / "personalize").glob("*"))]
-             if _is_personalization(d)]
+    jobs = [(plot_run, path), (plot_prompt_tokens, path)] if (path / "metrics.jsonl").is_file() else []
+    for d in [path, *sorted((path / "personalize").glob("*"))]:
+        if _is_personalization(d):
+            jobs += [(plot_personalization, d), (plot_prompt_map, d)]
     jobs += [(plot_search, path)] if (path / "results.csv").is_file() or (path / "search.json").is_file() else []
     if not jobs:
         raise FileNotFoundError(f"{path}: no metrics.jsonl, personalization.jsonl, summary.json with a curve, "
@@ -67,7 +70,7 @@ def plot_path(path: Path) -> list[Path]:
 def draw_and_log(out: Path, loggers: list[Any], recurse: bool = True) -> None:
     """Redraw the figures of ``out`` (only its run's with ``recurse`` off) from the files just
     written and hand each to the loggers as an ``image`` event (W&B shows them)."""
-    for png in plot_path(out) if recurse else plot_run(out):
+    for png in plot_path(out) if recurse else [*plot_run(out), *plot_prompt_tokens(out)]:
         for logger in loggers:
             logger.log({"event": "image", "key": f"plots/{png.stem}", "path": str(png)})
 

@@ -29,6 +29,7 @@ from rayfed.outputs.checkpoint import load_prompt
 from rayfed.outputs.lock import writing
 from rayfed.outputs.loggers import MetricLogger, build_loggers
 from rayfed.outputs.plots import draw_and_log
+from rayfed.outputs.prompt_files import write_prompt_map
 from rayfed.outputs.scores import EXAMPLE_SCORES, save_example_scores
 from rayfed.personalization.cache import PromptCache
 from rayfed.personalization.curves import EpochCallback, personalize, score_reference
@@ -172,6 +173,8 @@ def _personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.
     save_example_scores(out / EXAMPLE_SCORES, result.examples)
     if result.selected is not None:
         save_site_adapters(out / SITE_ADAPTERS, cfg, global_prompt, trained, result.selected)
+    shown = int((result.selected or {}).get("epoch", 0)) or settings.epochs  # the selected epoch, else the last
+    write_prompt_map(out, driver, global_prompt, {cid: prompts[shown] for cid, (prompts, _) in trained.items()}, shown)
     summary = {"name": out.name, "settings": asdict(settings), "reference": result.reference,
                "curve": result.curve, "selected": result.selected, "local_prompts_reused": reused,
                "seconds": time.perf_counter() - started}

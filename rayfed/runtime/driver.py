@@ -196,6 +196,10 @@ class Driver:
         return self.executor.each("evaluate_client", {cid: (p, tuple(splits), evaluation, global_subsample)
                                                       for cid, p in prompts.items()})
 
+    def prompt_tokens(self, prompts: dict[int, dict[str, torch.Tensor]], k: int) -> dict[int, dict[str, list]]:
+        """Each client's worker reads the nearest vocabulary tokens of the prompts given for it."""
+        return self.executor.each("prompt_tokens", {cid: (p, k) for cid, p in prompts.items()})
+
     def personalize_train(self, global_prompt: torch.Tensor, settings: PersonalizeSettings,
                           ) -> dict[int, tuple[dict[int, torch.Tensor], dict[int, float]]]:
         """Every client fine-tunes ``global_prompt``: its local prompt and train loss per epoch."""

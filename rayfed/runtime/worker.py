@@ -22,6 +22,7 @@ from rayfed.data.formatting import TokenizedExample, tokenize
 from rayfed.data.partition import ClientData
 from rayfed.errors import UserError
 from rayfed.local.evaluation import evaluate_many
+from rayfed.local.prompt_map import nearest_tokens
 from rayfed.local.training import by_epoch, epoch_job, train_lockstep
 from rayfed.model.prompt_model import build_prompt_model
 from rayfed.names import GLOBAL_SPLITS
@@ -116,6 +117,18 @@ class ClientWorker:
             [derive_seed(self.settings.seed, "client", args_by_client[cid][1], cid) for cid in ids],
             self.settings.max_batch_rows)
         return {cid: ClientUpdate(cid, delta, len(self.train[cid]), loss) for cid, (delta, loss) in zip(ids, updates)}
+
+    def prompt_tokens(self, client_id: int, prompts: dict[str, torch.Tensor], k: int) -> dict[str, list[list[dict]]]:
+        """Each prompt's virtual tokens' ``k`` nearest vocabulary tokens (rayfed.local.prompt_map), by
+        label: ``[{"id", "token", "cosine"}, ...]`` per virtual token, best first. Any worker
+        holds the vocabulary; the one hosting ``client_id`` answers."""
+        table = self.model.peft.get_base_model().get_input_embeddings().weight.detach()
+        out = {}
+        for label, prompt in prompts.items():
+            ids, cosines = nearest_tokens(table, prompt.to(table.device), k)
+            out[label] = [[{"id": int(i), "token": self.model.tokenizer.decode([int(i)]), "cosine": round(float(c), 4)}
+                           for i, c in zip(row_ids, row_cos)] for row_ids, row_cos in zip(ids.cpu(), cosines.cpu())]
+        return out
 
     def personalize(self, client_id: int, global_prompt: torch.Tensor, settings: PersonalizeSettings,
                     ) -> tuple[dict[int, torch.Tensor], dict[int, float]]:
