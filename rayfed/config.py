@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rayfed.errors import UserError
 
 # The algorithm registry (rayfed.algorithms.ALGORITHMS) holds one entry per name; a test keeps them equal.
-ALGORITHM_NAMES = ("fedavg", "fedprox", "fedsgd")
+ALGORITHM_NAMES = ("fedavg", "fedprox", "fedsgd", "ditto")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SERVER_OPTIMIZERS = ("sgd", "adam")
 DATA_SOURCES = ("synthetic", "bigbench", "sni")
@@ -90,7 +90,7 @@ class OptimizerConfig:
 
 @dataclass
 class AlgorithmConfig:
-    name: str = "fedavg"  # fedavg | fedprox | fedsgd
+    name: str = "fedavg"  # fedavg | fedprox | fedsgd | ditto
     rounds: int = 5
     clients_per_round: int = 4
     local_steps: int | None = 4  # fedavg: optimizer steps per round (or set local_epochs)
@@ -102,6 +102,9 @@ class AlgorithmConfig:
     # fedprox: mu of the proximal term mu / 2 * ||p - global||^2 in each client's local objective
     # (Li et al. 2020); 0 is plain FedAvg.
     proximal_mu: float = 0.0
+    # ditto: lambda of the pull lambda / 2 * ||v - global||^2 on each client's own prompt v, trained
+    # beside the global one (Li et al. 2021); 0: v trains on the client's data alone.
+    ditto_lambda: float = 0.1
 
 
 @dataclass
@@ -486,6 +489,9 @@ def _validate_algorithm(cfg: ExperimentConfig) -> None:
     _check(a.proximal_mu >= 0 and math.isfinite(a.proximal_mu), "algorithm.proximal_mu", "must be >= 0")
     _check(a.proximal_mu == 0 or a.name == "fedprox", "algorithm.proximal_mu",
            f"only fedprox has a proximal term; set algorithm.name=fedprox (it is {a.name})")
+    _check(a.ditto_lambda >= 0 and math.isfinite(a.ditto_lambda), "algorithm.ditto_lambda", "must be >= 0")
+    _check(a.ditto_lambda == 0.1 or a.name == "ditto", "algorithm.ditto_lambda",
+           f"only ditto keeps a personal prompt per client; set algorithm.name=ditto (it is {a.name})")
     for key, opt, options in (("algorithm.client_optimizer", a.client_optimizer, OPTIMIZERS),
                               ("algorithm.server_optimizer", a.server_optimizer, SERVER_OPTIMIZERS)):
         _choice(f"{key}.name", opt.name, options)

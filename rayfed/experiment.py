@@ -167,7 +167,7 @@ def run_fingerprint(cfg: ExperimentConfig) -> dict[str, Any]:
 # did before the key existed. At that value a key is left out of the identity and fingerprint, so
 # a checkpoint written before it was added still resumes; any other value makes another run.
 ADDED_KEYS: dict[str, Any] = {"algorithm.proximal_mu": 0.0, "model.dtype": "float32", "communication.compress": "none",
-                              "communication.topk_fraction": 0.1}
+                              "communication.topk_fraction": 0.1, "algorithm.ditto_lambda": 0.1}
 
 
 def _determining(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -295,6 +295,8 @@ def _run_summary(cfg: ExperimentConfig, initial: RoundResult, final: RoundResult
         "final": _scores(final, "global_test"),
         "final_val": _scores(final, "global_val"),
         "final_local": {k: v for k, v in final.metrics.items() if k.startswith("eval/local_")},
+        **({"final_ditto": ditto} if (ditto := {k: v for k, v in final.metrics.items() if k.startswith("ditto/")})
+           else {}),
         "clients": {str(cid): m for cid, m in final.client_metrics.items()},
         "final_intervals": _intervals(out),
         "seconds": seconds,

@@ -25,6 +25,8 @@ SERVERS = {
                      "algorithm.server_optimizer.momentum=0.9"],
     "adam": ["algorithm.server_optimizer.name=adam", "algorithm.server_optimizer.lr=0.05"],
     # Each client's top-k residual carries across rounds: it is saved in the checkpoint.
+    # Ditto: each client's own prompt carries across rounds, saved in the checkpoint.
+    "ditto": ["algorithm.name=ditto", "algorithm.server_optimizer.name=sgd", "algorithm.server_optimizer.lr=1.0"],
     "topk-error-feedback": ["algorithm.server_optimizer.name=sgd", "algorithm.server_optimizer.lr=1.0",
                             "communication.compress=topk", "communication.topk_fraction=0.05"],
 }
@@ -90,6 +92,9 @@ def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_prompt_bit_for_bit(tm
     a = load_prompt(tmp_path / "whole" / "global_prompt.safetensors")[0]
     b = load_prompt(run_dir / "global_prompt.safetensors")[0]
     assert torch.equal(a, b)
+    whole_state, resumed_state = (load_run_state(d / CHECKPOINT)[1] for d in (tmp_path / "whole", run_dir))
+    assert sorted(whole_state) == sorted(resumed_state)  # the server's state and every per-client record
+    assert all(torch.equal(whole_state[k], resumed_state[k]) for k in whole_state)
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [e["round"] for e in events if e["event"] == "round"] == list(range(0, 9))
     summaries = [json.loads((d / "summary.json").read_text()) for d in (tmp_path / "whole", run_dir)]

@@ -13,6 +13,7 @@ ALGORITHMS = {
     "fedavg": "rayfed.algorithms.fedavg:FedAvg",
     "fedprox": "rayfed.algorithms.fedprox:FedProx",
     "fedsgd": "rayfed.algorithms.fedsgd:FedSGD",
+    "ditto": "rayfed.algorithms.ditto:Ditto",
 }
 
 

@@ -83,6 +83,8 @@ class Driver:
         self.local_splits, self.global_splits = settings.local_splits, settings.global_splits
         # Each client's top-k error-feedback residual: what its compressed updates left out so far.
         self.residuals: dict[int, torch.Tensor] = {}
+        # Ditto: each client's own prompt, from the first round it was picked in.
+        self.personal: dict[int, torch.Tensor] = {}
 
     def global_prompt(self) -> torch.Tensor:
         return self.server.global_prompt()
@@ -92,12 +94,14 @@ class Driver:
         optimizer's state and the clients' error-feedback residuals (``residual/<id>``). Clients
         keep nothing else between rounds, and every seed derives from the round, so this and the
         round index continue the run bit for bit."""
-        return {**self.server.state(), **{f"residual/{cid}": r for cid, r in sorted(self.residuals.items())}}
+        return {**self.server.state(), **{f"residual/{cid}": r for cid, r in sorted(self.residuals.items())},
+                **{f"personal/{cid}": v for cid, v in sorted(self.personal.items())}}
 
     def restore(self, state: dict[str, torch.Tensor]) -> None:
-        self.server.load_state({k: v for k, v in state.items() if not k.startswith("residual/")})
-        self.residuals = {int(k.removeprefix("residual/")): v.clone() for k, v in state.items()
-                          if k.startswith("residual/")}
+        self.server.load_state({k: v for k, v in state.items() if not k.startswith(("residual/", "personal/"))})
+        for prefix, records in (("residual/", self.residuals), ("personal/", self.personal)):
+            records.clear()
+            records.update({int(k.removeprefix(prefix)): v.clone() for k, v in state.items() if k.startswith(prefix)})
 
     def _compressed(self, updates: list[ClientUpdate]) -> tuple[list[ClientUpdate], dict[int, int]]:
         """Each update as the server decodes it after ``communication.compress`` (what the client
@@ -131,6 +135,10 @@ class Driver:
             # runtime.on_client_failure=drop: the clients of a worker that died are missing.
             dropped.update({cid: "failure" for cid in finished if cid not in results})
             finished, updates = sorted(results), list(results.values())
+            if getattr(self.algorithm, "personal", False):  # Ditto: each client's own prompt trains too
+                own = self.executor.each("personal_fit", {cid: (self.personal.get(cid, prompt), prompt, round_idx)
+                                                          for cid in finished})
+                self.personal.update({cid: v for cid, (v, _) in own.items()})
         updates, up = self._compressed(updates)
         clients = {"sampled": sampled, "finished": finished, "dropped": sorted(dropped),
                    "dropped_reasons": {str(c): r for c, r in sorted(dropped.items())}}
@@ -179,8 +187,23 @@ class Driver:
                          for split, sums in s["global"].items() for ex in sums.examples]
             for split in self.local_splits:
                 metrics.update(summarize_clients(per_client, f"{EVAL}/{split}"))
+        if getattr(self.algorithm, "personal", False):
+            metrics.update(self._evaluate_personal(prompt))
         metrics["time/eval_s"] = time.perf_counter() - start
         return RoundResult(round_idx, metrics, per_client, examples=tuple(examples))
+
+    def _evaluate_personal(self, global_prompt: torch.Tensor) -> dict[str, float]:
+        """Ditto's personal prompts (the global one for a client not picked yet) on every client's
+        own splits and the global sets: ``ditto/{split}/{metric}_{stat}`` over clients."""
+        splits = (*self.local_splits, *self.global_splits)
+        scores = self.evaluate_clients({cid: {"own": self.personal.get(cid, global_prompt)} for cid in self.client_ids},
+                                       splits, self.settings.eval)
+        per_client = {cid: {metric_key(split, k, phase="ditto"): v for split, sums in s["own"].items()
+                            for k, v in sums.means().items()} for cid, s in scores.items()}
+        out: dict[str, float] = {}
+        for split in splits:
+            out.update(summarize_clients(per_client, f"ditto/{split}"))
+        return out
 
     def evaluate_global(self, prompt: torch.Tensor, split: str, evaluation: EvalSettings) -> EvalSums:
         """One prompt on a whole global set, its pieces spread over the workers."""

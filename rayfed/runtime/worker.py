@@ -130,6 +130,22 @@ class ClientWorker:
                            for i, c in zip(row_ids, row_cos)] for row_ids, row_cos in zip(ids.cpu(), cosines.cpu())]
         return out
 
+    def personal_fit(self, client_id: int, personal: torch.Tensor, global_prompt: torch.Tensor,
+                     round_idx: int) -> tuple[torch.Tensor, float]:
+        """Ditto: one round of training of the client's own prompt (``personal``), pulled toward
+        ``global_prompt``; its new value and mean loss."""
+        return self._many_personal_fit({client_id: (personal, global_prompt, round_idx)})[client_id]
+
+    def _many_personal_fit(self, args_by_client: dict[int, tuple[torch.Tensor, torch.Tensor, int]],
+                           ) -> dict[int, tuple[torch.Tensor, float]]:
+        ids = list(args_by_client)
+        results = self.algorithm.personal_updates(  # type: ignore[attr-defined] - Ditto's
+            self.model, [self.train[cid] for cid in ids], [args_by_client[cid][0] for cid in ids],
+            [args_by_client[cid][1] for cid in ids],
+            [derive_seed(self.settings.seed, "personal", args_by_client[cid][2], cid) for cid in ids],
+            self.settings.max_batch_rows)
+        return dict(zip(ids, results))
+
     def personalize(self, client_id: int, global_prompt: torch.Tensor, settings: PersonalizeSettings,
                     ) -> tuple[dict[int, torch.Tensor], dict[int, float]]:
         """Fine-tune the global prompt on the client's train split (with the l2 pull toward it, if

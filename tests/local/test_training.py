@@ -148,3 +148,49 @@ def test_an_unknown_dtype_is_refused_naming_the_key(tiny_config):
 
     with pytest.raises(ConfigError, match="model.dtype"):
         tiny_config("model.dtype=int8")
+
+
+def test_ditto_trains_each_clients_own_prompt_pulled_toward_the_global_one(setup):
+    """Ditto's personal step is plain training of the client's own prompt with the l2 pull
+    lambda / 2 * ||v - global||^2: one SGD step from v at global g moves v by -lr * (grad + lambda (v - g))."""
+    from rayfed.algorithms.ditto import Ditto
+    from rayfed.local.training import train_prompt
+    from rayfed.settings import OptimizerSettings
+
+    model, shards, prompts = setup
+    sgd = OptimizerSettings.from_config(OptimizerConfig("sgd", 0.3))
+    ditto = Ditto(sgd, batch_size=4, local_steps=2, local_epochs=None, ditto_lambda=2.0)
+    own = [p + 0.1 for p in prompts]  # the clients' own prompts, away from the global ones
+    out = ditto.personal_updates(model, shards, own, prompts, [21, 22, 23, 24])
+    for shard, v, g, seed, (new, _) in zip(shards, own, prompts, [21, 22, 23, 24], out, strict=True):
+        expected, _ = train_prompt(model, shard, v, optimizer=sgd, num_steps=2, batch_size=4, seed=seed,
+                                   l2_reference=g, l2_strength=2.0)
+        assert torch.allclose(new, expected, atol=1e-6)
+    far = Ditto(sgd, batch_size=4, local_steps=2, local_epochs=None, ditto_lambda=0.0).personal_updates(
+        model, shards, own, prompts, [21, 22, 23, 24])
+    for (pulled, _), (free, _), g in zip(out, far, prompts):  # the pull keeps v nearer the global prompt
+        assert (pulled - g).norm() < (free - g).norm()
+
+
+def test_a_ditto_run_trades_global_for_local_score_and_the_pull_tempers_it(tiny_config, tmp_path):
+    """One task per client: each client's own prompt fits its data better than the global prompt
+    and the global task mix worse; without the pull (lambda 0) it goes further both ways."""
+    from rayfed.config import ConfigError
+    from rayfed.experiment import run_experiment
+
+    finals = {}
+    for lam in (0.1, 0.0):
+        summary = run_experiment(tiny_config(
+            "runtime.executor=local", "algorithm.name=ditto", "algorithm.rounds=4", f"algorithm.ditto_lambda={lam}",
+            "partition.scheme=k_tasks", "partition.units_per_client=1", "partition.unit=task",
+            f"output_dir={tmp_path / str(lam)}"), loggers=[])
+        assert summary["final"]["loss"] < summary["initial"]["loss"]
+        finals[lam] = summary
+    own, shared = finals[0.1]["final_ditto"], finals[0.1]["final_local"]
+    assert own["ditto/local_test/loss_mean"] < shared["eval/local_test/loss_mean"]
+    assert own["ditto/global_test/loss_mean"] > finals[0.1]["final"]["loss"]
+    free = finals[0.0]["final_ditto"]
+    assert free["ditto/local_test/loss_mean"] < own["ditto/local_test/loss_mean"]
+    assert free["ditto/global_test/loss_mean"] > own["ditto/global_test/loss_mean"]
+    with pytest.raises(ConfigError, match="key 'algorithm.ditto_lambda': only ditto"):
+        tiny_config("algorithm.ditto_lambda=0.5")
