@@ -38,7 +38,10 @@ def print_run(summary: dict[str, Any], output_dir: str) -> None:
                   f"{m['eval/local_test/rouge_l']:>14.4f}")
     if "personalization" in summary:
         print_personalization(summary["personalization"], Path(output_dir))
-    print(f"\nresults in {output_dir}/ (summary.json, metrics.jsonl, global_prompt.safetensors, "
+    comm = summary.get("communication")
+    if comm:
+        print(f"\ncommunication: {comm['down_bytes']:,.0f} bytes to clients, {comm['up_bytes']:,.0f} from them")
+    print(f"\nresults in {output_dir}/ (summary.json, metrics.jsonl, global_prompt.safetensors, adapter/ for PEFT, "
           f"example_scores.safetensors, rounds.png), {summary['seconds']:.0f}s")
 
 
@@ -67,8 +70,8 @@ def print_personalization(summary: dict[str, Any], run_dir: Path) -> None:
               + (f": {changes} (95% intervals)" if changes else "") + f" ({chosen['rule']})")
     else:
         print("no selection: validation splits are empty (set partition.val_examples and global_val_examples)")
-    print(f"results in {run_dir}/personalize/{summary['name']}/ (summary.json, personalization.jsonl, *.png), "
-          f"{summary['seconds']:.0f}s")
+    print(f"results in {run_dir}/personalize/{summary['name']}/ (summary.json, personalization.jsonl, *.png, "
+          f"adapters/ per client with a selection), {summary['seconds']:.0f}s")
 
 
 def print_search(summary: dict[str, Any], output_dir: Path) -> None:
