@@ -159,6 +159,11 @@ class PersonalizeConfig:
     # Also score the validation splits (what the selection rule reads). Off: test splits only, half
     # the scoring, no selection (a study that reports fixed settings, e.g. configs/study/).
     validation: bool = True
+    # Whose choice each site's adapter follows (personalize/NAME/adapters/): federation (one setting
+    # for all, the rule above) | per_client (each client's own on its validation split, keeping the
+    # global prompt unless a setting beats it reliably; rayfed.personalization.per_client). Both are
+    # always scored in summary.json.
+    selection: str = "federation"
 
 
 @dataclass
@@ -534,6 +539,7 @@ def _validate_personalize(cfg: ExperimentConfig) -> None:
     _choice("personalize.optimizer.name", z.optimizer.name, OPTIMIZERS)
     _check_lr(z.optimizer.lr, "personalize.optimizer.lr")
     _check(z.l2_strength >= 0, "personalize.l2_strength", "must be >= 0")
+    _choice("personalize.selection", z.selection, ("federation", "per_client"))
     warn_unstable_l2(z.optimizer, z.l2_strength)
     _check(len(z.interp_ratios) >= 1, "personalize.interp_ratios", "needs at least one interpolation ratio")
     for ratio in z.interp_ratios:

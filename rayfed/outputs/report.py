@@ -70,6 +70,8 @@ def print_personalization(summary: dict[str, Any], run_dir: Path) -> None:
               + (f": {changes} (95% intervals)" if changes else "") + f" ({chosen['rule']})")
     else:
         print("no selection: validation splits are empty (set partition.val_examples and global_val_examples)")
+    if summary.get("per_client"):
+        print_per_client(summary["per_client"])
     print(f"results in {run_dir}/personalize/{summary['name']}/ (summary.json, personalization.jsonl, *.png, "
           f"adapters/ per client with a selection), {summary['seconds']:.0f}s")
 
@@ -100,3 +102,21 @@ def print_search(summary: dict[str, Any], output_dir: Path) -> None:
 
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def print_per_client(per_client: dict[str, Any]) -> None:
+    """Per-client selection against the federation-wide setting and the two fixed policies, on test."""
+    n = len(per_client["clients"])
+    print(f"\nper-client selection: {n - per_client['fallbacks']} of {n} clients chose a setting on their own "
+          f"validation split, {per_client['fallbacks']} kept the global prompt")
+    print(f"{'policy':<14} {'local_test change [95%]':>30} {'global_test change [95%]':>30}")
+    for name, scores in per_client["policies"].items():
+        cells = []
+        for split in ("local_test", "global_test"):
+            change = scores.get(f"{split}/rouge_l_change")
+            cells.append(f"{change[0]:+.4f} [{change[1]:+.4f}, {change[2]:+.4f}]" if change else "-")
+        print(f"{name:<14} {cells[0]:>30} {cells[1]:>30}")
+    size = per_client["validation_size"]
+    if size["needed_median"] is not None:
+        print(f"validation: {size['examples_per_client']:g} examples per client; a client's best mean gain would "
+              f"need about {size['needed_median']:g} (median over clients) to be told from noise")

@@ -33,6 +33,7 @@ from rayfed.outputs.prompt_files import write_prompt_map
 from rayfed.outputs.scores import EXAMPLE_SCORES, save_example_scores
 from rayfed.personalization.cache import PromptCache
 from rayfed.personalization.curves import EpochCallback, personalize, score_reference
+from rayfed.personalization.per_client import per_client_selection
 from rayfed.personalization.settings import PersonalizeSettings
 from rayfed.runtime.session import open_driver
 from rayfed.settings import EvalSettings, ModelSettings
@@ -171,12 +172,18 @@ def _personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.
     with open(out / "personalization.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in result.records)
     save_example_scores(out / EXAMPLE_SCORES, result.examples)
+    per_client = per_client_selection(result.examples, settings.global_tolerance, result.selected) \
+        if settings.validation and result.selected is not None else None
     if result.selected is not None:
-        save_site_adapters(out / SITE_ADAPTERS, cfg, global_prompt, trained, result.selected)
+        choices = ({int(c): ch for c, ch in per_client["clients"].items()}
+                   if per_client is not None and cfg.personalize.selection == "per_client"
+                   else dict.fromkeys(trained, result.selected))
+        save_site_adapters(out / SITE_ADAPTERS, cfg, global_prompt, trained, choices)
     shown = int((result.selected or {}).get("epoch", 0)) or settings.epochs  # the selected epoch, else the last
     write_prompt_map(out, driver, global_prompt, {cid: prompts[shown] for cid, (prompts, _) in trained.items()}, shown)
     summary = {"name": out.name, "settings": asdict(settings), "reference": result.reference,
                "curve": result.curve, "selected": result.selected, "local_prompts_reused": reused,
+               **({"per_client": per_client} if per_client is not None else {}),
                "seconds": time.perf_counter() - started}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     for logger in loggers:
@@ -188,12 +195,14 @@ def _personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.
 
 def save_site_adapters(directory: Path, cfg: ExperimentConfig, global_prompt: torch.Tensor,
                        trained: dict[int, tuple[dict[int, torch.Tensor], dict[int, float]]],
-                       selected: dict[str, Any]) -> None:
-    """Each client's prompt at the selected setting (its local prompt of the selected epoch,
-    interpolated with the global one at the selected ratio; the global prompt where the rule kept
-    it) as a PEFT adapter, ``directory/client_<id>/``: what each site would deploy."""
-    epoch, ratio = int(selected.get("epoch", 0)), float(selected.get("interp_ratio", 0.0))
+                       choices: dict[int, dict[str, Any]]) -> None:
+    """Each client's prompt at its chosen setting (``choices[client]``: the federation-wide
+    selection, or its own with ``personalize.selection: per_client``): its local prompt of the
+    chosen epoch interpolated with the global one at the chosen ratio, the global prompt where
+    the rule kept it, as a PEFT adapter in ``directory/client_<id>/``: what each site would deploy."""
     for cid, (prompts, _) in sorted(trained.items()):
+        selected = choices[cid]
+        epoch, ratio = int(selected.get("epoch", 0)), float(selected.get("interp_ratio", 0.0))
         prompt = global_prompt if epoch == 0 or ratio == 0 else interpolate(global_prompt, prompts[epoch], ratio)
         save_adapter(directory / f"client_{cid}", prompt, ModelSettings.from_config(cfg.model),
                      max_source_tokens=cfg.data.max_source_tokens, max_target_tokens=cfg.data.max_target_tokens,

@@ -106,6 +106,17 @@ def test_a_run_writes_its_global_prompt_and_each_sites_selected_prompt_as_peft_a
         kept = selected["kept_global_prompt"] or source["interp_ratio"] == 0 or source["epoch"] == 0
         assert torch.equal(weights, global_prompt) == kept
 
+    # personalize.selection=per_client: each site's adapter follows its own choice.
+    from rayfed.personalization.phase import run_personalization
+
+    personal = run_personalization(out, ["personalize.selection=per_client", "personalize.name=own",
+                                         "personalize.local_epochs=2"], loggers=[])
+    own = personal["per_client"]["clients"]
+    assert set(own) == {str(c) for c in range(cfg.partition.num_clients)}
+    for cid, choice in own.items():
+        source = json.loads((out / "personalize" / "own" / SITE_ADAPTERS / f"client_{cid}" / TEMPLATE_FILE).read_text())
+        assert (source["epoch"], source["interp_ratio"]) == (choice["epoch"], choice["interp_ratio"])
+
 
 def test_each_sites_adapter_is_its_local_prompt_interpolated_at_the_selected_setting(tmp_path, tiny_config, tiny_base):
     from rayfed.personalization.phase import save_site_adapters
@@ -116,7 +127,7 @@ def test_each_sites_adapter_is_its_local_prompt_interpolated_at_the_selected_set
     trained = {c: ({1: torch.randn(4, 64, generator=gen), 2: torch.randn(4, 64, generator=gen)}, {1: 1.0, 2: 0.5})
                for c in (0, 1)}
     save_site_adapters(tmp_path, cfg, global_prompt, trained,
-                       {"epoch": 2, "interp_ratio": 0.25, "kept_global_prompt": False})
+                       dict.fromkeys(trained, {"epoch": 2, "interp_ratio": 0.25, "kept_global_prompt": False}))
     for c in (0, 1):
         weights = peft_load(tmp_path / f"client_{c}").prompt_encoder["default"].embedding.weight.detach()
         assert torch.allclose(weights, 0.75 * global_prompt + 0.25 * trained[c][0][2], atol=1e-6)
