@@ -27,7 +27,8 @@ def test_plot_redraws_a_run_from_its_files_and_names_a_directory_without_any(tin
     run_experiment(cfg, loggers=[])
     (Path(cfg.output_dir) / "rounds.png").unlink()
     assert main(["plot", cfg.output_dir]) == 0
-    assert capsys.readouterr().out.strip().endswith("rounds.png")
+    assert capsys.readouterr().out.split() == [str(Path(cfg.output_dir) / name) for name in ("rounds.png",
+                                                                                          "prompt_tokens.png")]
     assert (Path(cfg.output_dir) / "rounds.png").stat().st_size > 0
     assert main(["plot", str(tmp_path / "empty")]) == 2
     assert "empty" in capsys.readouterr().err

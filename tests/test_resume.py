@@ -168,7 +168,9 @@ def test_overwrite_clears_the_old_prompts_personalizations_unless_one_is_being_w
 def test_a_second_process_aimed_at_a_run_directory_being_written_stops_at_once(tmp_path, tiny_overrides):
     """Two `rayfed run` into one output_dir used to both exit 0, the second replacing the first's
     results; now the second stops with one line while the first goes on to finish intact."""
-    overrides = [*tiny_overrides, "runtime.executor=local", "algorithm.rounds=6", f"output_dir={tmp_path}"]
+    # 100 short rounds: the first is still writing once the second has started, however fast the machine.
+    overrides = [*tiny_overrides, "runtime.executor=local", "algorithm.rounds=100", "eval.eval_every=100",
+                 f"output_dir={tmp_path}"]
     first = rayfed("run", "configs/smoke.yaml", *overrides)
     deadline = time.monotonic() + 120
     while not (tmp_path / "config.yaml").exists():  # written under the lock
@@ -180,7 +182,7 @@ def test_a_second_process_aimed_at_a_run_directory_being_written_stops_at_once(t
     assert second.returncode == 2, second.stdout + second.stderr
     assert "another rayfed process is writing to" in second.stderr and "key 'output_dir'" in second.stderr
     assert first.wait(timeout=300) == 0
-    assert json.loads((tmp_path / "summary.json").read_text())["rounds"] == 6
+    assert json.loads((tmp_path / "summary.json").read_text())["rounds"] == 100
     assert "seed: 0" in (tmp_path / "config.yaml").read_text()
 
 
