@@ -29,6 +29,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from rayfed.names import EVAL, METRICS, SPLITS, metric_key, objective  # noqa: E402
 from rayfed.outputs.plots_prompt import plot_prompt_map, plot_prompt_tokens  # noqa: E402
+from rayfed.outputs.plots_prompt import read_json as _read_json  # noqa: E402
 
 DPI = 120
 SPLIT_STYLE = {"val": "-", "test": "--"}  # validation solid, test dashed, everywhere
@@ -357,14 +358,6 @@ def _read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:  # blank or torn last line of a crashed run
             continue
     return [o for o in out if isinstance(o, dict)]
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _num(value: Any) -> float | None:

@@ -20,7 +20,7 @@ DPI = 120
 
 def plot_prompt_tokens(run_dir: Path) -> list[Path]:
     """``prompt_tokens.png`` from ``prompt_tokens.json``; ``[]`` without it."""
-    data = _read(run_dir / PROMPT_TOKENS)
+    data = read_json(run_dir / PROMPT_TOKENS)
     rows = data.get("virtual_tokens") or []
     if not rows:
         return []
@@ -45,7 +45,7 @@ def plot_prompt_tokens(run_dir: Path) -> list[Path]:
 
 def plot_prompt_map(pers_dir: Path) -> list[Path]:
     """``drift.png`` from ``prompt_map.json``; ``[]`` without it."""
-    data = _read(pers_dir / PROMPT_MAP)
+    data = read_json(pers_dir / PROMPT_MAP)
     clients = data.get("clients") or {}
     if not clients:
         return []
@@ -62,7 +62,8 @@ def plot_prompt_map(pers_dir: Path) -> list[Path]:
     return [_save(fig, pers_dir / "drift.png")]
 
 
-def _read(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON object file's content; {} when missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
