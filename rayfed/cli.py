@@ -16,12 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rayfed.config import ConfigError, load_config, to_yaml
-from rayfed.errors import RayfedWarning, UserError, WorkerLostError, raise_interrupted
+from rayfed.errors import RayfedWarning, UserError, WorkerLostError, interrupts_held, raise_interrupted
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rayfed.experiment import run_experiment
-    from rayfed.outputs.report import print_run
+    with interrupts_held():  # each command's heavy imports (torch, transformers, PEFT, Ray): errors.interrupts_held
+        from rayfed.experiment import run_experiment
+        from rayfed.outputs.report import print_run
 
     cfg = load_config(args.config, args.overrides)
     print_run(run_experiment(cfg, overwrite=args.overwrite), cfg.output_dir)
@@ -29,24 +30,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from rayfed.experiment import resume_experiment
-    from rayfed.outputs.report import print_run
+    with interrupts_held():
+        from rayfed.experiment import resume_experiment
+        from rayfed.outputs.report import print_run
 
     print_run(resume_experiment(args.run_dir, args.overrides), args.run_dir)
     return 0
 
 
 def cmd_personalize(args: argparse.Namespace) -> int:
-    from rayfed.outputs.report import print_personalization
-    from rayfed.personalization.phase import run_personalization
+    with interrupts_held():
+        from rayfed.outputs.report import print_personalization
+        from rayfed.personalization.phase import run_personalization
 
     print_personalization(run_personalization(args.run_dir, args.overrides), Path(args.run_dir))
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from rayfed.outputs.report import print_search
-    from rayfed.tuning import SearchInterrupted, run_search
+    with interrupts_held():
+        from rayfed.outputs.report import print_search
+        from rayfed.tuning import SearchInterrupted, run_search
 
     cfg = load_config(args.config, args.overrides)
     try:
@@ -64,9 +68,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from rayfed.study.config import load_study
-    from rayfed.study.report import print_study, write_report
-    from rayfed.study.runner import run_study
+    with interrupts_held():
+        from rayfed.study.config import load_study
+        from rayfed.study.report import print_study, write_report
+        from rayfed.study.runner import run_study
 
     study = load_study(args.config, args.overrides)
     out = Path(study.output_dir)
@@ -274,7 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM as Interrupted: one line, no traceback
         signum = getattr(err, "signum", signal.SIGINT)
-        print(f"rayfed: interrupted by {signal.Signals(signum).name}; {continue_hint(args)}", file=sys.stderr)
+        try:
+            hint = continue_hint(args)
+        except Exception:  # noqa: BLE001 - the interrupt left a module half-imported: still one line
+            hint = "run the same command again (`rayfed resume RUN_DIR` if it had saved a round)"
+        print(f"rayfed: interrupted by {signal.Signals(signum).name}; {hint}", file=sys.stderr)
         return 128 + signum
     except ConfigError as err:
         print(f"rayfed: config error: {err}", file=sys.stderr)

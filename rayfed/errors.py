@@ -1,9 +1,16 @@
-"""Errors by kind (torch- and Ray-free, so the ``rayfed`` command imports them cheaply).
+"""Errors and interruptions by kind (torch- and Ray-free, so the ``rayfed`` command imports them cheaply).
 
 :class:`UserError` is what a person can fix (a config key, a data file, a missing cache, a run
 directory): the command line prints its message as one line. Anything else is a bug and
 shows its traceback. A ``ValueError`` subclass, so callers that catch bad values still do.
 """
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 
 
 class UserError(ValueError):
@@ -26,6 +33,35 @@ class Interrupted(KeyboardInterrupt):
 def raise_interrupted(signum: int, frame: object) -> None:
     """A signal handler: turn SIGTERM into :class:`Interrupted`."""
     raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then raise them as usual.
+
+    For imports: torch, numpy, transformers and PEFT do not survive an interrupt half-way through
+    their import (transformers' lazy modules turn it into a ModuleNotFoundError traceback, a
+    half-imported numpy fails on the next use), so a Ctrl-C in a command's first second printed
+    a traceback instead of rayfed's one line. Outside the main thread signals cannot be handled,
+    and the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        handler = previous[signal.Signals(received[0])]
+        if callable(handler):
+            handler(received[0], None)  # Python's default SIGINT handler raises KeyboardInterrupt
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(received[0])
 
 
 class RayfedWarning(UserWarning):

@@ -50,3 +50,32 @@ def test_version_is_printed(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"rayfed {rayfed.__version__}"
+
+
+def test_a_ctrl_c_during_held_imports_is_raised_once_they_are_done():
+    """A Ctrl-C while a command imports torch and transformers waits for the imports, then
+    interrupts as usual (KeyboardInterrupt, or SIGTERM's Interrupted); nothing in the block is cut."""
+    import signal
+
+    import pytest
+
+    from rayfed.errors import Interrupted, interrupts_held, raise_interrupted
+
+    finished = []
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), interrupts_held():
+            signal.raise_signal(signal.SIGINT)
+            finished.append("after the signal")
+        assert finished == ["after the signal"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGTERM, raise_interrupted)
+        with pytest.raises(Interrupted) as err, interrupts_held():
+            signal.raise_signal(signal.SIGTERM)
+        assert err.value.signum == signal.SIGTERM
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # an ignored Ctrl-C stays ignored
+        with interrupts_held():
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -11,18 +11,20 @@ import hashlib
 import json
 import os
 from pathlib import Path
-
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from rayfed.errors import UserError
-from rayfed.outputs.tensorfile import read_tensors
+from rayfed.outputs.tensorfile import read_metadata, read_tensors
+
+if TYPE_CHECKING:  # torch is imported where tensors are written or checked, so the CLI can read a checkpoint's
+    import torch  # round without it (an interrupted command, whose torch import may be the half-done thing)
 
 PROMPT_KEY = "global_prompt"
 
 
 def save_prompt(path: Path, prompt: torch.Tensor, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file({PROMPT_KEY: prompt.detach().cpu().contiguous()}, str(tmp), metadata=metadata or {})
     os.replace(tmp, path)
@@ -45,6 +47,8 @@ def save_run_state(path: Path, round_idx: int, driver_state: dict[str, torch.Ten
     a JSON record (the evaluations a summary needs), in one file written atomically: a crash
     mid-write leaves the previous checkpoint in place. ``identity`` names the run that wrote it
     (rayfed.experiment.run_identity) and a checksum of the tensors' bytes guards them."""
+    from safetensors.torch import save_file
+
     tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
     tensors = {key: value.detach().cpu().contiguous() for key, value in driver_state.items()}
     save_file(tensors, str(tmp), metadata={"round": str(round_idx), "record": json.dumps(record, sort_keys=True),
@@ -79,13 +83,14 @@ def checkpoint_round(path: Path) -> int | None:
     """The round a checkpoint was written after, read from its header alone; None when there is
     no readable checkpoint."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return int((f.metadata() or {})["round"])
+        return int(read_metadata(path)["round"])
     except Exception:  # noqa: BLE001 - missing, unreadable or not a checkpoint: nothing to continue from
         return None
 
 
 def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    import torch
+
     digest = hashlib.sha256()
     for key in sorted(tensors):
         digest.update(key.encode())
