@@ -28,6 +28,7 @@ _API = {
     "run_experiment": "rayfed.experiment",
     "resume_experiment": "rayfed.experiment",
     "run_personalization": "rayfed.personalization.phase",
+    "run_rollout": "rayfed.personalization.rollout_phase",
     "run_search": "rayfed.tuning",
     "load_study": "rayfed.study.config",
     "run_study": "rayfed.study.runner",

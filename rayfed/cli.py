@@ -47,6 +47,15 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    with interrupts_held():
+        from rayfed.outputs.report import print_rollout
+        from rayfed.personalization.rollout_phase import run_rollout
+
+    print_rollout(run_rollout(args.run_dir, args.overrides), Path(args.run_dir))
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     with interrupts_held():
         from rayfed.outputs.report import print_search
@@ -213,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the interrupted run's output directory", "runtime.*/ray.*/logging.*/personalize.* overrides")
     add("personalize", cmd_personalize, "personalize a finished run's global prompt: curves per epoch", "run_dir",
         "a finished run's output directory", "personalize.*/eval.*/runtime.*/logging.* overrides")
+    add("rollout", cmd_rollout, "roll a run's personalized prompts out to its sites in stages, with a rollback "
+        "guard", "run_dir", "a finished run's output directory", "rollout.*/personalize.*/eval.*/runtime.*/logging.* "
+        "overrides")
     add("export", cmd_export, "write a run's global prompt as a PEFT adapter directory", "run_dir",
         "a run's output directory", None).add_argument("--to", help="the adapter directory (default RUN_DIR/adapter)")
     add("plot", cmd_plot, "redraw every figure of a run, personalization, search or study directory", "path",

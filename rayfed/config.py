@@ -167,6 +167,25 @@ class PersonalizeConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """``rayfed rollout RUN_DIR``: the personalized prompts rolled out to the sites in stages, each
+    stage's setting chosen on the validation data of the sites before it, and a guard that rolls a
+    site back to the global prompt (rayfed.personalization.rollout)."""
+
+    name: str | None = None  # results go to RUN_DIR/rollout/<name> (None: from the rollout.* overrides)
+    pilot_sites: int = 2  # the first stage: a seeded pilot set of this many sites
+    growth: float = 2.0  # each later stage has this many times the sites of the one before (the last: the rest)
+    # The guard: a site serving a personalized prompt is rolled back when its change from the global
+    # prompt on its stage window of held-back local_test examples falls below minus this margin.
+    margin: float = 0.05
+    metric: str = "rouge_l"  # what is chosen on and guarded: rouge_l | exact_match | loss
+    # Simulated drift: from stage drift_stage on, these sites' held-back data are their global_test
+    # examples (the federation's other tasks) instead of their own local_test examples.
+    drift_sites: list[int] = field(default_factory=list)
+    drift_stage: int = 1
+
+
+@dataclass
 class RuntimeConfig:
     executor: str = "ray"  # ray: client worker actors; local: every client in this process, for debugging
     # Worker actors, each holding one backbone and the shards of many clients; client i lives on
@@ -266,6 +285,7 @@ class ExperimentConfig:
     communication: CommunicationConfig = field(default_factory=CommunicationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -444,7 +464,7 @@ def validate(cfg: ExperimentConfig) -> None:
     """Cross-field and range checks that types alone cannot express, section by section."""
     _check(0 <= cfg.seed < 2**32, "seed", f"must be an integer from 0 to 2**32 - 1, got {cfg.seed}")
     for check in (_validate_model_and_data, _validate_partition, _validate_algorithm, _validate_availability,
-                  _validate_eval, _validate_personalize, _validate_runtime, _validate_outputs):
+                  _validate_eval, _validate_personalize, _validate_rollout, _validate_runtime, _validate_outputs):
         check(cfg)
 
 
@@ -524,6 +544,24 @@ def _validate_eval(cfg: ExperimentConfig) -> None:
     _check(e.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
 
 
+def _check_folder_name(key: str, name: str | None, parent: str) -> None:
+    _check(name is None or (name.strip() not in ("", ".", "..") and "/" not in name and "\\" not in name), key,
+           f"must be a directory name (not empty, '.' or '..', no '/'): it names the folder under the run's {parent}")
+
+
+def _validate_rollout(cfg: ExperimentConfig) -> None:
+    """The ``rollout:`` section."""
+    r, n = cfg.rollout, cfg.partition.num_clients
+    _check(1 <= r.pilot_sites <= n, "rollout.pilot_sites", f"must be from 1 to partition.num_clients ({n})")
+    _check(r.growth >= 1, "rollout.growth", "must be >= 1 (each stage at least as large as the one before)")
+    _check(r.margin >= 0, "rollout.margin", "must be >= 0")
+    _choice("rollout.metric", r.metric, ("rouge_l", "exact_match", "loss"))
+    for site in r.drift_sites:
+        _check(0 <= site < n, "rollout.drift_sites", f"every site must be a client id from 0 to {n - 1}, got {site}")
+    _check(r.drift_stage >= 1, "rollout.drift_stage", "must be >= 1 (the pilot stage is 0)")
+    _check_folder_name("rollout.name", r.name, "rollout/")
+
+
 def _validate_personalize(cfg: ExperimentConfig) -> None:
     """The ``personalize:`` section."""
     z = cfg.personalize
@@ -532,9 +570,7 @@ def _validate_personalize(cfg: ExperimentConfig) -> None:
     _check(z.global_eval_examples is None or z.global_eval_examples >= 1, "personalize.global_eval_examples",
            "must be >= 1 or null (all)")
     _check(z.global_tolerance >= 0, "personalize.global_tolerance", "must be >= 0")
-    _check(z.name is None or (z.name.strip() not in ("", ".", "..") and "/" not in z.name and "\\" not in z.name),
-           "personalize.name", "must be a directory name (not empty, '.' or '..', no '/'): it names "
-           "the folder under the run's personalize/")
+    _check_folder_name("personalize.name", z.name, "personalize/")
     _check(z.batch_size >= 1, "personalize.batch_size", "must be >= 1")
     _choice("personalize.optimizer.name", z.optimizer.name, OPTIMIZERS)
     _check_lr(z.optimizer.lr, "personalize.optimizer.lr")

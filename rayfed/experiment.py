@@ -37,7 +37,7 @@ from rayfed.settings import ModelSettings
 from rayfed.types import RoundResult
 
 # What `rayfed resume` may change: where and how the rest of the run runs, not what it trains.
-RESUME_OVERRIDABLE = ("runtime.", "ray.", "logging.", "personalize.")
+RESUME_OVERRIDABLE = ("runtime.", "ray.", "logging.", "personalize.", "rollout.")
 
 
 WANDB_ID = "wandb-run-id.txt"  # with W&B on: the run's id, so `rayfed resume` continues the same W&B run

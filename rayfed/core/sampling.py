@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 # Stream names keep the seeds of different consumers apart.
-STREAMS = {"sampling": 1, "client": 2, "personalize": 3, "subsample": 4, "availability": 5, "personal": 6}
+STREAMS = {"sampling": 1, "client": 2, "personalize": 3, "subsample": 4, "availability": 5, "personal": 6,
+           "rollout": 7}
 
 
 def derive_seed(seed: int, stream: str, *keys: int) -> int:

@@ -30,6 +30,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from rayfed.names import EVAL, METRICS, SPLITS, metric_key, objective  # noqa: E402
 from rayfed.outputs.plots_prompt import plot_prompt_map, plot_prompt_tokens  # noqa: E402
 from rayfed.outputs.plots_prompt import read_json as _read_json  # noqa: E402
+from rayfed.outputs.plots_rollout import is_rollout, plot_rollout  # noqa: E402
 
 DPI = 120
 SPLIT_STYLE = {"val": "-", "test": "--"}  # validation solid, test dashed, everywhere
@@ -44,7 +45,8 @@ SEL_STYLE = {"s": 260, "facecolors": "none", "edgecolors": "red", "linewidths": 
 
 
 def plot_path(path: Path) -> list[Path]:
-    """Draw every figure that the files in ``path`` (and its ``personalize/*/`` folders) allow.
+    """Draw every figure that the files in ``path`` (and its ``personalize/*/`` and ``rollout/*/``
+    folders) allow.
 
     Args:
         path: a run, personalization or search directory (a file inside one also works).
@@ -61,6 +63,7 @@ def plot_path(path: Path) -> list[Path]:
     for d in [path, *sorted((path / "personalize").glob("*"))]:
         if _is_personalization(d):
             jobs += [(plot_personalization, d), (plot_prompt_map, d)]
+    jobs += [(plot_rollout, d) for d in [path, *sorted((path / "rollout").glob("*"))] if is_rollout(d)]
     jobs += [(plot_search, path)] if (path / "results.csv").is_file() or (path / "search.json").is_file() else []
     if not jobs:
         raise FileNotFoundError(f"{path}: no metrics.jsonl, personalization.jsonl, summary.json with a curve, "

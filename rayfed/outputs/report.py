@@ -45,6 +45,36 @@ def print_run(summary: dict[str, Any], output_dir: str) -> None:
           f"example_scores.safetensors, rounds.png), {summary['seconds']:.0f}s")
 
 
+def print_rollout(summary: dict[str, Any], run_dir: Path) -> None:
+    """Each stage's sites, setting and guard checks, the rollbacks, and the outcome with and without the guard."""
+    metric = summary["settings"]["metric"]
+    print(f"\nrollout '{summary['name']}' ({metric}; changes from the global prompt, 95% intervals)")
+    for stage in summary["stages"]:
+        choice = stage["choice"]
+        setting = ("global prompt" if choice["kept_global_prompt"]
+                   else f"epoch {choice['epoch']}, ratio {choice['interp_ratio']:g} (local_val gain "
+                        f"{_interval(choice['local_val_gain'])}, global_val {_interval(choice['global_val_change'])})")
+        waiting = f" and the waiting sites {stage['also_deployed']}" if stage.get("also_deployed") else ""
+        print(f"stage {stage['stage']}: sites {stage['sites']}{waiting} <- {setting}, "
+              f"chosen on sites {stage['support']}")
+        for check in stage["checks"]:
+            change = _interval(check["change"]) if check["change"] is not None else "no examples"
+            print(f"    guard site {check['site']:>3} on {check['examples']} {check['split']} examples: {change}"
+                  + ("  -> rolled back" if check["rolled_back"] else ""))
+    outcome = summary["outcome"]
+    for name in ("with_guard", "without_guard"):
+        if f"{name}/{metric}_change" in outcome:
+            print(f"served by the {outcome['deployed_sites']} deployed sites, {name.replace('_', ' ')}: "
+                  f"{_interval(outcome[f'{name}/{metric}_change'])}")
+    print(f"{summary['rollbacks']} rollback(s); results in {run_dir}/rollout/{summary['name']}/ (summary.json, "
+          f"rollout.jsonl, rollout.png, adapters/ per site), {summary['seconds']:.0f}s")
+
+
+def _interval(values: list[float]) -> str:
+    est, low, high = values
+    return f"{est:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
 def print_personalization(summary: dict[str, Any], run_dir: Path) -> None:
     """ROUGE-L means over clients per (epoch, ratio), the reference and the selected setting."""
     print(f"\npersonalization '{summary['name']}' (ROUGE-L, mean over clients)")

@@ -40,7 +40,7 @@ from rayfed.settings import EvalSettings, ModelSettings
 
 # What `rayfed personalize` may change in a finished run's config: how to personalize, evaluate,
 # run and log, never what was trained (model, data, partition, algorithm, seed).
-PERSONALIZE_OVERRIDABLE = ("personalize.", "eval.", "runtime.", "ray.", "logging.")
+PERSONALIZE_OVERRIDABLE = ("personalize.", "eval.", "runtime.", "ray.", "logging.", "rollout.")
 # What may differ between personalizations that share one run's workers (personalization_driver):
 # how to personalize, score and log; the workers themselves are built from the rest.
 SHARED_DRIVER_OVERRIDABLE = ("personalize.", "eval.", "logging.")
@@ -67,7 +67,7 @@ def run_personalization(run_dir: str | Path, overrides: list[str] | None = None,
     if driver is not None:
         check_overridable(overrides or [], SHARED_DRIVER_OVERRIDABLE, "personalizing on a shared driver")
     cfg, global_prompt = load_finished_run(run_dir, overrides or [])
-    return personalize_run(run_dir, cfg, global_prompt, cfg.personalize.name or _name_from(overrides or []), loggers,
+    return personalize_run(run_dir, cfg, global_prompt, cfg.personalize.name or name_from(overrides or []), loggers,
                            prompt_cache=prompt_cache, on_epoch=on_epoch, driver=driver)
 
 
@@ -267,7 +267,7 @@ def load_finished_run(run_dir: str | Path, overrides: list[str]) -> tuple[Experi
     return cfg, prompt
 
 
-def _name_from(overrides: list[str]) -> str:
-    """A directory name from the personalize.* overrides, e.g. ``l2_strength=0.1,optimizer.lr=0.01``."""
-    parts = [o.removeprefix("personalize.") for o in overrides if o.startswith("personalize.")]
+def name_from(overrides: list[str], section: str = "personalize") -> str:
+    """A directory name from the ``section``'s overrides, e.g. ``l2_strength=0.1,optimizer.lr=0.01``."""
+    parts = [o.removeprefix(f"{section}.") for o in overrides if o.startswith(f"{section}.")]
     return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", ",".join(parts))[:120] or "default"

@@ -378,3 +378,38 @@ def test_two_personalizations_of_one_name_at_once_the_second_stops_and_the_first
     assert "another rayfed process is writing to" in second.stderr and "key 'personalize.name'" in second.stderr
     assert first.wait(timeout=300) == 0, first.stdout.read()
     assert json.loads((out / "summary.json").read_text())["settings"]["epochs"] == 8
+
+
+def test_rollout_cli_writes_its_stages_adapters_and_figure_and_reuses_the_personalization(finished_run, capsys):
+    """`rayfed rollout RUN`: personalizes once (the local prompts kept), every site in exactly one
+    stage, the events in rollout.jsonl match the summary, each site's adapter is its final prompt
+    (the global one where it stayed or was rolled back); a second rollout with other guard
+    settings reads the same personalization instead of training again."""
+    from safetensors.torch import load_file
+
+    run_dir, _ = finished_run
+    args = ["rollout", str(run_dir), "personalize.name=for_rollout", "personalize.local_epochs=1",
+            "runtime.executor=local", "rollout.pilot_sites=2", "rollout.drift_sites=[1]"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "stage 0: sites" in printed and "rollback(s); results in" in printed
+    out = run_dir / "rollout" / "pilot_sites=2,drift_sites=_1_"
+    summary = json.loads((out / "summary.json").read_text())
+    assert not summary["personalization_reused"]
+    assert {"rollout.jsonl", "rollout.png", "config.yaml"} <= {p.name for p in out.iterdir()}
+    assert sorted(c for s in summary["stages"] for c in s["sites"]) == list(range(4))
+    events = [json.loads(line) for line in (out / "rollout.jsonl").read_text().splitlines()]
+    assert sum(e["action"] == "rollback" for e in events) == summary["rollbacks"]
+    global_prompt = load_prompt(run_dir / "global_prompt.safetensors")[0]
+    for cid, site in summary["sites"].items():
+        adapter = out / "adapters" / f"client_{cid}"
+        weights = next(iter(load_file(adapter / "adapter_model.safetensors").values()))
+        source = json.loads((adapter / "rayfed_template.json").read_text())
+        assert source["kept_global_prompt"] == (site["final"] == "global")
+        if site["final"] == "global":
+            assert torch.equal(weights, global_prompt)
+    assert main([*args, "rollout.margin=0.5", "rollout.name=wide"]) == 0
+    again = json.loads((run_dir / "rollout" / "wide" / "summary.json").read_text())
+    assert again["personalization_reused"] and again["stages"][0]["sites"] == summary["stages"][0]["sites"]
+    assert main(["rollout", str(run_dir), "rollout.pilot_sites=9"]) == 2
+    assert "key 'rollout.pilot_sites'" in capsys.readouterr().err
