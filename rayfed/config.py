@@ -130,7 +130,9 @@ class EvalConfig:
     eval_every: int = 1  # rounds between evaluations; round 0 and the last round always
     batch_size: int = 16
     max_new_tokens: int = 32  # upper bound; each batch stops at its longest target
-    local: bool = True  # also evaluate the global prompt on each client's own test split
+    # Also evaluate the global prompt (and Ditto's personal prompts) on each client's own splits;
+    # off: the global sets only (what a many-client run can afford every round).
+    local: bool = True
 
 
 @dataclass

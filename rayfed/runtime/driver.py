@@ -187,7 +187,7 @@ class Driver:
                          for split, sums in s["global"].items() for ex in sums.examples]
             for split in self.local_splits:
                 metrics.update(summarize_clients(per_client, f"{EVAL}/{split}"))
-        if getattr(self.algorithm, "personal", False):
+        if getattr(self.algorithm, "personal", False) and self.settings.evaluate_clients:  # eval.local
             metrics.update(self._evaluate_personal(prompt))
         metrics["time/eval_s"] = time.perf_counter() - start
         return RoundResult(round_idx, metrics, per_client, examples=tuple(examples))

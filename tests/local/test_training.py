@@ -192,5 +192,8 @@ def test_a_ditto_run_trades_global_for_local_score_and_the_pull_tempers_it(tiny_
     free = finals[0.0]["final_ditto"]
     assert free["ditto/local_test/loss_mean"] < own["ditto/local_test/loss_mean"]
     assert free["ditto/global_test/loss_mean"] > own["ditto/global_test/loss_mean"]
+    quiet = run_experiment(tiny_config("runtime.executor=local", "algorithm.name=ditto", "algorithm.rounds=1",
+                                       "eval.local=false", f"output_dir={tmp_path / 'quiet'}"), loggers=[])
+    assert "final_ditto" not in quiet and not quiet["clients"]  # eval.local=false: no client is scored
     with pytest.raises(ConfigError, match="key 'algorithm.ditto_lambda': only ditto"):
         tiny_config("algorithm.ditto_lambda=0.5")
