@@ -14,12 +14,13 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+ROLLOUT_EVENTS = "rollout.jsonl"  # written by rayfed.personalization.rollout_phase
 STATES = (("not yet rolled out", "white"), ("global prompt", "0.75"), ("personalized", "#4c9a56"),
           ("rolled back here", "#c8443a"), ("global after rollback", "#e8b0a8"))
 
 
 def is_rollout(path: Path) -> bool:
-    return (path / "rollout.jsonl").is_file() and (path / "summary.json").is_file()
+    return (path / ROLLOUT_EVENTS).is_file() and (path / "summary.json").is_file()
 
 
 def plot_rollout(out: Path) -> list[Path]:

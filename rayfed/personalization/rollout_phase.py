@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from rayfed.outputs.adapter import SITE_ADAPTERS
 from rayfed.outputs.lock import writing
 from rayfed.outputs.loggers import MetricLogger, build_loggers
 from rayfed.outputs.plots import draw_and_log
+from rayfed.outputs.plots_rollout import ROLLOUT_EVENTS
 from rayfed.outputs.scores import EXAMPLE_SCORES, load_example_scores, rows_of
 from rayfed.personalization.cache import PromptCache, load_local_prompts
 from rayfed.personalization.phase import (
@@ -32,8 +34,6 @@ from rayfed.personalization.phase import (
 )
 from rayfed.personalization.rollout import RolloutSettings, final_choices, plan_rollout
 from rayfed.personalization.settings import PersonalizeSettings
-
-ROLLOUT_EVENTS = "rollout.jsonl"
 
 
 def run_rollout(run_dir: str | Path, overrides: list[str] | None = None,
@@ -76,7 +76,7 @@ def run_rollout(run_dir: str | Path, overrides: list[str] | None = None,
         trained = load_local_prompts(cache.path(settings))
         save_site_adapters(out / SITE_ADAPTERS, cfg, global_prompt, trained, final_choices(plan))
         summary = {"name": out.name, "personalization": str(personalization), "personalization_reused": reused,
-                   "settings": {**vars(rollout), "drift_sites": list(rollout.drift_sites)},
+                   "settings": asdict(rollout),
                    **{k: v for k, v in plan.items() if k != "events"}, "seconds": time.perf_counter() - started}
         (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
         logs = build_loggers(cfg, out, loggers, job_type="rollout")
