@@ -179,6 +179,18 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_sites(args: argparse.Namespace) -> int:
+    from rayfed.data.sites import write_sites
+    from rayfed.data.sources import federated_data
+
+    cfg = load_config(args.config, args.overrides)
+    data = federated_data(cfg)
+    n = write_sites(data, Path(args.out))
+    print(f"{n} records of {len(data.clients)} sites written to {args.out} (read back with data.source=sites "
+          f"data.path={args.out} partition.scheme=site partition.num_clients={len(data.clients)})")
+    return 0
+
+
 def cmd_model_prepare(args: argparse.Namespace) -> int:
     from rayfed.model.builtin import resolve_model_path
 
@@ -232,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="data caches").add_subparsers(dest="data_command", required=True)
     data.add_parser("prepare", help="download and extract the BIG-bench tasks into the cache").set_defaults(
         handler=cmd_data_prepare)
+    sites = data.add_parser("sites", help="write a config's clients as site records (the data.source sites format)")
+    sites.add_argument("config", help=config_help)
+    sites.add_argument("out", help="the JSONL file to write")
+    sites.add_argument("overrides", nargs="*", help="key=value overrides, e.g. partition.num_clients=4")
+    sites.set_defaults(handler=cmd_data_sites)
     model = sub.add_parser("model", help="model caches").add_subparsers(dest="model_command", required=True)
     prep = model.add_parser("prepare", help="convert a built-in model into the cache (once)")
     prep.add_argument("name", nargs="?", default="smollm2-135m")

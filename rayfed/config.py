@@ -23,8 +23,8 @@ from rayfed.errors import UserError
 ALGORITHM_NAMES = ("fedavg", "fedprox", "fedsgd", "ditto")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SERVER_OPTIMIZERS = ("sgd", "adam")
-DATA_SOURCES = ("synthetic", "bigbench", "sni")
-PARTITION_SCHEMES = ("dirichlet", "k_tasks", "iid")
+DATA_SOURCES = ("synthetic", "bigbench", "sni", "sites")
+PARTITION_SCHEMES = ("dirichlet", "k_tasks", "iid", "site")
 PARTITION_UNITS = ("category", "task")
 DTYPES = ("float32", "bfloat16", "float16")
 COMPRESSIONS = ("none", "fp16", "int8", "topk")  # rayfed.core.compression.METHODS
@@ -58,10 +58,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "bigbench"  # synthetic | bigbench | sni
-    path: str | None = None  # sni: a directory of SNI task files or a JSONL file
+    source: str = "bigbench"  # synthetic | bigbench | sni | sites (your own records, docs/own-data.md)
+    path: str | None = None  # sni: a directory of SNI task files or a JSONL file; sites: a JSONL file
     tasks: list[str] | None = None  # restrict to these task names (None: all)
-    max_examples_per_task: int = 400  # cap per task before partitioning
+    max_examples_per_task: int = 400  # cap per task (sites: per site and task) before partitioning
     max_source_tokens: int = 128  # instruction + input, truncated from the left
     max_target_tokens: int = 32  # target (+ EOS), truncated from the right
 
@@ -69,14 +69,14 @@ class DataConfig:
 @dataclass
 class PartitionConfig:
     num_clients: int = 8
-    scheme: str = "dirichlet"  # dirichlet | k_tasks | iid
+    scheme: str = "dirichlet"  # dirichlet | k_tasks | iid | site (one client per site of data.source sites)
     unit: str = "category"  # what clients differ in: task category or individual task
     concentration: float = 0.5  # dirichlet: small = one unit per client, large = IID
     units_per_client: int = 2  # k_tasks: units per client
-    train_examples: int = 64  # per client
+    train_examples: int = 64  # per client (site: at most; a smaller site trains on what it has)
     val_examples: int = 8  # per client
     test_examples: int = 16  # per client
-    global_test_examples: int = 64  # held out first, spread evenly over tasks
+    global_test_examples: int = 64  # held out first, spread evenly over tasks (site: over sites)
     global_val_examples: int = 64  # held out next, the same way: model selection reads it, never test
 
 
@@ -479,7 +479,7 @@ def _validate_model_and_data(cfg: ExperimentConfig) -> None:
     _choice("communication.compress", cfg.communication.compress, COMPRESSIONS)
     _check(0 < cfg.communication.topk_fraction <= 1, "communication.topk_fraction", "must be in (0, 1]")
     _choice("data.source", d.source, DATA_SOURCES)
-    _check(d.source != "sni" or bool(d.path), "data.path", "is required when data.source is sni")
+    _check(d.source not in ("sni", "sites") or bool(d.path), "data.path", f"is required when data.source is {d.source}")
     _check(d.max_examples_per_task >= 1, "data.max_examples_per_task", "must be >= 1")
     _check(d.max_source_tokens >= 1, "data.max_source_tokens", "must be >= 1")
     _check(d.max_target_tokens >= 2, "data.max_target_tokens", "must be >= 2 (target + EOS)")
@@ -490,6 +490,8 @@ def _validate_partition(cfg: ExperimentConfig) -> None:
     p = cfg.partition
     _check(p.num_clients >= 1, "partition.num_clients", "must be >= 1")
     _choice("partition.scheme", p.scheme, PARTITION_SCHEMES)
+    _check(p.scheme != "site" or cfg.data.source == "sites", "partition.scheme",
+           f"site needs records that name their site: data.source sites (got data.source {cfg.data.source})")
     _choice("partition.unit", p.unit, PARTITION_UNITS)
     _check(p.concentration > 0 and math.isfinite(p.concentration), "partition.concentration",
            "must be a positive number")

@@ -117,6 +117,8 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
 
     # --- Results.
     summary = _run_summary(cfg, initial, final, time.perf_counter() - started, out)
+    if data.sites:  # one's own data: which site each client_<id> (and its adapter) is
+        summary["sites"] = {str(cid): site for cid, site in enumerate(data.sites)}
     summary["communication"] = {**traffic, "prompt_bytes": float(payload_bytes(driver_prompt))}
     if personal is not None:
         summary["personalization"] = personal

@@ -18,6 +18,8 @@ class Example:
         instruction: Natural-language instruction shared by the task's examples.
         input: The example's input text (may be empty).
         target: The reference output.
+        site: The site (client) a record of one's own data belongs to (``data.source: sites``);
+            empty for the built-in sources, whose clients are drawn by ``partition.scheme``.
     """
 
     task: str
@@ -25,6 +27,7 @@ class Example:
     instruction: str
     input: str
     target: str
+    site: str = ""
 
 
 @dataclass(frozen=True)

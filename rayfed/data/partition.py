@@ -3,7 +3,8 @@
 Heterogeneity is controlled over *units* (task categories or tasks): each client draws a mixture
 over units (Dirichlet with ``concentration``, ``k`` units uniformly, or the pool's own mix
 for IID) and fills its shard example by example from the units' pools without replacement, so a
-partition never uses an example twice.
+partition never uses an example twice. With one's own data (``scheme="site"``) the clients are
+the sites the records name, not a draw.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class FederatedData:
     global_test: tuple[Example, ...]
     unit: str  # "category" or "task": what the histograms and heterogeneity are over
     global_val: tuple[Example, ...] = ()  # built like global_test from disjoint examples
+    sites: tuple[str, ...] = ()  # partition.scheme site: client i is the site sites[i]
 
 
 def global_sets_of(data: FederatedData) -> dict[str, list[Example]]:
@@ -70,6 +72,10 @@ def partition(
         ValueError: when the pool is too small for the requested sizes (names the keys).
     """
     rng = np.random.default_rng([seed, 0x9A27])  # one generator, drawn from in this order throughout
+    if scheme == "site":
+        return _by_site(examples, num_clients=num_clients, unit=unit, train_examples=train_examples,
+                        val_examples=val_examples, test_examples=test_examples,
+                        global_test_examples=global_test_examples, global_val_examples=global_val_examples, rng=rng)
     by_task: dict[str, list[Example]] = defaultdict(list)
     for ex in examples:
         by_task[ex.task].append(ex)
@@ -112,6 +118,42 @@ def partition(
     return FederatedData(tuple(clients), tuple(global_test), unit, tuple(global_val))
 
 
+def _by_site(examples: list[Example], *, num_clients: int, unit: str, train_examples: int, val_examples: int,
+             test_examples: int, global_test_examples: int, global_val_examples: int,
+             rng: np.random.Generator) -> FederatedData:
+    """One client per site, in site order: the global test and validation sets are drawn round-robin
+    over the sites first; then each site keeps ``val_examples`` and ``test_examples`` of the rest and
+    up to ``train_examples`` for training (sites differ in size, and so do their train splits)."""
+    by_site: dict[str, list[Example]] = defaultdict(list)
+    for ex in examples:
+        by_site[ex.site].append(ex)
+    sites = sorted(by_site, key=lambda s: (0, int(s), s) if s.isdigit() else (1, 0, s))
+    if num_clients != len(sites):
+        shown = ", ".join(sites[:8]) + (", ..." if len(sites) > 8 else "")
+        raise UserError(f"key 'partition.num_clients': is {num_clients}, but the data has {len(sites)} site(s) "
+                        f"({shown}); with partition.scheme site every site is one client: set "
+                        f"partition.num_clients={len(sites)}")
+    for site in sites:
+        order = rng.permutation(len(by_site[site]))
+        by_site[site] = [by_site[site][i] for i in order]
+    global_test = _round_robin(by_site, sites, global_test_examples)
+    global_val = _round_robin(by_site, sites, global_val_examples)
+    need = val_examples + test_examples + 1
+    small = [f"{site} ({len(by_site[site])})" for site in sites if len(by_site[site]) < need]
+    if small:
+        raise UserError(
+            f"key 'partition.val_examples': site(s) {', '.join(small[:8])} keep too few records after the global test "
+            f"and validation sets; each site needs partition.val_examples + partition.test_examples + 1 = {need} "
+            f"(lower those, or partition.global_test_examples / global_val_examples, or give those sites more data)")
+    clients = []
+    for client_id, site in enumerate(sites):
+        pool = by_site[site]
+        val, test = pool[:val_examples], pool[val_examples:val_examples + test_examples]
+        train = pool[val_examples + test_examples:][:train_examples]
+        clients.append(ClientData(client_id, tuple(train), tuple(val), tuple(test)))
+    return FederatedData(tuple(clients), tuple(global_test), unit, tuple(global_val), tuple(sites))
+
+
 def _draw_shard(pools: dict[str, list[Example]], units: list[str], weights: np.ndarray, size: int,
                 rng: np.random.Generator) -> list[Example]:
     """``size`` examples drawn without replacement from the unit pools by ``weights`` (a unit that
@@ -126,13 +168,13 @@ def _draw_shard(pools: dict[str, list[Example]], units: list[str], weights: np.n
     return [shard[i] for i in order]
 
 
-def _round_robin(by_task: dict[str, list[Example]], tasks: list[str], size: int) -> list[Example]:
-    """Pop ``size`` examples, one task at a time in turn (fewer if the pools run dry)."""
+def _round_robin(pools: dict[str, list[Example]], keys: list[str], size: int) -> list[Example]:
+    """Pop ``size`` examples, one pool (task or site) at a time in turn (fewer if the pools run dry)."""
     out: list[Example] = []
-    while len(out) < size and any(by_task.values()):
-        for task in tasks:
-            if by_task[task] and len(out) < size:
-                out.append(by_task[task].pop())
+    while len(out) < size and any(pools.values()):
+        for key in keys:
+            if pools[key] and len(out) < size:
+                out.append(pools[key].pop())
     return out
 
 

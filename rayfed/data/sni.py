@@ -13,14 +13,13 @@ Two layouts are accepted:
 from __future__ import annotations
 
 import json
-from dataclasses import fields
 from pathlib import Path
 
+from rayfed.data.jsonl import read_objects
 from rayfed.errors import UserError
 from rayfed.types import Example
 
-EXAMPLE_KEYS = tuple(f.name for f in fields(Example))
-MAX_LINE_BYTES = 1 << 20  # one example per line; a longer line is a broken file, not an example
+EXAMPLE_KEYS = ("task", "category", "instruction", "input", "target")
 
 
 def load_sni(path: Path) -> list[Example]:
@@ -62,28 +61,12 @@ def _load_task_file(path: Path) -> list[Example]:
 
 def _load_jsonl(path: Path) -> list[Example]:
     examples = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if len(raw) > MAX_LINE_BYTES:
-                raise UserError(f"{path}:{lineno}: line of {len(raw):,} bytes, over the {MAX_LINE_BYTES:,}-byte "
-                                 f"limit for one example")
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise UserError(f"{path}:{lineno}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{lineno}: invalid JSON ({err})") from err
-            if not isinstance(obj, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            missing = [key for key in EXAMPLE_KEYS if key not in obj]
-            if missing:
-                names = ", ".join(repr(key) for key in missing)
-                raise UserError(f"{path}:{lineno}: missing key {names} (need {', '.join(EXAMPLE_KEYS)})")
-            examples.append(Example(**{key: str(obj[key]) for key in EXAMPLE_KEYS}))
+    for lineno, obj in read_objects(path):
+        missing = [key for key in EXAMPLE_KEYS if key not in obj]
+        if missing:
+            names = ", ".join(repr(key) for key in missing)
+            raise UserError(f"{path}:{lineno}: missing key {names} (need {', '.join(EXAMPLE_KEYS)})")
+        examples.append(Example(**{key: str(obj[key]) for key in EXAMPLE_KEYS}))
     if not examples:
         raise UserError(f"{path}: no examples (the file is empty)")
     return examples

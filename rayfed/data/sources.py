@@ -30,6 +30,12 @@ def load_examples(cfg: DataConfig, seed: int) -> list[Example]:
 
         prepare_bigbench()  # first use downloads and extracts; afterwards a no-op
         examples = load_bigbench(tasks=cfg.tasks)
+    elif cfg.source == "sites":
+        from rayfed.data.sites import load_sites
+
+        examples = load_sites(Path(str(cfg.path)))
+        if cfg.tasks is not None:
+            examples = [ex for ex in examples if ex.task in set(cfg.tasks)]
     elif cfg.source == "sni":
         from rayfed.data.sni import load_sni
 
@@ -44,12 +50,13 @@ def load_examples(cfg: DataConfig, seed: int) -> list[Example]:
 
 
 def cap_per_task(examples: list[Example], limit: int) -> list[Example]:
-    """Keep the first ``limit`` examples of each task, in their original order."""
-    seen: dict[str, int] = defaultdict(int)
+    """Keep the first ``limit`` examples of each task (of each site's tasks, for one's own data), in
+    their original order."""
+    seen: dict[tuple[str, str], int] = defaultdict(int)
     kept = []
     for ex in examples:
-        if seen[ex.task] < limit:
-            seen[ex.task] += 1
+        if seen[ex.site, ex.task] < limit:
+            seen[ex.site, ex.task] += 1
             kept.append(ex)
     return kept
 

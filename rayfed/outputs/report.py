@@ -18,10 +18,13 @@ def print_partition(cfg: ExperimentConfig) -> None:
     data = federated_data(cfg)
     hists = histograms(data)
     units = sorted(set().union(*hists))
-    width = max(len(u) for u in units)
+    width = max(len(u) for u in (*units, "client"))
     print(f"{'client':<{width}} " + " ".join(f"{c:>5}" for c in range(len(hists))))
     for unit in units:
         print(f"{unit:<{width}} " + " ".join(f"{h[unit]:>5}" for h in hists))
+    if data.sites:
+        print(f"{'train':<{width}} " + " ".join(f"{len(c.train):>5}" for c in data.clients))
+        print("\nsites: " + ", ".join(f"{cid} = {site}" for cid, site in enumerate(data.sites)))
     print(f"\n{len(data.clients)} clients, {len(data.global_test)} global test and {len(data.global_val)} "
           f"global validation examples, unit: {data.unit}, heterogeneity (mean TV distance to the pooled "
           f"mix): {heterogeneity(data):.3f}")
