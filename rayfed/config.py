@@ -319,7 +319,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     merged: DictConfig = OmegaConf.structured(ExperimentConfig)
     if path is not None:
         merged = _merge(merged, read_yaml(path, "config file"), str(path))
-    return _finish(merged, overrides)
+    cfg = _finish(merged, overrides)
+    cfg.data.path = absolute_data_path(cfg.data.path)
+    return cfg
+
+
+def absolute_data_path(path: str | None) -> str | None:
+    """``data.path`` made absolute from the directory rayfed was started in: the processes that read
+    it (a Tune trial, a study's Ray task) run in directories of their own."""
+    return None if path is None else str(Path(path).expanduser().absolute())
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; a larger file is a wrong path, refused before parsing

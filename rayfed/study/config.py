@@ -14,7 +14,15 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rayfed.config import ConfigError, ExperimentConfig, config_from_mapping, parse_override, read_yaml, replace_keys
+from rayfed.config import (
+    ConfigError,
+    ExperimentConfig,
+    absolute_data_path,
+    config_from_mapping,
+    parse_override,
+    read_yaml,
+    replace_keys,
+)
 
 
 @dataclass
@@ -112,6 +120,9 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
         raise ConfigError(f"{path}: key '{key}': {str(err).splitlines()[0]}" if key else f"{path}: {err}") from None
+    data = study.experiment.get("data")
+    if isinstance(data, dict) and data.get("path") is not None:  # the runs may be Ray tasks elsewhere
+        study.experiment = {**study.experiment, "data": {**data, "path": absolute_data_path(str(data["path"]))}}
     check_study(study, str(path))
     return study
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,8 @@ from rayfed.data.sites import load_sites, write_sites
 from rayfed.data.sources import federated_data
 from rayfed.data.synthetic import generate_synthetic
 from rayfed.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write(path, records):
@@ -133,3 +136,16 @@ def test_a_run_on_own_data_names_its_sites(tiny_config, tmp_path):
     summary = run_experiment(cfg, loggers=[])
     assert summary["sites"] == {"0": "north", "1": "south"}
     assert summary["final"]["loss"] < summary["initial"]["loss"]
+
+
+def test_a_relative_data_path_is_read_from_where_rayfed_started(tiny_config, tmp_path, monkeypatch):
+    """A Tune trial and a study's Ray task run in directories of their own: the path they read must
+    be the one the user named, from the directory the command started in."""
+    from rayfed.study.config import load_study, run_config
+
+    monkeypatch.chdir(tmp_path)
+    assert tiny_config("data.source=sites", "data.path=sites.jsonl").data.path == str(tmp_path / "sites.jsonl")
+    study = load_study(ROOT / "configs" / "study" / "tiny.yaml", ["experiment.data.source=sites",
+                                                                  "experiment.data.path=data/sites.jsonl"])
+    monkeypatch.chdir(ROOT)  # where a task may run
+    assert run_config(study, "fedavg_adam", 10.0, 0, 0.05).data.path == str(tmp_path / "data" / "sites.jsonl")
