@@ -29,7 +29,7 @@ from rayfed.outputs.lock import writing
 from rayfed.outputs.loggers import MetricLogger, build_loggers, log_round
 from rayfed.outputs.plots import draw_and_log
 from rayfed.outputs.prompt_files import PROMPT_TOKENS, write_prompt_tokens
-from rayfed.outputs.scores import EXAMPLE_SCORES, ScoreLog, interval_of, load_example_scores
+from rayfed.outputs.scores import DITTO_SCORES, EXAMPLE_SCORES, RunScores, interval_of, load_example_scores
 from rayfed.personalization.phase import check_same_settings, personalize_phase
 from rayfed.runtime.driver import payload_bytes
 from rayfed.runtime.session import open_driver
@@ -85,7 +85,7 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
         else:
             _clear_run(out)  # --overwrite: nothing of the old run's may pass for the new one's
         (out / "config.yaml").write_text(to_yaml(cfg))
-        scores = ScoreLog(out / EXAMPLE_SCORES, keep_through=done if resume else None)
+        scores = RunScores(out, keep_through=done if resume else None)
         loggers = build_loggers(cfg, out, loggers, metrics_file=out / "metrics.jsonl", run_id_file=out / WANDB_ID)
         try:
             # --- Rounds: evaluate the untrained prompt, then train, evaluating every eval_every rounds.
@@ -97,7 +97,7 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
                 _status(loggers, f"round 0: scoring the untrained prompt ({_eval_size(cfg, data)})")
                 initial = final = driver.evaluate(0)
                 log_round(loggers, initial)
-                scores.add(initial.examples)
+                scores.add(initial)
             final = _train_rounds(cfg, driver, loggers, out, scores, traffic, first=done + 1, initial=initial,
                                   final=final)
             save_adapter(out / ADAPTER_DIR, driver.global_prompt(), ModelSettings.from_config(cfg.model),
@@ -229,7 +229,7 @@ def _clear_run(out: Path) -> None:
         for child in sorted(personal.iterdir() if personal.is_dir() else []):
             if child.is_dir():
                 locks.enter_context(writing(child, "--overwrite"))
-        for name in (CHECKPOINT, "metrics.jsonl", "summary.json", WANDB_ID, EXAMPLE_SCORES):
+        for name in (CHECKPOINT, "metrics.jsonl", "summary.json", WANDB_ID, EXAMPLE_SCORES, DITTO_SCORES):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(personal, ignore_errors=True)
         shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)
@@ -240,7 +240,7 @@ def _clear_run(out: Path) -> None:
 NO_TRAFFIC = {"down_bytes": 0.0, "up_bytes": 0.0}
 
 
-def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger], out: Path, scores: ScoreLog,
+def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger], out: Path, scores: RunScores,
                   traffic: dict[str, float], *, first: int, initial: RoundResult, final: RoundResult) -> RoundResult:
     """Rounds ``first`` to the last: train, evaluate every ``eval.eval_every`` rounds (and the last),
     log, save the global prompt, checkpoint. ``traffic`` accumulates the rounds' bytes (each round
@@ -254,7 +254,7 @@ def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger
         evaluation = None
         if round_idx % cfg.eval.eval_every == 0 or round_idx == cfg.algorithm.rounds:
             evaluation = final = driver.evaluate(round_idx)
-            scores.add(evaluation.examples)
+            scores.add(evaluation)
         log_round(loggers, result, evaluation)
         save_prompt(out / "global_prompt.safetensors", driver.global_prompt(),
                     {"round": str(round_idx), "config": cfg.name})
@@ -268,7 +268,7 @@ def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger
 
 def _record(result: RoundResult) -> dict[str, Any]:
     """A RoundResult for the checkpoint's JSON record; its examples are in example_scores.safetensors."""
-    return {k: v for k, v in asdict(result).items() if k != "examples"}
+    return {k: v for k, v in asdict(result).items() if k not in ("examples", "ditto_examples")}
 
 
 def _intervals(out: Path) -> dict[str, dict[str, list[float]]]:

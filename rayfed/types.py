@@ -100,3 +100,6 @@ class RoundResult:
     # Evaluation rounds: every scored example, (client_id (-1: a global set), split, round, 1.0,
     # example_id, loss, exact_match, rouge_l), as rayfed.outputs.scores writes them.
     examples: tuple[tuple[int, str, int, float, int, float, float, float], ...] = ()
+    # Ditto (with eval.local): each client's own prompt on its splits and the global sets, as rows of
+    # the same form (rayfed.outputs.scores.DITTO_SCORES).
+    ditto_examples: tuple[tuple[int, str, int, float, int, float, float, float], ...] = ()

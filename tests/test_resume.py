@@ -18,7 +18,7 @@ from rayfed.core.server_optimizer import ServerOptimizer
 from rayfed.errors import UserError
 from rayfed.experiment import RunExistsError, resume_experiment, run_experiment
 from rayfed.outputs.checkpoint import CHECKPOINT, load_prompt, load_run_state, save_run_state
-from rayfed.outputs.scores import EXAMPLE_SCORES, load_example_scores
+from rayfed.outputs.scores import DITTO_SCORES, EXAMPLE_SCORES, load_example_scores
 
 SERVERS = {
     "sgd-momentum": ["algorithm.server_optimizer.name=sgd", "algorithm.server_optimizer.lr=1.0",
@@ -102,10 +102,13 @@ def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_prompt_bit_for_bit(tm
     assert summaries[0]["communication"] == summaries[1]["communication"]  # bytes before the kill are kept
     # Every evaluated round's per-example scores, once each (the rounds after the checkpoint were
     # scored again and replace their first scoring), and the intervals computed from them.
-    scores = [load_example_scores(d / EXAMPLE_SCORES) for d in (tmp_path / "whole", run_dir)]
-    assert sorted(set(scores[1]["epoch"].tolist())) == [0, 3, 6, 8]
-    for name in scores[0]:
-        assert (scores[0][name] == scores[1][name]).all(), name
+    # Ditto also keeps its clients' own prompts' scores, resumed the same way.
+    assert (tmp_path / "whole" / DITTO_SCORES).is_file() == (server == "ditto") == (run_dir / DITTO_SCORES).is_file()
+    for file in (EXAMPLE_SCORES, DITTO_SCORES) if server == "ditto" else (EXAMPLE_SCORES,):
+        scores = [load_example_scores(d / file) for d in (tmp_path / "whole", run_dir)]
+        assert sorted(set(scores[1]["epoch"].tolist())) == [0, 3, 6, 8]
+        for name in scores[0]:
+            assert (scores[0][name] == scores[1][name]).all(), (file, name)
     assert summaries[0]["final_intervals"] == summaries[1]["final_intervals"]
     low, high = summaries[1]["final_intervals"]["global_test"]["loss"]
     assert low <= summaries[1]["final"]["loss"] <= high

@@ -1,7 +1,9 @@
 """Per-example scores on disk: every example of every scored (client, split, epoch, ratio), so any
 aggregate can be recomputed and resampled (paired by example id) without rescoring.
 
-One ``example_scores.safetensors`` beside a personalization's ``personalization.jsonl``: a column
+One ``example_scores.safetensors`` beside a run's ``metrics.jsonl`` (the global prompt's scores;
+Ditto's clients' own prompts in ``ditto_scores.safetensors``) and beside a personalization's
+``personalization.jsonl``: a column
 per field (``client_id``, ``split``, ``epoch``, ``interp_ratio``, ``example_id``, ``loss``,
 ``exact_match``, ``rouge_l``), numbers only, never example text. ``split`` indexes the split names
 in the metadata. Written with numpy (no torch needed to read it back), atomically.
@@ -13,6 +15,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
@@ -21,6 +24,7 @@ from rayfed.names import SPLITS
 from rayfed.outputs.tensorfile import read_tensors
 
 EXAMPLE_SCORES = "example_scores.safetensors"
+DITTO_SCORES = "ditto_scores.safetensors"  # a Ditto run's: each client's own prompt, the same columns
 KEYS = ("client_id", "split", "epoch", "interp_ratio", "example_id")
 SCORES = ("loss", "exact_match", "rouge_l")
 ExampleRow = tuple[int, str, int, float, int, float, float, float]  # KEYS then SCORES, split by name
@@ -69,6 +73,21 @@ class ScoreLog:
     def add(self, rows: Sequence[ExampleRow]) -> None:
         self.rows += rows
         save_example_scores(self.path, self.rows)
+
+
+class RunScores:
+    """A run's two score files: the global prompt's (``example_scores.safetensors``) and, for Ditto,
+    each client's own prompt's (``ditto_scores.safetensors``, written once it has rows)."""
+
+    def __init__(self, out: Path, keep_through: int | None = None):
+        self.scores = ScoreLog(out / EXAMPLE_SCORES, keep_through)
+        self.ditto = ScoreLog(out / DITTO_SCORES, keep_through)
+
+    def add(self, result: Any) -> None:
+        """An evaluation's rows (a ``rayfed.types.RoundResult``)."""
+        self.scores.add(result.examples)
+        if result.ditto_examples or self.ditto.rows:
+            self.ditto.add(result.ditto_examples)
 
 
 def interval_of(columns: dict[str, np.ndarray], split: str, metric: str, epoch: int | None = None,

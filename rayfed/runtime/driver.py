@@ -187,14 +187,17 @@ class Driver:
                          for split, sums in s["global"].items() for ex in sums.examples]
             for split in self.local_splits:
                 metrics.update(summarize_clients(per_client, f"{EVAL}/{split}"))
+        personal: tuple[tuple, ...] = ()
         if getattr(self.algorithm, "personal", False) and self.settings.evaluate_clients:  # eval.local
-            metrics.update(self._evaluate_personal(prompt))
+            ditto, personal = self._evaluate_personal(prompt, round_idx)
+            metrics.update(ditto)
         metrics["time/eval_s"] = time.perf_counter() - start
-        return RoundResult(round_idx, metrics, per_client, examples=tuple(examples))
+        return RoundResult(round_idx, metrics, per_client, examples=tuple(examples), ditto_examples=personal)
 
-    def _evaluate_personal(self, global_prompt: torch.Tensor) -> dict[str, float]:
+    def _evaluate_personal(self, global_prompt: torch.Tensor, round_idx: int) -> tuple[dict[str, float], tuple]:
         """Ditto's personal prompts (the global one for a client not picked yet) on every client's
-        own splits and the global sets: ``ditto/{split}/{metric}_{stat}`` over clients."""
+        own splits and the global sets: ``ditto/{split}/{metric}_{stat}`` over clients, and every
+        scored example as a row (client_id, split, round, 1.0, example_id, loss, exact_match, rouge_l)."""
         splits = (*self.local_splits, *self.global_splits)
         scores = self.evaluate_clients({cid: {"own": self.personal.get(cid, global_prompt)} for cid in self.client_ids},
                                        splits, self.settings.eval)
@@ -203,7 +206,9 @@ class Driver:
         out: dict[str, float] = {}
         for split in splits:
             out.update(summarize_clients(per_client, f"ditto/{split}"))
-        return out
+        rows = tuple((cid, split, round_idx, 1.0, *ex) for cid, s in sorted(scores.items())
+                     for split, sums in s["own"].items() for ex in sums.examples)
+        return out, rows
 
     def evaluate_global(self, prompt: torch.Tensor, split: str, evaluation: EvalSettings) -> EvalSums:
         """One prompt on a whole global set, its pieces spread over the workers."""

@@ -189,11 +189,22 @@ def test_a_ditto_run_trades_global_for_local_score_and_the_pull_tempers_it(tiny_
     own, shared = finals[0.1]["final_ditto"], finals[0.1]["final_local"]
     assert own["ditto/local_test/loss_mean"] < shared["eval/local_test/loss_mean"]
     assert own["ditto/global_test/loss_mean"] > finals[0.1]["final"]["loss"]
+    # Every client's own prompt is scored example by example, as the summary's means say.
+    import numpy as np
+
+    from rayfed.outputs.scores import DITTO_SCORES, load_example_scores
+
+    rows = load_example_scores(tmp_path / "0.1" / DITTO_SCORES)
+    last = (rows["epoch"] == 4) & (rows["split"] == "local_test")
+    per_client = [rows["loss"][last & (rows["client_id"] == c)].mean() for c in sorted(set(rows["client_id"][last]))]
+    assert len(per_client) == 4 and np.mean(per_client) == pytest.approx(own["ditto/local_test/loss_mean"])
+    assert set(rows["split"]) == {"local_test", "global_test"} and set(rows["epoch"]) == set(range(5))
     free = finals[0.0]["final_ditto"]
     assert free["ditto/local_test/loss_mean"] < own["ditto/local_test/loss_mean"]
     assert free["ditto/global_test/loss_mean"] > own["ditto/global_test/loss_mean"]
     quiet = run_experiment(tiny_config("runtime.executor=local", "algorithm.name=ditto", "algorithm.rounds=1",
                                        "eval.local=false", f"output_dir={tmp_path / 'quiet'}"), loggers=[])
     assert "final_ditto" not in quiet and not quiet["clients"]  # eval.local=false: no client is scored
+    assert not (tmp_path / "quiet" / DITTO_SCORES).exists()
     with pytest.raises(ConfigError, match="key 'algorithm.ditto_lambda': only ditto"):
         tiny_config("algorithm.ditto_lambda=0.5")
