@@ -113,6 +113,20 @@ def _study_power(pilot, out: Path, target) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from rayfed.outputs.compare import compare, format_table, load_source
+
+    splits = tuple(s for s in args.splits.split(",") if s)
+    result = compare([load_source(spec, args.metric) for spec in args.sources], splits)
+    result["metric"] = args.metric
+    print(format_table(result, args.metric))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """A run's global prompt as a PEFT adapter directory (runs write RUN_DIR/adapter themselves;
     this rewrites it from global_prompt.safetensors, for a run from before adapters or one cut off)."""
@@ -237,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("rollout", cmd_rollout, "roll a run's personalized prompts out to its sites in stages, with a rollback "
         "guard", "run_dir", "a finished run's output directory", "rollout.*/personalize.*/eval.*/runtime.*/logging.* "
         "overrides")
+    cmp = sub.add_parser("compare", help="prompts of runs and personalizations side by side on the same clients, "
+                         "with paired 95%% intervals (first source: the reference)")
+    cmp.add_argument("sources", nargs="+", help="RUN_DIR[@round=N|@ditto] or PERSONALIZE_DIR[@selected|@per_client|"
+                     "@EPOCH,RATIO]")
+    cmp.add_argument("--metric", default="rouge_l", choices=("rouge_l", "exact_match", "loss"))
+    cmp.add_argument("--splits", default="local_test,global_test", help="comma-separated splits (default: %(default)s)")
+    cmp.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
+    cmp.set_defaults(handler=cmd_compare)
     add("export", cmd_export, "write a run's global prompt as a PEFT adapter directory", "run_dir",
         "a run's output directory", None).add_argument("--to", help="the adapter directory (default RUN_DIR/adapter)")
     add("plot", cmd_plot, "redraw every figure of a run, personalization, search or study directory", "path",

@@ -69,15 +69,26 @@ BLOCK_HEAVY = ("import sys\n"
                "sys.meta_path.insert(0, Block())\n")
 
 
+def rayfed_without_torch_or_ray(*args: str) -> subprocess.CompletedProcess:
+    """``rayfed ARGS`` in a process where torch and Ray cannot be imported."""
+    code = BLOCK_HEAVY + f"from rayfed.cli import main\nsys.exit(main({list(args)!r}))\n"
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+
+
 @pytest.fixture
 def plot_without_torch_or_ray():
     """``plot(PATH)``: ``rayfed plot PATH`` in a process where torch and Ray cannot be imported; the
     PNGs it printed."""
 
     def plot(path: Path) -> list[str]:
-        code = BLOCK_HEAVY + f"from rayfed.cli import main\nsys.exit(main(['plot', {str(path)!r}]))\n"
-        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+        done = rayfed_without_torch_or_ray("plot", str(path))
         assert done.returncode == 0, done.stderr
         return done.stdout.split()
 
     return plot
+
+
+@pytest.fixture
+def without_torch_or_ray():
+    """``run(*args)``: ``rayfed ARGS`` in a process where torch and Ray cannot be imported."""
+    return rayfed_without_torch_or_ray

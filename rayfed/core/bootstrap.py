@@ -76,6 +76,29 @@ def bootstrap_crossed(scores: np.ndarray, *, draws: int = 2000, level: float = 0
     return float(scores.mean()), float(low), float(high)
 
 
+def paired_crossed(values: np.ndarray, *, draws: int = 4000, seed: int = 0, chunk: int = 256) -> np.ndarray:
+    """``[draws, points]``: replicate means of ``values[points, clients, examples]`` (every client
+    scored on the same examples, as on a global set) with clients and examples drawn independently,
+    each drawn example shared by every drawn client, and every point on the same draws (paired), as
+    :func:`bootstrap_crossed` does for one point.
+
+    Raises:
+        ValueError: ``values`` is not a non-empty 3-D array.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 3 or 0 in values.shape:
+        raise ValueError("paired_crossed needs a non-empty [points, clients, examples] array")
+    rng = np.random.default_rng(seed)
+    n_points, n_clients, n_examples = values.shape
+    out = np.empty((draws, n_points))
+    for start in range(0, draws, chunk):
+        d = min(chunk, draws - start)
+        w = _counts(rng.integers(n_clients, size=(d, n_clients)), n_clients)  # [d, clients]
+        v = _counts(rng.integers(n_examples, size=(d, n_examples)), n_examples)  # [d, examples]
+        out[start:start + d] = np.einsum("dc,pce,de->dp", w, values, v) / (n_clients * n_examples)
+    return out
+
+
 def _counts(draws: np.ndarray, n: int) -> np.ndarray:
     """How often each of ``n`` units is drawn in each row of ``draws``: ``[rows, n]``."""
     offsets = draws + n * np.arange(draws.shape[0])[:, None]
