@@ -3,16 +3,19 @@
 wandb 0.31 writes no ``files/config.yaml`` or ``wandb-summary.json`` for an offline run (the Go core's
 sender does that only online); everything lives in the run's ``.wandb`` transaction log, a LevelDB-style
 record log of ``wandb_internal_pb2.Record`` protos. wandb 0.31 ships no Python reader for it any more
-(``wandb.sdk.internal.datastore`` is gone), so ``rayfed.outputs.wandb_logger.read_transaction_log`` parses the
-framing (checksums verified) and wandb's own protobuf classes decode the records.
+(``wandb.sdk.internal.datastore`` is gone), so ``read_transaction_log`` below parses the framing
+(checksums verified) and wandb's own protobuf classes decode the records. It is a private format, so
+the reader lives here, in the tests; rayfed itself never reads it.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +24,68 @@ import pytest
 wandb = pytest.importorskip("wandb")
 
 from rayfed.config import WandbConfig  # noqa: E402
-from rayfed.outputs.wandb_logger import (  # noqa: E402
-    WandbLogger,
-    read_transaction_log,
-    resolve_mode,
-    transaction_log_complete,
-)
+from rayfed.outputs.wandb_logger import WandbLogger, resolve_mode  # noqa: E402
 
 FAKE_KEY = "fake0api0key0" + "7f3c9a1e5b2d4c6e8a0b1c2d3e4f5a6b7c8d"
+
+# --- Reading W&B's transaction log (a private format: read here, in the tests, never by rayfed) ---
+
+_LOG_MAGIC = b":W&B" + struct.pack("<HB", 0xBEE1, 0)  # ident, magic, version
+_LOG_BLOCK = 32 * 1024
+_CHUNK_HEADER = 7  # crc32 (seeded with the chunk type), length, type
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def read_transaction_log(path: Path) -> list[Any]:
+    """The records of a run's ``run-*.wandb`` file as ``wandb_internal_pb2.Record`` protos.
+
+    The file is a LevelDB-style log (32 KiB blocks of checksummed chunks) behind a 7-byte W&B header.
+    wandb 0.31 has no Python reader for it (the Go core writes it), hence these lines. A truncated or
+    half-written tail ends the list instead of raising, so a file still being written reads as a prefix.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    if not data.startswith(_LOG_MAGIC):
+        return []
+    pos, pending, payloads = len(_LOG_MAGIC), b"", []
+    while pos + _CHUNK_HEADER <= len(data):
+        left = _LOG_BLOCK - pos % _LOG_BLOCK
+        if left < _CHUNK_HEADER:  # block trailer too small for a chunk: padding
+            pos += left
+            continue
+        checksum, length, kind = struct.unpack("<IHB", data[pos:pos + _CHUNK_HEADER])
+        if kind == 0 and length == 0:  # zero padding to the end of the block
+            pos += left
+            continue
+        chunk = data[pos + _CHUNK_HEADER:pos + _CHUNK_HEADER + length]
+        if len(chunk) < length or zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != checksum:
+            break  # still being written
+        pos += _CHUNK_HEADER + length
+        if kind == _FULL:
+            payloads.append(chunk)
+        elif kind == _FIRST:
+            pending = chunk
+        elif kind == _MIDDLE:
+            pending += chunk
+        elif kind == _LAST:
+            payloads.append(pending + chunk)
+    records = []
+    for payload in payloads:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(payload)
+        records.append(record)
+    return records
+
+
+def transaction_log_complete(path: Path) -> bool:
+    """Whether a run's ``.wandb`` file ends with its exit record, i.e. wandb-core has written all of it."""
+    try:
+        records = read_transaction_log(path)
+    except (OSError, ValueError):
+        return False
+    return bool(records) and records[-1].WhichOneof("record_type") == "exit"
+
 
 def _put(target: dict[str, Any], item: Any) -> None:
     """One history/summary item into a nested dict (0.31 sends ``nested_key``; older records ``key``)."""
