@@ -18,7 +18,7 @@ import torch
 from rayfed.core.bootstrap import bootstrap_crossed, bootstrap_mean
 from rayfed.core.selection import select_reliable
 from rayfed.metrics import summarize_clients
-from rayfed.names import METRICS
+from rayfed.names import GLOBAL_SPLITS, METRICS
 from rayfed.personalization.settings import PersonalizeSettings
 from rayfed.settings import EvalSettings
 from rayfed.types import EvalSums
@@ -139,19 +139,22 @@ def intervals(per_client: Scores, reference: Scores | None = None, *, draws: int
         scored = {cid: s[split].examples for cid, s in per_client.items() if split in s and s[split].examples}
         for column, metric in enumerate(METRICS, start=1):
             values = {cid: {e[0]: e[column] for e in examples} for cid, examples in scored.items()}
-            _, out[f"{split}/{metric}_mean_low"], out[f"{split}/{metric}_mean_high"] = _interval(values, draws)
+            shared = split in GLOBAL_SPLITS
+            _, out[f"{split}/{metric}_mean_low"], out[f"{split}/{metric}_mean_high"] = _interval(values, draws, shared)
             if reference is not None:
                 base = {cid: {e[0]: e[column] for e in reference[cid][split].examples} for cid in scored}
                 change = {cid: {i: v - base[cid][i] for i, v in by_id.items()} for cid, by_id in values.items()}
                 name = f"{split}/{metric}_change"
-                out[name], out[f"{name}_low"], out[f"{name}_high"] = _interval(change, draws)
+                out[name], out[f"{name}_low"], out[f"{name}_high"] = _interval(change, draws, shared)
     return out
 
 
-def _interval(values: dict[int, dict[int, float]], draws: int) -> tuple[float, float, float]:
+def _interval(values: dict[int, dict[int, float]], draws: int, shared: bool) -> tuple[float, float, float]:
     """``(estimate, low, high)`` of the mean over clients of ``values`` (client -> example id ->
-    value): crossed when every client has the same examples, nested otherwise."""
+    value): crossed when the examples are one set every client scored (``shared``: a global set,
+    each client on all of it), nested otherwise. A local split's ids are positions in each client's
+    own split, so equal ids there are different examples."""
     ids = [sorted(by_id) for by_id in values.values()]
-    if all(i == ids[0] for i in ids):
+    if shared and all(i == ids[0] for i in ids):
         return bootstrap_crossed(np.array([[by_id[i] for i in ids[0]] for by_id in values.values()]), draws=draws)
     return bootstrap_mean([[np.array(list(by_id.values())) for by_id in values.values()]], draws=draws)

@@ -307,6 +307,30 @@ def test_intervals_tell_a_real_change_from_noise():
     assert noise["local_test/loss_change_low"] < 0 < noise["local_test/loss_change_high"]
 
 
+def test_a_local_splits_examples_are_each_clients_own_and_a_global_sets_are_shared():
+    """Every client's local test split has ids 0..n-1, but client 0's example 3 is not client 1's:
+    its interval resamples each client's own examples (nested); a global set every client scored is
+    resampled once for all of them (crossed)."""
+    import numpy as np
+
+    from rayfed.core.bootstrap import bootstrap_crossed, bootstrap_mean
+    from rayfed.personalization.curves import intervals
+    from rayfed.types import EvalSums
+
+    rng = np.random.default_rng(1)
+    values = rng.random((6, 10))
+
+    def scores(row) -> EvalSums:
+        return EvalSums(len(row), float(row.sum()), 0.0, 0.0, tuple((i, float(v), 0.0, 0.0) for i, v in enumerate(row)))
+
+    out = intervals({c: {"local_test": scores(values[c]), "global_test": scores(values[c])} for c in range(6)},
+                    draws=500)
+    _, low, high = bootstrap_mean([list(values)], draws=500)
+    assert (out["local_test/loss_mean_low"], out["local_test/loss_mean_high"]) == (low, high)
+    _, low, high = bootstrap_crossed(values, draws=500)
+    assert (out["global_test/loss_mean_low"], out["global_test/loss_mean_high"]) == (low, high)
+
+
 def test_the_reliable_rule_passes_over_a_noisy_winner_and_otherwise_keeps_the_global_prompt():
     from rayfed.core.selection import select_reliable
 
