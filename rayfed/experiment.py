@@ -30,6 +30,7 @@ from rayfed.outputs.loggers import MetricLogger, build_loggers, log_round
 from rayfed.outputs.plots import draw_and_log
 from rayfed.outputs.prompt_files import PROMPT_TOKENS, write_prompt_tokens
 from rayfed.outputs.scores import DITTO_SCORES, EXAMPLE_SCORES, RunScores, interval_of, load_example_scores
+from rayfed.personalization.cache import RUN_LOCAL_PROMPTS
 from rayfed.personalization.phase import check_same_settings, personalize_phase
 from rayfed.runtime.driver import payload_bytes
 from rayfed.runtime.session import open_driver
@@ -232,6 +233,7 @@ def _clear_run(out: Path) -> None:
         for name in (CHECKPOINT, "metrics.jsonl", "summary.json", WANDB_ID, EXAMPLE_SCORES, DITTO_SCORES):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(personal, ignore_errors=True)
+        shutil.rmtree(out / RUN_LOCAL_PROMPTS, ignore_errors=True)
         shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)
         (out / PROMPT_TOKENS).unlink(missing_ok=True)
 

@@ -37,6 +37,9 @@ def load_local_prompts(path: Path) -> dict[int, tuple[dict[int, torch.Tensor], d
     return out
 
 
+RUN_LOCAL_PROMPTS = ".local_prompts"  # in a run directory: what `rayfed personalize` and `rayfed rollout` share
+
+
 class PromptCache:
     """Shares personalization work between runs (Tune trials) that differ only in how they score:
     trained local prompts under a hash of their training settings, and the global prompt's

@@ -31,7 +31,7 @@ from rayfed.outputs.loggers import MetricLogger, build_loggers
 from rayfed.outputs.plots import draw_and_log
 from rayfed.outputs.prompt_files import write_prompt_map
 from rayfed.outputs.scores import EXAMPLE_SCORES, save_example_scores
-from rayfed.personalization.cache import PromptCache
+from rayfed.personalization.cache import RUN_LOCAL_PROMPTS, PromptCache
 from rayfed.personalization.curves import EpochCallback, personalize, score_reference
 from rayfed.personalization.per_client import per_client_selection
 from rayfed.personalization.settings import PersonalizeSettings
@@ -58,7 +58,8 @@ def run_personalization(run_dir: str | Path, overrides: list[str] | None = None,
             ``ray.*`` and ``logging.*`` keys may change.
         loggers: Extra metric loggers (default: the console).
         prompt_cache: A directory where trained local prompts are kept by their training settings,
-            so runs that differ only in how they score them (interpolation ratios) share them.
+            so runs that differ only in how they score them (interpolation ratios) share them
+            (default: ``run_dir/.local_prompts``, which ``rayfed rollout`` reads too).
         on_epoch: Called with each evaluated epoch's curve rows (Tune reports through it).
         driver: The run's workers from :func:`personalization_driver`, shared by several
             personalizations; then only ``personalize.*``, ``eval.*`` and ``logging.*`` keys may change.
@@ -67,6 +68,8 @@ def run_personalization(run_dir: str | Path, overrides: list[str] | None = None,
     if driver is not None:
         check_overridable(overrides or [], SHARED_DRIVER_OVERRIDABLE, "personalizing on a shared driver")
     cfg, global_prompt = load_finished_run(run_dir, overrides or [])
+    if prompt_cache is None:
+        prompt_cache = Path(run_dir) / RUN_LOCAL_PROMPTS
     return personalize_run(run_dir, cfg, global_prompt, cfg.personalize.name or name_from(overrides or []), loggers,
                            prompt_cache=prompt_cache, on_epoch=on_epoch, driver=driver)
 

@@ -3,7 +3,7 @@
 
 The rollout reads a personalization's per-example scores: ``RUN_DIR/personalize/<name>/`` when
 one with the same settings is there and its local prompts are kept, else it personalizes first
-(the clients fine-tune once; their prompts are kept in ``RUN_DIR/rollout/.local_prompts/`` for the
+(the clients fine-tune once; their prompts are kept in ``RUN_DIR/.local_prompts/`` for the
 next rollout). It writes ``rollout.jsonl`` (every deployment, guard check and rollback, in
 order), ``summary.json``, ``rollout.png`` and each site's final prompt as a PEFT adapter in
 ``adapters/client_<id>/``, and logs them to W&B.
@@ -24,7 +24,7 @@ from rayfed.outputs.loggers import MetricLogger, build_loggers
 from rayfed.outputs.plots import draw_and_log
 from rayfed.outputs.plots_rollout import ROLLOUT_EVENTS
 from rayfed.outputs.scores import EXAMPLE_SCORES, load_example_scores, rows_of
-from rayfed.personalization.cache import PromptCache, load_local_prompts
+from rayfed.personalization.cache import RUN_LOCAL_PROMPTS, PromptCache, load_local_prompts
 from rayfed.personalization.phase import (
     check_same_settings,
     load_finished_run,
@@ -57,7 +57,7 @@ def run_rollout(run_dir: str | Path, overrides: list[str] | None = None,
                           "splits; leave it true")
     started = time.perf_counter()
     personalization = run_dir / "personalize" / (cfg.personalize.name or name_from(overrides))
-    cache = PromptCache(run_dir / "rollout" / ".local_prompts", cfg.seed)
+    cache = PromptCache(run_dir / RUN_LOCAL_PROMPTS, cfg.seed)  # shared with `rayfed personalize`
     settings = PersonalizeSettings.from_config(cfg.personalize)
     reused = _reusable(personalization, cfg, cache.path(settings))
     if not reused:
@@ -91,8 +91,8 @@ def run_rollout(run_dir: str | Path, overrides: list[str] | None = None,
 
 def _reusable(personalization: Path, cfg: ExperimentConfig, prompts: Path) -> bool:
     """Whether the personalization in ``personalization`` has this config's settings, its
-    per-example scores and its local prompts (kept by an earlier rollout): then nothing is scored
-    again."""
+    per-example scores and its local prompts (kept by ``rayfed personalize`` or an earlier
+    rollout): then nothing is scored again."""
     if not ((personalization / "summary.json").is_file() and (personalization / EXAMPLE_SCORES).is_file()
             and prompts.is_file()):
         return False

@@ -437,3 +437,8 @@ def test_rollout_cli_writes_its_stages_adapters_and_figure_and_reuses_the_person
     assert again["personalization_reused"] and again["stages"][0]["sites"] == summary["stages"][0]["sites"]
     assert main(["rollout", str(run_dir), "rollout.pilot_sites=9"]) == 2
     assert "key 'rollout.pilot_sites'" in capsys.readouterr().err
+    # A rollout after `rayfed personalize` with the same settings reads it: nothing trains again.
+    same = ["personalize.name=first", "personalize.local_epochs=2", "runtime.executor=local"]
+    assert main(["personalize", str(run_dir), *same]) == 0
+    assert main(["rollout", str(run_dir), *same, "rollout.name=after"]) == 0
+    assert json.loads((run_dir / "rollout" / "after" / "summary.json").read_text())["personalization_reused"]
