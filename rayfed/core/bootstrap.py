@@ -63,14 +63,7 @@ def bootstrap_crossed(scores: np.ndarray, *, draws: int = 2000, level: float = 0
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2 or 0 in scores.shape:
         raise ValueError("bootstrap_crossed needs a non-empty [clients, examples] array")
-    rng = np.random.default_rng(seed)
-    n_clients, n_examples = scores.shape
-    replicates = np.empty(draws)
-    for start in range(0, draws, 256):  # by counts: a replicate's mean is w' S v over the draw's multiplicities
-        d = min(256, draws - start)
-        w = _counts(rng.integers(n_clients, size=(d, n_clients)), n_clients)
-        v = _counts(rng.integers(n_examples, size=(d, n_examples)), n_examples)
-        replicates[start:start + d] = ((w @ scores) * v).sum(axis=1) / (n_clients * n_examples)
+    replicates = paired_crossed(scores[None], draws=draws, seed=seed)[:, 0]
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(replicates, [tail, 100 - tail])
     return float(scores.mean()), float(low), float(high)
@@ -91,7 +84,7 @@ def paired_crossed(values: np.ndarray, *, draws: int = 4000, seed: int = 0, chun
     rng = np.random.default_rng(seed)
     n_points, n_clients, n_examples = values.shape
     out = np.empty((draws, n_points))
-    for start in range(0, draws, chunk):
+    for start in range(0, draws, chunk):  # by counts: a replicate's mean is w' S v over the draw's multiplicities
         d = min(chunk, draws - start)
         w = _counts(rng.integers(n_clients, size=(d, n_clients)), n_clients)  # [d, clients]
         v = _counts(rng.integers(n_examples, size=(d, n_examples)), n_examples)  # [d, examples]
