@@ -124,10 +124,14 @@ def personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.T
                                   on_epoch=on_epoch)
 
 
-def check_same_settings(out: Path, cfg: ExperimentConfig) -> None:
+# The personalize keys that only choose among the scored settings: the scores do not depend on them.
+SELECTION_KEYS = ("global_tolerance", "selection")
+
+
+def check_same_settings(out: Path, cfg: ExperimentConfig, ignore: tuple[str, ...] = ()) -> None:
     """Refuse to replace a personalization of this name made with other settings (the
-    ``personalize.*`` and ``eval.*`` keys): rerunning the same settings is fine, different ones
-    need their own name.
+    ``personalize.*`` and ``eval.*`` keys but ``ignore``): rerunning the same settings is fine,
+    different ones need their own name.
 
     Raises:
         ConfigError: naming the keys that differ and the way out.
@@ -137,7 +141,7 @@ def check_same_settings(out: Path, cfg: ExperimentConfig) -> None:
     old = load_config(out / "config.yaml")
     changed = [f"{section}.{key}: {value!r} -> {getattr(getattr(cfg, section), key)!r}"
                for section in ("personalize", "eval") for key, value in asdict(getattr(old, section)).items()
-               if key != "name" and value != asdict(getattr(cfg, section))[key]]
+               if key != "name" and key not in ignore and value != asdict(getattr(cfg, section))[key]]
     if changed:
         raise ConfigError(f"key 'personalize.name': {out} holds a personalization with other settings "
                           f"({'; '.join(changed)}); give this one its own personalize.name=NAME, or remove {out} "

@@ -26,6 +26,7 @@ from rayfed.outputs.plots_rollout import ROLLOUT_EVENTS
 from rayfed.outputs.scores import EXAMPLE_SCORES, load_example_scores, rows_of
 from rayfed.personalization.cache import RUN_LOCAL_PROMPTS, PromptCache, load_local_prompts
 from rayfed.personalization.phase import (
+    SELECTION_KEYS,
     check_same_settings,
     load_finished_run,
     name_from,
@@ -96,8 +97,8 @@ def _reusable(personalization: Path, cfg: ExperimentConfig, prompts: Path) -> bo
     if not ((personalization / "summary.json").is_file() and (personalization / EXAMPLE_SCORES).is_file()
             and prompts.is_file()):
         return False
-    try:
-        check_same_settings(personalization, cfg)
+    try:  # its scores serve any selection rule: the rollout applies its own
+        check_same_settings(personalization, cfg, ignore=SELECTION_KEYS)
     except ConfigError:
         raise ConfigError(f"key 'personalize.name': {personalization} holds a personalization with other settings; "
                           f"give the rollout's its own personalize.name=NAME") from None

@@ -435,6 +435,10 @@ def test_rollout_cli_writes_its_stages_adapters_and_figure_and_reuses_the_person
     assert main([*args, "rollout.margin=0.5", "rollout.name=wide"]) == 0
     again = json.loads((run_dir / "rollout" / "wide" / "summary.json").read_text())
     assert again["personalization_reused"] and again["stages"][0]["sites"] == summary["stages"][0]["sites"]
+    # A looser selection tolerance chooses among the same scores: still read, not trained again.
+    assert main([*args, "personalize.global_tolerance=0.5", "rollout.name=loose"]) == 0
+    loose = json.loads((run_dir / "rollout" / "loose" / "summary.json").read_text())
+    assert loose["personalization_reused"] and loose["settings"]["tolerance"] == 0.5
     assert main(["rollout", str(run_dir), "rollout.pilot_sites=9"]) == 2
     assert "key 'rollout.pilot_sites'" in capsys.readouterr().err
     # A rollout after `rayfed personalize` with the same settings reads it: nothing trains again.
