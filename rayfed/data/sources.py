@@ -30,18 +30,14 @@ def load_examples(cfg: DataConfig, seed: int) -> list[Example]:
 
         prepare_bigbench()  # first use downloads and extracts; afterwards a no-op
         examples = load_bigbench(tasks=cfg.tasks)
-    elif cfg.source == "sites":
+    elif cfg.source in ("sites", "sni"):  # files of the user's: restricted to data.tasks here
         from rayfed.data.sites import load_sites
-
-        examples = load_sites(Path(str(cfg.path)))
-        if cfg.tasks is not None:
-            examples = [ex for ex in examples if ex.task in set(cfg.tasks)]
-    elif cfg.source == "sni":
         from rayfed.data.sni import load_sni
 
-        examples = load_sni(Path(str(cfg.path)))
+        examples = (load_sites if cfg.source == "sites" else load_sni)(Path(str(cfg.path)))
         if cfg.tasks is not None:
-            examples = [ex for ex in examples if ex.task in set(cfg.tasks)]
+            wanted = set(cfg.tasks)
+            examples = [ex for ex in examples if ex.task in wanted]
     else:
         raise ValueError(f"unknown data source {cfg.source!r}")
     if cfg.tasks is not None and not examples:

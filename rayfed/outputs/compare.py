@@ -61,7 +61,10 @@ def load_source(spec: str, metric: str) -> Source:
     if which:
         if not which.startswith("round="):
             raise UserError(f"{spec}: a run's prompt is '@round=N' or '@ditto', not '@{which}'")
-        round_idx = int(which.removeprefix("round="))
+        try:
+            round_idx = int(which.removeprefix("round="))
+        except ValueError:
+            raise UserError(f"{spec}: '@{which}' names no round (e.g. @round=3)") from None
     return Source(spec, _run(load_example_scores(path / EXAMPLE_SCORES), round_idx, metric, spec))
 
 
@@ -87,6 +90,10 @@ def _personalization(path: Path, which: str, metric: str, spec: str) -> Scores:
     summary = json.loads(summary_file.read_text())
     columns = load_example_scores(path / EXAMPLE_SCORES)
     clients = sorted(set(columns["client_id"].tolist()))
+    if which in ("selected", "per_client") and not summary.get(which):
+        raise UserError(f"{spec}: this personalization made no selection (personalize.validation=false); name a "
+                        f"setting instead, e.g. @{summary['curve'][-1]['epoch']},1.0" if summary.get("curve")
+                        else f"{spec}: this personalization made no selection; name a setting, e.g. @4,1.0")
     if which == "selected":
         setting = summary["selected"]
         choice = {c: (int(setting["epoch"]), float(setting["interp_ratio"])) for c in clients}

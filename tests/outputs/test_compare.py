@@ -94,6 +94,12 @@ def test_sources_that_cannot_pair_are_refused_naming_them(dirs, tmp_path):
         load_source(f"{pers}@5,1.0", "rouge_l")
     with pytest.raises(UserError, match="no example_scores.safetensors"):
         load_source(str(tmp_path), "rouge_l")
+    with pytest.raises(UserError, match="names no round"):
+        load_source(f"{run}@round=last", "rouge_l")
+    summary = json.loads((pers / "summary.json").read_text())
+    (pers / "summary.json").write_text(json.dumps({**summary, "selected": None, "curve": [{"epoch": 3}]}))
+    with pytest.raises(UserError, match=r"made no selection \(personalize.validation=false\).*@3,1.0"):
+        load_source(str(pers), "rouge_l")
 
 
 def test_the_command_prints_the_table_and_writes_json_without_torch(dirs, tmp_path, without_torch_or_ray):
