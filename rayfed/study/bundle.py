@@ -3,6 +3,11 @@ a reader can recompute every table and figure (``rayfed study STUDY output_dir=B
 --report-only``) without rerunning a job. Summaries, records, per-example scores (ids and
 scores, never example text), configs and the global prompts; no checkpoints, no caches of local
 prompts, no W&B files.
+
+A bundle is also how a study moves to another machine before it has finished: it holds every
+finished job (a run with its final global prompt, a personalization with its summary), so
+``rayfed study STUDY output_dir=BUNDLE`` there skips those and runs only the rest. A job that had
+not finished is left out, and starts over.
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ def write_bundle(out: Path, dest: Path) -> list[Path]:
     for summary in sorted(out.glob("c*/*/lr*/seed*/summary.json")):
         run = summary.parent
         files += [run / name for name in RUN if (run / name).is_file()]
-        for job in sorted((run / "personalize").glob("*/")):
-            files += [job / name for name in PERSONALIZATION if (job / name).is_file()]
+        for job in sorted((run / "personalize").glob("*/summary.json")):  # finished ones only
+            files += [job.parent / name for name in PERSONALIZATION if (job.parent / name).is_file()]
     copied = []
     for path in files:
         target = dest / path.relative_to(out)
