@@ -324,29 +324,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.showwarning = _show_warning
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, raise_interrupted)  # like Ctrl-C (Ray's runtime re-installs it too)
+        # One interrupt, then the clean-up runs undisturbed (Ray's runtime re-installs SIGTERM's too).
+        # A Ctrl-C ignored by whoever started the process (a shell's `&`) stays ignored.
+        previous = {sig: signal.signal(sig, raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)
+                    if signal.getsignal(sig) != signal.SIG_IGN}
     try:
-        return args.handler(args)
-    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM as Interrupted: one line, no traceback
+        code = args.handler(args)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: one line, no traceback
         signum = getattr(err, "signum", signal.SIGINT)
         try:
             hint = continue_hint(args)
         except Exception:  # noqa: BLE001 - the interrupt left a module half-imported: still one line
             hint = "run the same command again (`rayfed resume RUN_DIR` if it had saved a round)"
         print(f"rayfed: interrupted by {signal.Signals(signum).name}; {hint}", file=sys.stderr)
-        return 128 + signum
+        code = 128 + signum
     except ConfigError as err:
         print(f"rayfed: config error: {err}", file=sys.stderr)
-        return 2
+        code = 2
     except (UserError, OSError) as err:  # bad input, a missing file or a full disk: not a bug
         cause = getattr(err, "cause", None) or err  # an error raised in a Ray actor: the original
         print(f"rayfed: {cause}", file=sys.stderr)
-        return 2
+        code = 2
     except WorkerLostError as err:  # raised in the driver actor: its message, not Ray's traceback
         print(f"rayfed: {getattr(err, 'cause', None) or err} (the last checkpoint is intact: "
               f"`rayfed resume` continues)", file=sys.stderr)
-        return 1
+        code = 1
+    for sig, handler in previous.items():
+        # Interrupted (here, or a search Tune stopped on the first Ctrl-C): later ones stay ignored, so
+        # Ray's shutdown at exit is not cut; otherwise as before (main may run inside another program).
+        signal.signal(sig, signal.SIG_IGN if code > 128 else handler)
+    return code
 
 
 if __name__ == "__main__":

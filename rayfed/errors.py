@@ -22,8 +22,8 @@ class WorkerLostError(RuntimeError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """The process got SIGTERM (``signum``); raised like Ctrl-C's KeyboardInterrupt so the same
-    clean-up runs (checkpoint kept, actors and Ray stopped) instead of Ray's abort."""
+    """The process got Ctrl-C or SIGTERM (``signum``); raised as a KeyboardInterrupt so the same
+    clean-up runs for both (checkpoint kept, actors and Ray stopped) instead of Ray's abort."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -31,7 +31,13 @@ class Interrupted(KeyboardInterrupt):
 
 
 def raise_interrupted(signum: int, frame: object) -> None:
-    """A signal handler: turn SIGTERM into :class:`Interrupted`."""
+    """A signal handler for Ctrl-C and SIGTERM: the first raises :class:`Interrupted` (a
+    KeyboardInterrupt); any later one is ignored, so the clean-up it starts (the checkpoint kept,
+    actors and Ray stopped, Ray's own shutdown at exit) runs to the end. A second Ctrl-C used to
+    break Ray's shutdown with a traceback."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
     raise Interrupted(signum)
 
 

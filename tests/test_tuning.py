@@ -107,19 +107,33 @@ def test_an_interrupted_search_resumes_where_it_stopped(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     cmd = [sys.executable, "-m", "rayfed.cli", "tune", str(search), f"output_dir={out}",
            "tune.max_concurrent_trials=1"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            preexec_fn=interruptible, start_new_session=True)
+    stderr = tmp_path / "stderr"
+    with open(stderr, "w") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=interruptible, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while len(finished_trials(out)) < 1:  # interrupt after the first of the four trials
             assert proc.poll() is None and time.monotonic() < deadline, "search ended before it was interrupted"
             time.sleep(0.5)
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: Tune saves its state and exits
+        while "--resume" not in stderr.read_text() and proc.poll() is None:  # rayfed's line: it is stopping
+            time.sleep(0.05)
+        for _ in range(6):  # and an impatient user presses it again while Ray shuts down
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(0.2)
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130 and not (out / "results.csv").exists()
+    # One line, and no traceback from a clean-up cut short (a second Ctrl-C used to break Ray's
+    # shutdown with one, or end in SIGSEGV).
+    printed = stderr.read_text()
+    assert "Traceback" not in printed, printed[-3000:]
+    last = printed.strip().splitlines()[-1]
+    assert last.startswith("rayfed: the search stopped after ") and "rayfed tune CONFIG --resume" in last, last
     before = finished_trials(out)
 
     done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
