@@ -33,6 +33,7 @@ from rayfed.outputs.scores import DITTO_SCORES, EXAMPLE_SCORES, RunScores, inter
 from rayfed.personalization.cache import RUN_LOCAL_PROMPTS
 from rayfed.personalization.phase import check_same_settings, personalize_phase
 from rayfed.runtime.driver import payload_bytes
+from rayfed.runtime.progress import phase
 from rayfed.runtime.session import open_driver
 from rayfed.settings import ModelSettings
 from rayfed.types import RoundResult
@@ -96,7 +97,8 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
                 initial, final = _result(record["initial"]), _result(record["final"])
             else:
                 _status(loggers, f"round 0: scoring the untrained prompt ({_eval_size(cfg, data)})")
-                initial = final = driver.evaluate(0)
+                with phase("round 0: evaluating", None):
+                    initial = final = driver.evaluate(0)
                 log_round(loggers, initial)
                 scores.add(initial)
             final = _train_rounds(cfg, driver, loggers, out, scores, traffic, first=done + 1, initial=initial,
@@ -249,13 +251,16 @@ def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger
     event carries the running totals, ``comm/down_bytes_total``, ``comm/up_bytes_total``).
     Returns the last evaluation."""
     for round_idx in range(first, cfg.algorithm.rounds + 1):
-        result = driver.run_round(round_idx)
+        label = f"round {round_idx}/{cfg.algorithm.rounds}"
+        with phase(f"{label}: training", cfg.algorithm.clients_per_round):
+            result = driver.run_round(round_idx)
         for way in NO_TRAFFIC:
             traffic[way] += result.metrics[f"comm/{way}"]
             result.metrics[f"comm/{way}_total"] = traffic[way]
         evaluation = None
         if round_idx % cfg.eval.eval_every == 0 or round_idx == cfg.algorithm.rounds:
-            evaluation = final = driver.evaluate(round_idx)
+            with phase(f"{label}: evaluating", None):
+                evaluation = final = driver.evaluate(round_idx)
             scores.add(evaluation)
         log_round(loggers, result, evaluation)
         save_prompt(out / "global_prompt.safetensors", driver.global_prompt(),

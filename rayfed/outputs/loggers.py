@@ -15,6 +15,7 @@ from typing import Any, Protocol, TextIO
 
 from rayfed.config import ExperimentConfig
 from rayfed.names import EVAL, PERSONALIZE, metric_key
+from rayfed.runtime.progress import echo
 from rayfed.types import RoundResult
 
 
@@ -62,9 +63,9 @@ class ConsoleLogger:
     PERSONAL = tuple((metric_key(split, "rouge_l", "mean", PERSONALIZE), split)
                      for split in ("local_val", "global_val", "local_test", "global_test"))
 
-    def __init__(self, total_rounds: int, stream: TextIO = sys.stdout):
+    def __init__(self, total_rounds: int, stream: TextIO | None = None):
         self.total_rounds = total_rounds
-        self.stream = stream
+        self.stream = stream  # None: sys.stdout at the time of each line
 
     def log(self, event: dict[str, Any]) -> None:
         if event.get("event") == "round":
@@ -83,7 +84,7 @@ class ConsoleLogger:
             parts += [f"{label} {event[key]:.4f}" for key, label in self.PERSONAL if key in event]
         else:
             return
-        print(" | ".join(parts), file=self.stream, flush=True)
+        echo(" | ".join(parts), self.stream or sys.stdout)
 
     def close(self) -> None:
         pass

@@ -35,6 +35,7 @@ from rayfed.personalization.cache import RUN_LOCAL_PROMPTS, PromptCache
 from rayfed.personalization.curves import EpochCallback, personalize, score_reference
 from rayfed.personalization.per_client import per_client_selection
 from rayfed.personalization.settings import PersonalizeSettings
+from rayfed.runtime.progress import phase
 from rayfed.runtime.session import open_driver
 from rayfed.settings import EvalSettings, ModelSettings
 
@@ -163,19 +164,22 @@ def _personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.
     # Local prompts depend only on how they are trained, and the reference only on the global
     # prompt: with a cache, runs that differ in how they score (ratios) compute each once.
     def train():
-        return driver.personalize_train(global_prompt, settings)
+        with phase("personalize: fine-tuning", cfg.partition.num_clients):
+            return driver.personalize_train(global_prompt, settings)
 
     def score():
-        return score_reference(driver, global_prompt, list(range(cfg.partition.num_clients)),
-                               settings.global_eval_examples, evaluation, settings.validation)
+        with phase("personalize: scoring the global prompt", None):
+            return score_reference(driver, global_prompt, list(range(cfg.partition.num_clients)),
+                                   settings.global_eval_examples, evaluation, settings.validation)
 
     status(f"{cfg.partition.num_clients} clients fine-tune the global prompt for {settings.epochs} epoch(s)")
     trained, reused = cache.local_prompts(settings, train) if cache else (train(), False)
     status(f"local prompts {'reused from the cache' if reused else 'trained'} in "
            f"{progress.lap():.0f} s; scoring the global prompt")
     reference = cache.reference(settings, evaluation, score) if cache else None
-    result = personalize(driver, global_prompt, settings, trained, evaluation, reference=reference,
-                         on_epoch=progress.epoch_done)
+    with phase("personalize: scoring", None):
+        result = personalize(driver, global_prompt, settings, trained, evaluation, reference=reference,
+                             on_epoch=progress.epoch_done)
     with open(out / "personalization.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in result.records)
     save_example_scores(out / EXAMPLE_SCORES, result.examples)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -24,6 +25,7 @@ import torch
 from rayfed.config import ConfigError, ExperimentConfig, RayConfig
 from rayfed.data.partition import FederatedData, global_sets_of
 from rayfed.errors import UnauthenticatedRayWarning, WorkerLostError, raise_interrupted
+from rayfed.runtime import progress
 from rayfed.runtime.driver import Driver
 from rayfed.runtime.parts import RunParts
 from rayfed.runtime.placement import by_worker, num_workers
@@ -173,8 +175,9 @@ class RemoteDriver:
     """Calls the driver actor's methods synchronously, so the orchestrator reads the same for
     the in-process and the Ray backend."""
 
-    def __init__(self, handle: Any, keep_alive: Sequence[Any] = ()):
+    def __init__(self, handle: Any, keep_alive: Sequence[Any] = (), counter: Any = None):
         self._handle = handle
+        self._counter = counter
         # The worker actors' shards and global sets in the object store: a restarted actor
         # (runtime.on_client_failure) fetches them again, so they live as long as the run.
         self._keep_alive = list(keep_alive)
@@ -182,6 +185,10 @@ class RemoteDriver:
     def __getattr__(self, name: str):
         method = getattr(self._handle, name)
         return lambda *args: ray.get(method.remote(*args))
+
+    def clients_done(self) -> int:
+        """How many clients the worker actors have finished so far (a progress count)."""
+        return ray.get(self._counter.done.remote()) if self._counter is not None else 0
 
 
 def check_resources(cfg: ExperimentConfig, workers: int) -> None:
@@ -214,10 +221,13 @@ class LazyClientWorker:
         self._worker: ClientWorker | None = None
 
     def call(self, data: list[Any], method: str, *args: Any) -> Any:
+        """``data``: the refs of the shards and the global sets, and a progress counter actor or None."""
         if self._worker is None:
-            shards, global_sets = ray.get(list(data))
+            shards, global_sets = ray.get(list(data[:2]))
             model, settings, algorithm, threads = self._args
             self._worker = ClientWorker(model, settings, algorithm, shards, global_sets, threads)
+            if data[2] is not None:  # fire and forget: a count never waits on the counter
+                self._worker.on_clients_done = data[2].add.remote
         return getattr(self._worker, method)(*args)
 
     def device_stats(self) -> dict[str, Any]:
@@ -239,8 +249,11 @@ def launch(cfg: ExperimentConfig, data: FederatedData) -> tuple[RemoteDriver, li
     global_sets = ray.put(global_sets_of(data))  # stored once, not once per actor
     shards = [ray.put(list(group.values())) for group in by_worker(((c.client_id, c) for c in data.clients), workers)]
     parts = RunParts.from_config(cfg)
+    # A count of finished clients for the progress bars, only where they are drawn (one more process).
+    counter = ray.remote(progress.ClientCounter).options(num_cpus=0).remote() if progress.enabled(sys.stderr) else None
     actors = [worker_actor.remote(parts.model, parts.worker, parts.algorithm, r.torch_threads) for _ in shards]
-    refs = [[shard, global_sets] for shard in shards]  # nested in a list: passed as refs, fetched once per actor
+    # Nested in a list: passed as refs, fetched once per actor (and again by a restarted one).
+    refs = [[shard, global_sets, counter] for shard in shards]
     try:  # load errors now, not mid-round; a failed start frees what it reserved
         ray.get([a.call.remote(d, "ready") for a, d in zip(actors, refs, strict=True)])
     except BaseException:
@@ -248,7 +261,7 @@ def launch(cfg: ExperimentConfig, data: FederatedData) -> tuple[RemoteDriver, li
         raise
     driver = RemoteDriver(ray.remote(Driver).options(num_cpus=r.num_cpus_driver).remote(
         parts.rounds, parts.algorithm, RayExecutor(actors, refs, r.on_client_failure, r.max_retries)),
-        keep_alive=[global_sets, *shards])
+        keep_alive=[global_sets, *shards], counter=counter)
     driver.global_prompt()  # the driver actor is up too: start-up is not charged to the first round
     return driver, actors
 

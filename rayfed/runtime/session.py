@@ -9,6 +9,7 @@ from typing import Any
 
 from rayfed.config import ExperimentConfig
 from rayfed.data.partition import FederatedData, global_sets_of
+from rayfed.runtime import progress
 
 
 @contextmanager
@@ -22,7 +23,10 @@ def open_driver(cfg: ExperimentConfig, data: FederatedData) -> Iterator[Any]:
 
         parts = RunParts.from_config(cfg)
         worker = ClientWorker(parts.model, parts.worker, parts.algorithm, list(data.clients), global_sets_of(data))
-        yield Driver(parts.rounds, parts.algorithm, InProcessExecutor(worker))
+        counter = progress.ClientCounter()
+        worker.on_clients_done = counter.add
+        with progress.counting(counter.done):
+            yield Driver(parts.rounds, parts.algorithm, InProcessExecutor(worker))
         return
     from rayfed.model.builtin import resolve_model_path
     from rayfed.runtime import ray_backend
@@ -31,6 +35,7 @@ def open_driver(cfg: ExperimentConfig, data: FederatedData) -> Iterator[Any]:
     ray_backend.start_ray(cfg.ray)
     driver, actors = ray_backend.launch(cfg, data)
     try:
-        yield driver
+        with progress.counting(driver.clients_done):
+            yield driver
     finally:
         ray_backend.shutdown(actors, driver)

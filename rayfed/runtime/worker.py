@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,8 @@ class ClientWorker:
         self.local = {"local_val": {c.client_id: self._tokenize(c.val) for c in shards},
                       "local_test": {c.client_id: self._tokenize(c.test) for c in shards}}
         self.global_sets = {split: self._tokenize(examples) for split, examples in global_sets.items()}
+        # Told how many clients each call of `each` has finished (rayfed.runtime.progress).
+        self.on_clients_done: Callable[[int], None] | None = None
 
     def _tokenize(self, examples) -> list[TokenizedExample]:
         s = self.settings
@@ -85,9 +88,16 @@ class ClientWorker:
         methods that have a batched twin (``_many_<method>``) run every client in lockstep."""
         args_by_client = dict(sorted(args_by_client.items()))
         many = getattr(self, f"_many_{method}", None)
+        report = self.on_clients_done or (lambda n: None)
         if many is not None and self.settings.batch_clients and len(args_by_client) > 1:
-            return many(args_by_client)
-        return {cid: getattr(self, method)(cid, *args) for cid, args in args_by_client.items()}
+            results = many(args_by_client)  # in lockstep: all finish together
+            report(len(results))
+            return results
+        results = {}
+        for cid, args in args_by_client.items():
+            results[cid] = getattr(self, method)(cid, *args)
+            report(1)
+        return results
 
     def ready(self) -> list[int]:
         """The client ids hosted here (also a cheap readiness probe)."""
