@@ -91,7 +91,9 @@ class WandbLogger:
             x_save_requirements=False,
             save_code=False,
             # Offline: no system-metrics sampler (its collectors may query cloud metadata endpoints such as
-            # 169.254.169.254) and no machine-info probing; nothing then attempts the network.
+            # 169.254.169.254) and no machine-info probing; nothing then attempts the network. W&B has no
+            # public settings for these: x_disable_stats is the one its support docs give ("How can I
+            # disable logging of system metrics"), the other two are its siblings.
             x_disable_stats=offline,
             x_disable_machine_info=offline,
             init_timeout=cfg.init_timeout,
