@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,21 +50,34 @@ def print_run(summary: dict[str, Any], output_dir: str) -> None:
           f"example_scores.safetensors, rounds.png), {summary['seconds']:.0f}s")
 
 
+def _site_names(run_dir: Path) -> Callable[[int], str]:
+    """``5`` -> ``5 (clinic-e)`` for a run on one's own data (its summary's ``sites``), else ``5``."""
+    path = run_dir / "summary.json"
+    names = json.loads(path.read_text()).get("sites", {}) if path.is_file() else {}
+    return lambda cid: f"{cid} ({names[str(cid)]})" if str(cid) in names else str(cid)
+
+
 def print_rollout(summary: dict[str, Any], run_dir: Path) -> None:
-    """Each stage's sites, setting and guard checks, the rollbacks, and the outcome with and without the guard."""
+    """Each stage's sites, setting and guard checks, the rollbacks, and the outcome with and without
+    the guard; sites by their names where the run has them (``data.source=sites``)."""
     metric = summary["settings"]["metric"]
+    site = _site_names(run_dir)
+
+    def sites(ids: list[int]) -> str:
+        return "[" + ", ".join(site(c) for c in ids) + "]"
+
     print(f"\nrollout '{summary['name']}' ({metric}; changes from the global prompt, 95% intervals)")
     for stage in summary["stages"]:
         choice = stage["choice"]
         setting = ("global prompt" if choice["kept_global_prompt"]
                    else f"epoch {choice['epoch']}, ratio {choice['interp_ratio']:g} (local_val gain "
                         f"{_interval(choice['local_val_gain'])}, global_val {_interval(choice['global_val_change'])})")
-        waiting = f" and the waiting sites {stage['also_deployed']}" if stage.get("also_deployed") else ""
-        print(f"stage {stage['stage']}: sites {stage['sites']}{waiting} <- {setting}, "
-              f"chosen on sites {stage['support']}")
+        waiting = f" and the waiting sites {sites(stage['also_deployed'])}" if stage.get("also_deployed") else ""
+        print(f"stage {stage['stage']}: sites {sites(stage['sites'])}{waiting} <- {setting}, "
+              f"chosen on sites {sites(stage['support'])}")
         for check in stage["checks"]:
             change = _interval(check["change"]) if check["change"] is not None else "no examples"
-            print(f"    guard site {check['site']:>3} on {check['examples']} {check['split']} examples: {change}"
+            print(f"    guard site {site(check['site']):>3} on {check['examples']} {check['split']} examples: {change}"
                   + ("  -> rolled back" if check["rolled_back"] else ""))
     outcome = summary["outcome"]
     for name in ("with_guard", "without_guard"):

@@ -4,6 +4,8 @@ and a rollout on noise never leaves the global prompt."""
 
 from __future__ import annotations
 
+import json
+
 from rayfed.personalization.rollout import RolloutSettings, final_choices, plan_rollout, stage_sites
 
 N = 24
@@ -107,3 +109,22 @@ def test_sites_left_on_the_global_prompt_get_the_first_setting_a_later_stage_sup
     assert [s["choice"]["kept_global_prompt"] for s in plan["stages"]] == [True, True, False]
     assert plan["stages"][2]["also_deployed"] == sorted([*stages[0], *stages[1]])
     assert all(plan["sites"][str(c)]["deployed_at"] == 2 for s in stages for c in s)
+
+
+def test_the_printed_rollout_names_each_site_of_ones_own_data(tmp_path, capsys):
+    """A run on one's own data (`data.source=sites`) prints sites by name beside their client ids."""
+    from rayfed.outputs.report import print_rollout
+
+    settings = RolloutSettings(pilot_sites=2, growth=2.0, margin=0.05, drift_sites=(5,), drift_stage=1, seed=0)
+    plan = plan_rollout(federation(8, helps_locally), settings)
+    summary = {"name": "staged", "settings": {"metric": "rouge_l"}, "seconds": 1.0,
+               **{k: v for k, v in plan.items() if k != "events"}}
+    (tmp_path / "summary.json").write_text(json.dumps({"sites": {str(c): f"clinic-{c}" for c in range(8)}}))
+    print_rollout(summary, tmp_path)
+    printed = capsys.readouterr().out
+    assert "guard site 5 (clinic-5) on " in printed and "-> rolled back" in printed
+    pilot = plan["stages"][0]["sites"]
+    assert f"stage 0: sites [{', '.join(f'{c} (clinic-{c})' for c in pilot)}]" in printed
+    (tmp_path / "summary.json").write_text(json.dumps({}))  # a Dirichlet federation: ids only
+    print_rollout(summary, tmp_path)
+    assert f"stage 0: sites {pilot} <- " in capsys.readouterr().out
