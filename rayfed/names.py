@@ -16,6 +16,7 @@ LOCAL_SPLITS = ("local_val", "local_test")  # each client's own held-out data
 GLOBAL_SPLITS = ("global_val", "global_test")  # the federation's task mix, disjoint from clients
 SPLITS = LOCAL_SPLITS + GLOBAL_SPLITS
 EVAL, PERSONALIZE = "eval", "personalize"  # the phases that score prompts
+DITTO = "ditto"  # a round's scores of Ditto's per-client prompts (``ditto/local_val/rouge_l_mean``)
 
 
 def metric_key(split: str, metric: str, stat: str | None = None, phase: str | None = None) -> str:

@@ -38,6 +38,7 @@ from rayfed.core.selection import (
 )
 from rayfed.experiment import run_experiment
 from rayfed.names import (
+    DITTO,
     EVAL,
     GLOBAL_SPLITS,
     GLOBAL_VAL,
@@ -227,8 +228,8 @@ class _RoundReporter:
         from ray import tune
 
         if event.get("event") == "round" and metric_key("global_val", "rouge_l", phase=EVAL) in event:
-            tune.report({"round": event["round"], **{k: v for k, v in event.items() if k.startswith("eval/")},
-                         **objectives_of(_round_row(event))})
+            scores = {k: v for k, v in event.items() if k.startswith((f"{EVAL}/", f"{DITTO}/"))}
+            tune.report({"round": event["round"], **scores, **objectives_of(_round_row(event))})
             self.reported += 1
         elif (event.get("event") == "personalize" and event["epoch"] == self.cfg.personalize.local_epochs
               and event["interp_ratio"] == self.cfg.personalize.interp_ratios[0]):
@@ -241,8 +242,14 @@ class _RoundReporter:
 
 
 def _round_row(event: dict[str, Any]) -> dict[str, float]:
-    """A round event in the curve rows' terms: the global prompt's score per split (a client mean
-    on the clients' own splits, one score on the global sets)."""
+    """A round event in the curve rows' terms: what the trial's algorithm deploys, per split. The
+    global prompt's scores (a client mean on the clients' own splits, one score on the global
+    sets); for Ditto each client's own prompt, as a client mean on its own splits and on the
+    global sets, so a search compares Ditto's personal prompts with the others' global one."""
+    if metric_key("local_val", "rouge_l", "mean", DITTO) in event:
+        return {metric_key(split, "rouge_l", "mean"): event.get(metric_key(split, "rouge_l", "mean", DITTO), math.nan)
+                for split in SPLITS}
+
     def stat(split: str) -> str | None:
         return None if split in GLOBAL_SPLITS else "mean"
 

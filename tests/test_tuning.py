@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from rayfed.config import ConfigError, load_config
+from rayfed.names import OBJECTIVES
 from rayfed.tuning import run_search
 
 pytestmark = pytest.mark.ray
@@ -98,6 +99,45 @@ def test_a_search_whose_trial_cannot_fit_fails_at_once_naming_the_keys(ray_sessi
     with pytest.raises(ConfigError, match="runtime.num_cpus_per_worker"):
         run_search(cfg)
     assert time.monotonic() - started < 60
+
+
+def test_fedavg_fedprox_and_ditto_compared_in_one_federation_search(tmp_path):
+    """The baselines through Tune: a federation search over algorithm.name. FedProx at mu 0 reports
+    exactly FedAvg's numbers; a Ditto trial is scored by what it deploys, each client's own prompt
+    (its run's final ditto/ scores), not by its global prompt."""
+    from rayfed.config import SpaceParam
+
+    cfg = load_config(TINY_SEARCH, [f"output_dir={tmp_path / 'out'}", "tune.kind=federation",
+                                    "algorithm.proximal_mu=0.0", "eval.local=true"])
+    cfg.tune.space = {"algorithm.name": SpaceParam("grid", ["fedavg", "fedprox", "ditto"])}
+    run_search(cfg)
+    rows = {r["algorithm.name"]: r for r in rows_of(tmp_path / "out" / "results.csv")}
+    assert all(r["status"] == "done" for r in rows.values()) and len(rows) == 3
+    assert all(rows["fedprox"][k] == rows["fedavg"][k] for k in OBJECTIVES)
+    last = {}  # each trial's last Tune report, with its scores (the tiny model's ROUGE-L is 0; its loss is not)
+    for result in (tmp_path / "out" / "tune").glob("*/result.json"):
+        report = [json.loads(line) for line in result.read_text().splitlines() if line.strip()][-1]
+        last[report["trial_id"]] = report
+    fedavg, fedprox, ditto = (last[rows[name]["trial_id"]] for name in ("fedavg", "fedprox", "ditto"))
+    assert fedprox["eval/global_test/loss"] == fedavg["eval/global_test/loss"]
+    final = json.loads((tmp_path / "out" / "trials" / rows["ditto"]["trial_id"] / "summary.json").read_text())
+    assert ditto["ditto/local_test/loss_mean"] == pytest.approx(final["final_ditto"]["ditto/local_test/loss_mean"])
+    assert ditto["ditto/local_test/loss_mean"] != ditto["eval/local_test/loss_mean"]  # its own prompts, not the global
+    for split in ("local_val", "global_val", "local_test", "global_test"):
+        own = final["final_ditto"][f"ditto/{split}/rouge_l_mean"]
+        assert float(rows["ditto"][f"{split}_rouge_l"]) == pytest.approx(own)
+
+
+def test_a_ditto_round_is_ranked_by_its_clients_own_prompts():
+    from rayfed.tuning import _round_row
+
+    event = {"eval/local_val/rouge_l_mean": 0.1, "eval/global_val/rouge_l": 0.2, "eval/local_test/rouge_l_mean": 0.1,
+             "eval/global_test/rouge_l": 0.2}
+    assert _round_row(event)["local_val/rouge_l_mean"] == 0.1
+    ditto = {**event, **{f"ditto/{s}/rouge_l_mean": v for s, v in
+                         (("local_val", 0.5), ("global_val", 0.15), ("local_test", 0.45), ("global_test", 0.14))}}
+    assert _round_row(ditto) == {"local_val/rouge_l_mean": 0.5, "global_val/rouge_l_mean": 0.15,
+                                 "local_test/rouge_l_mean": 0.45, "global_test/rouge_l_mean": 0.14}
 
 
 def test_an_interrupted_search_resumes_where_it_stopped(tmp_path):

@@ -24,7 +24,7 @@ from rayfed.core.sampling import sample_clients
 from rayfed.core.server_optimizer import ServerOptimizer
 from rayfed.errors import UserError
 from rayfed.metrics import summarize_clients
-from rayfed.names import EVAL, metric_key
+from rayfed.names import DITTO, EVAL, metric_key
 from rayfed.personalization.settings import PersonalizeSettings
 from rayfed.runtime.worker import ClientWorker
 from rayfed.settings import EvalSettings, RoundSettings
@@ -201,11 +201,11 @@ class Driver:
         splits = (*self.local_splits, *self.global_splits)
         scores = self.evaluate_clients({cid: {"own": self.personal.get(cid, global_prompt)} for cid in self.client_ids},
                                        splits, self.settings.eval)
-        per_client = {cid: {metric_key(split, k, phase="ditto"): v for split, sums in s["own"].items()
+        per_client = {cid: {metric_key(split, k, phase=DITTO): v for split, sums in s["own"].items()
                             for k, v in sums.means().items()} for cid, s in scores.items()}
         out: dict[str, float] = {}
         for split in splits:
-            out.update(summarize_clients(per_client, f"ditto/{split}"))
+            out.update(summarize_clients(per_client, f"{DITTO}/{split}"))
         rows = tuple((cid, split, round_idx, 1.0, *ex) for cid, s in sorted(scores.items())
                      for split, sums in s["own"].items() for ex in sums.examples)
         return out, rows
