@@ -250,9 +250,11 @@ def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger
     log, save the global prompt, checkpoint. ``traffic`` accumulates the rounds' bytes (each round
     event carries the running totals, ``comm/down_bytes_total``, ``comm/up_bytes_total``).
     Returns the last evaluation."""
+    # The bar counts client trainings: Ditto trains each client's own prompt after the global one.
+    trainings = cfg.algorithm.clients_per_round * (2 if cfg.algorithm.name == "ditto" else 1)
     for round_idx in range(first, cfg.algorithm.rounds + 1):
         label = f"round {round_idx}/{cfg.algorithm.rounds}"
-        with phase(f"{label}: training", cfg.algorithm.clients_per_round):
+        with phase(f"{label}: training", trainings):
             result = driver.run_round(round_idx)
         for way in NO_TRAFFIC:
             traffic[way] += result.metrics[f"comm/{way}"]
