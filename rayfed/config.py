@@ -27,6 +27,7 @@ DATA_SOURCES = ("synthetic", "bigbench", "sni", "sites")
 PARTITION_SCHEMES = ("dirichlet", "k_tasks", "iid", "site")
 PARTITION_UNITS = ("category", "task")
 DTYPES = ("float32", "bfloat16", "float16")
+PEFT_METHODS = ("prompt_tuning", "prefix_tuning")
 COMPRESSIONS = ("none", "fp16", "int8", "topk")  # rayfed.core.compression.METHODS
 PROMPT_INITS = ("text", "random")
 FAILURE_POLICIES = ("retry", "drop", "fail")
@@ -45,8 +46,13 @@ class ConfigError(UserError):
 @dataclass
 class ModelConfig:
     name: str = "smollm2-135m"  # built-in name (smollm2-135m, tiny-llama), hub id or local path
-    num_virtual_tokens: int = 20  # length of the soft prompt
-    prompt_init: str = "text"  # text: embeddings of prompt_init_text; random: N(0, embedding std)
+    # What trains on the frozen backbone: prompt_tuning (a soft prompt in front of the input) or
+    # prefix_tuning (keys and values of virtual tokens in every layer, PEFT's PREFIX_TUNING).
+    peft: str = "prompt_tuning"
+    num_virtual_tokens: int = 20  # length of the soft prompt or prefix
+    # text: embeddings of prompt_init_text; random: N(0, embedding std). A prefix starts as the
+    # keys and values the backbone computes for that prompt, so both methods start from one model.
+    prompt_init: str = "text"
     prompt_init_text: str = "Read the instruction and the input, then write the correct output."
     # Run Python code shipped with a hub model or local directory (its own modeling files). Off:
     # only architectures transformers itself implements load.
@@ -484,6 +490,7 @@ def _validate_model_and_data(cfg: ExperimentConfig) -> None:
     _check(m.num_virtual_tokens >= 1, "model.num_virtual_tokens", "must be >= 1")
     _choice("model.prompt_init", m.prompt_init, PROMPT_INITS)
     _choice("model.dtype", m.dtype, DTYPES)
+    _choice("model.peft", m.peft, PEFT_METHODS)
     _choice("communication.compress", cfg.communication.compress, COMPRESSIONS)
     _check(0 < cfg.communication.topk_fraction <= 1, "communication.topk_fraction", "must be in (0, 1]")
     _choice("data.source", d.source, DATA_SOURCES)

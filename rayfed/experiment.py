@@ -106,7 +106,8 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
             save_adapter(out / ADAPTER_DIR, driver.global_prompt(), ModelSettings.from_config(cfg.model),
                          max_source_tokens=cfg.data.max_source_tokens, max_target_tokens=cfg.data.max_target_tokens,
                          source={"prompt": "global", "round": cfg.algorithm.rounds})
-            write_prompt_tokens(out, driver, driver.global_prompt(), cfg.algorithm.rounds)
+            if cfg.model.peft == "prompt_tuning":  # a prefix's rows are keys and values, not embeddings
+                write_prompt_tokens(out, driver, driver.global_prompt(), cfg.algorithm.rounds)
 
             # --- Personalization (optional): the same phase `rayfed personalize` runs on a finished run.
             personal = None
@@ -171,7 +172,8 @@ def run_fingerprint(cfg: ExperimentConfig) -> dict[str, Any]:
 # Keys added to the config after runs were checkpointed, with the value that reproduces what runs
 # did before the key existed. At that value a key is left out of the identity and fingerprint, so
 # a checkpoint written before it was added still resumes; any other value makes another run.
-ADDED_KEYS: dict[str, Any] = {"algorithm.proximal_mu": 0.0, "model.dtype": "float32", "communication.compress": "none",
+ADDED_KEYS: dict[str, Any] = {"algorithm.proximal_mu": 0.0, "model.dtype": "float32", "model.peft": "prompt_tuning",
+                              "communication.compress": "none",
                               "communication.topk_fraction": 0.1, "algorithm.ditto_lambda": 0.1}
 
 

@@ -48,6 +48,7 @@ class ModelSettings:
     prompt_init_text: str
     trust_remote_code: bool = False
     dtype: str = "float32"  # the backbone's; the prompt trains in float32
+    peft: str = "prompt_tuning"  # prompt_tuning | prefix_tuning
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> ModelSettings:

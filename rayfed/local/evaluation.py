@@ -99,7 +99,10 @@ def evaluate_many(model: PromptModel, jobs: Sequence[tuple[Sequence[TokenizedExa
                     torch.stack([jobs[owners[i]][1] for i in part]), max_group_rows=batch_size)
             else:
                 used = sorted({owners[i] for i in part})  # the prompts this chunk needs, once each
-                states = _prompt_states(model, torch.stack([jobs[j][1] for j in used]))
+                # Each prompt's keys and values alone, once per prompt, not per row: every row starts
+                # with its prompt at positions 0..V-1, which causal attention keeps independent of
+                # what follows (a prefix is those states already).
+                states = model.adapter_states(torch.stack([jobs[j][1] for j in used]))
                 slot = {j: k for k, j in enumerate(used)}
                 losses, predictions = _score_and_generate(
                     model, [rows[i] for i in part], [limits[i] for i in part], states,
@@ -127,11 +130,11 @@ def generate(model: PromptModel, batch: list[TokenizedExample], max_new_tokens: 
     inputs = collate_generate(batch, model.pad_id)
     limit = min(max_new_tokens, max(len(b.target_ids) for b in batch))
     backbone = model.peft.get_base_model()
-    embeds, mask = model.prompted_inputs(inputs["input_ids"], inputs["attention_mask"], prompts)
-    n_rows = mask.shape[0]
-    positions = (mask.cumsum(1) - 1).clamp(min=0)
-    out = backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
-                   logits_to_keep=1)
+    first = model.backbone_inputs(inputs["input_ids"], inputs["attention_mask"], prompts)
+    mask = first["attention_mask"]
+    n_rows, fed = mask.shape[0], (first.get("inputs_embeds", first.get("input_ids"))).shape[1]  # type: ignore[union-attr]
+    positions = (mask.cumsum(1) - 1).clamp(min=0)[:, -fed:]
+    out = backbone(**first, position_ids=positions, use_cache=True, logits_to_keep=1)
     eos = model.tokenizer.eos_token_id
     done = torch.zeros(n_rows, dtype=torch.bool, device=mask.device)
     generated = []
@@ -179,20 +182,6 @@ class _Continuation:
     mask: torch.Tensor
     next_ids: torch.Tensor
     positions: torch.Tensor
-
-
-def _prompt_states(model: PromptModel, prompts: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Keys and values of each soft prompt alone, ``[prompts, kv_heads, virtual, head_dim]`` per layer.
-
-    Every example starts with its prompt at positions ``0..V-1`` and causal attention keeps
-    those states independent of what follows, so they are computed once per prompt, not per row.
-    """
-    prompts = prompts.to(model.device, model.compute_dtype)
-    n, n_virtual = prompts.shape[:2]
-    out = model.peft.get_base_model().base_model(
-        inputs_embeds=prompts, attention_mask=torch.ones(n, n_virtual, dtype=torch.long, device=model.device),
-        position_ids=torch.arange(n_virtual, device=model.device).expand(n, -1), use_cache=True)
-    return [(layer.keys, layer.values) for layer in out.cache.layers]
 
 
 def _teacher_forced(model: PromptModel, rows: list[TokenizedExample], limits: list[int],

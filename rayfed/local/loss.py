@@ -19,16 +19,16 @@ def per_example_loss(model: PromptModel, batch: list[TokenizedExample],
                      prompts: torch.Tensor | None = None) -> torch.Tensor:
     """Teacher-forced loss of each example, ``[len(batch)]``.
 
-    The same computation as PEFT's prompt-tuning forward (prompt embeddings prepended, mask
-    extended), except that the LM head runs only where a target token is predicted: with a 49k
+    The same computation as PEFT's forward (prompt embeddings prepended, or the prefix's keys and
+    values in the cache; mask extended), except that the LM head runs only where a target token is predicted: with a 49k
     vocabulary that saves about a fifth of the compute of a training step. ``prompts``
-    (``[len(batch), virtual, hidden]``) gives each example its own prompt; by default the model's.
+    (``[len(batch), virtual, width]``) gives each example its own prompt or prefix; by default the model's.
     """
     inputs = collate_train(batch, model.pad_id)
-    embeds, mask = model.prompted_inputs(inputs["input_ids"], inputs["attention_mask"], prompts)
     backbone = model.peft.get_base_model()
-    hidden = backbone.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-    hidden = hidden[:, -inputs["input_ids"].shape[1]:]  # drop the virtual-token positions
+    hidden = backbone.base_model(**model.backbone_inputs(inputs["input_ids"], inputs["attention_mask"], prompts),
+                                 ).last_hidden_state
+    hidden = hidden[:, -inputs["input_ids"].shape[1]:]  # drop the virtual-token positions (prompt tuning)
     # Position t predicts token t + 1: pick the positions whose next token is a target token.
     targets = inputs["labels"][:, 1:].to(model.device)
     n_rows = targets.shape[0]

@@ -1,4 +1,10 @@
-"""The frozen backbone wrapped with PEFT prompt tuning, and helpers to get and set the prompt.
+"""The frozen backbone wrapped with a PEFT prompt-learning adapter, and helpers to get and set it.
+
+``model.peft`` picks the adapter, and either way a client owns one float32 tensor of
+``[num_virtual_tokens, width]`` that every phase treats alike (aggregation, compression, l2 pull,
+interpolation, checkpoints): ``prompt_tuning``, a soft prompt of input embeddings (width: the
+hidden size); ``prefix_tuning``, the keys and values of the virtual tokens in every layer, in
+PEFT's ``PrefixEncoder`` layout without projection (width: layers x 2 x kv heads x head dim).
 
 ``model.name`` is a built-in name (``smollm2-135m``: the real default; ``tiny-llama``: a 2-layer
 random Llama with a character tokenizer, for tests and debugging), a Hugging Face hub id (only
@@ -12,12 +18,14 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from peft import PeftModel, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+from peft import PeftModel, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+from transformers import DynamicCache
 
 from rayfed.errors import UserError
 from rayfed.settings import ModelSettings
 
 TINY_LLAMA = "tiny-llama"
+PROMPT_TUNING, PREFIX_TUNING = "prompt_tuning", "prefix_tuning"
 
 # PEFT ignores position ids under prompt tuning and says so on every generate call; harmless.
 warnings.filterwarnings("ignore", message="Position ids are not supported")
@@ -26,11 +34,13 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is depr
 
 @dataclass
 class PromptModel:
-    """A PEFT prompt-tuning model whose backbone is frozen, with its tokenizer."""
+    """A PEFT prompt-learning model (``method``: prompt or prefix tuning) whose backbone is frozen,
+    with its tokenizer."""
 
     peft: PeftModel
     tokenizer: object
     device: torch.device
+    method: str = PROMPT_TUNING
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -39,10 +49,12 @@ class PromptModel:
 
     @property
     def prompt_parameter(self) -> torch.nn.Parameter:
+        """The adapter's tensor, ``[num_virtual_tokens, width]``: PEFT's own parameter."""
         return self.peft.prompt_encoder["default"].embedding.weight
 
     def get_prompt(self) -> torch.Tensor:
-        """A detached CPU copy of the soft prompt, ``[num_virtual_tokens, hidden]``."""
+        """A detached CPU copy of the adapter's tensor (for prompt tuning the soft prompt,
+        ``[num_virtual_tokens, hidden]``)."""
         return self.prompt_parameter.detach().to("cpu", copy=True)
 
     def set_prompt(self, prompt: torch.Tensor) -> None:
@@ -65,6 +77,42 @@ class PromptModel:
         mask = attention_mask.to(self.device)
         return torch.cat([prompts, tokens], 1), torch.cat([mask.new_ones(rows, prompts.shape[1]), mask], 1)
 
+    def backbone_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        prompts: torch.Tensor | None = None) -> dict[str, object]:
+        """Keyword arguments for the backbone (or its ``base_model``) that run ``input_ids`` after
+        the adapter, one per row (``prompts [rows, virtual, width]``; by default this model's), as
+        PEFT's forward builds them. The attention mask covers the virtual tokens; under prompt
+        tuning the outputs start with their positions, under prefix tuning they are in the cache
+        and the outputs are the tokens' only. Either way the tokens sit at positions ``virtual, ...``."""
+        if self.method == PROMPT_TUNING:
+            embeds, mask = self.prompted_inputs(input_ids, attention_mask, prompts)
+            return {"inputs_embeds": embeds, "attention_mask": mask}
+        rows = input_ids.shape[0]
+        if prompts is None:
+            prompts = self.prompt_parameter.unsqueeze(0).expand(rows, -1, -1)
+        mask = attention_mask.to(self.device)
+        return {"input_ids": input_ids.to(self.device), "cache": DynamicCache(self.adapter_states(prompts)),
+                "attention_mask": torch.cat([mask.new_ones(rows, prompts.shape[1]), mask], 1)}
+
+    def adapter_states(self, prompts: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's keys and values of each adapter's virtual tokens alone, ``[prompts, kv_heads,
+        virtual, head_dim]`` per layer: what every row attends to before its own tokens.
+
+        Under prompt tuning a forward of the prompt at positions ``0..V-1`` computes them (causal
+        attention keeps them independent of what follows); under prefix tuning they are the
+        tensor itself, split as PEFT's ``get_prompt`` splits it."""
+        prompts = prompts.to(self.device, self.compute_dtype)
+        n, n_virtual = prompts.shape[:2]
+        if self.method == PROMPT_TUNING:
+            out = self.peft.get_base_model().base_model(
+                inputs_embeds=prompts, attention_mask=torch.ones(n, n_virtual, dtype=torch.long, device=self.device),
+                position_ids=torch.arange(n_virtual, device=self.device).expand(n, -1), use_cache=True)
+            return [(layer.keys, layer.values) for layer in out.cache.layers]
+        cfg = self.peft.peft_config["default"]
+        heads = cfg.num_attention_heads
+        split = prompts.view(n, n_virtual, cfg.num_layers * 2, heads, cfg.token_dim // heads).permute(2, 0, 3, 1, 4)
+        return [(split[2 * i], split[2 * i + 1]) for i in range(cfg.num_layers)]
+
     @property
     def pad_id(self) -> int:
         tok = self.tokenizer
@@ -72,23 +120,40 @@ class PromptModel:
 
 
 def build_prompt_model(cfg: ModelSettings, device: str | torch.device = "cpu", seed: int = 0) -> PromptModel:
-    """Load the backbone, freeze it and wrap it with a soft prompt initialised per ``cfg``.
+    """Load the backbone, freeze it and wrap it with the adapter ``cfg.peft`` names, initialised per ``cfg``.
 
-    The initial prompt depends only on the backbone, ``cfg`` and ``seed``, so every process that
-    builds the same config holds the same starting prompt.
+    The initial tensor depends only on the backbone, ``cfg`` and ``seed``, so every process that
+    builds the same config holds the same starting adapter. A prefix starts as the keys and values
+    of the initial soft prompt, so prompt and prefix tuning start from the same outputs.
     """
     backbone, tokenizer = load_backbone(cfg.name, trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
     backbone.eval()  # no dropout: training the prompt must be deterministic
-    peft_cfg = PromptTuningConfig(
-        task_type=TaskType.CAUSAL_LM,
-        num_virtual_tokens=cfg.num_virtual_tokens,
-        prompt_tuning_init=PromptTuningInit.RANDOM,  # replaced below, deterministically
-    )
-    peft_model = get_peft_model(backbone, peft_cfg)
-    model = PromptModel(peft_model, tokenizer, torch.device(device))
-    model.set_prompt(initial_prompt(backbone, tokenizer, cfg, seed))
+    peft_model = get_peft_model(backbone, peft_config(cfg))
+    model = PromptModel(peft_model, tokenizer, torch.device(device), cfg.peft)
     peft_model.to(model.device)
+    prompt = initial_prompt(backbone, tokenizer, cfg, seed)
+    if cfg.peft == PREFIX_TUNING:
+        with torch.no_grad():
+            prompt = pack_prefix(PromptModel(peft_model, tokenizer, model.device).adapter_states(prompt[None]))[0]
+    model.set_prompt(prompt.float())
     return model
+
+
+def peft_config(cfg: ModelSettings) -> PromptTuningConfig | PrefixTuningConfig:
+    """PEFT's config for ``cfg.peft``; the shape-giving fields PEFT fills from the backbone."""
+    if cfg.peft == PREFIX_TUNING:
+        return PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens,
+                                  prefix_projection=False)
+    return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens,
+                              prompt_tuning_init=PromptTuningInit.RANDOM)  # replaced, deterministically
+
+
+def pack_prefix(states: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Per-layer keys and values ``[n, kv_heads, virtual, head_dim]`` as prefix tensors
+    ``[n, virtual, layers * 2 * kv_heads * head_dim]``: the inverse of :meth:`PromptModel.adapter_states`."""
+    stacked = torch.stack([t for pair in states for t in pair])  # [layers * 2, n, heads, virtual, head_dim]
+    n, n_virtual = stacked.shape[1], stacked.shape[3]
+    return stacked.permute(1, 3, 0, 2, 4).reshape(n, n_virtual, -1)
 
 
 def initial_prompt(backbone, tokenizer, cfg: ModelSettings, seed: int) -> torch.Tensor:
@@ -149,7 +214,7 @@ def load_backbone(name: str, trust_remote_code: bool = False, dtype: str = "floa
 def _tiny_llama():
     """A 2-layer random Llama over a character vocabulary; identical in every process."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
     specials = ["<pad>", "<unk>", "<eos>"]
     chars = sorted(set(string.printable) - set("\x0b\x0c\r"))
@@ -159,11 +224,27 @@ def _tiny_llama():
     tok.decoder = decoders.Fuse()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
                                         eos_token="<eos>")
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, pad_token_id=0, eos_token_id=2, bos_token_id=2,
-                         initializer_range=0.2)  # larger than default: a prompt can steer it
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234)
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(_tiny_llama_config(len(vocab)))
     return model, tokenizer
+
+
+def _tiny_llama_config(vocab_size: int = 100):  # the character vocabulary of _tiny_llama
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       max_position_embeddings=512, pad_token_id=0, eos_token_id=2, bos_token_id=2,
+                       initializer_range=0.2)  # larger than default: a prompt can steer it
+
+
+def backbone_config(name: str, trust_remote_code: bool = False):
+    """The backbone's Hugging Face config, without loading its weights."""
+    if name == TINY_LLAMA:
+        return _tiny_llama_config()
+    from transformers import AutoConfig
+
+    from rayfed.model.builtin import resolve_model_path
+
+    return AutoConfig.from_pretrained(resolve_model_path(name, quiet=True), trust_remote_code=trust_remote_code)

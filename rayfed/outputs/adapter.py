@@ -1,10 +1,10 @@
-"""Trained prompts as PEFT adapter directories, for use outside rayfed.
+"""Trained prompts and prefixes as PEFT adapter directories, for use outside rayfed.
 
-Every global and personalized prompt rayfed keeps is also written as the directory
-``PeftModel.from_pretrained`` loads: ``adapter_config.json`` (PEFT's own prompt-tuning config,
-naming the base model) and ``adapter_model.safetensors`` (tensor ``prompt_embeddings``, as PEFT
-saves it), plus ``rayfed_template.json``: the text template and token limits the prompt was
-trained with, which the adapter alone does not carry::
+Every global and personalized adapter rayfed keeps is also written as the directory
+``PeftModel.from_pretrained`` loads: ``adapter_config.json`` (PEFT's own prompt- or
+prefix-tuning config, naming the base model) and ``adapter_model.safetensors`` (tensor
+``prompt_embeddings``, as PEFT saves it), plus ``rayfed_template.json``: the text template and
+token limits the prompt was trained with, which the adapter alone does not carry::
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -49,18 +49,12 @@ def adapter_base(name: str) -> str:
 
 def save_adapter(directory: Path, prompt: torch.Tensor, model: ModelSettings, *, max_source_tokens: int,
                  max_target_tokens: int, source: dict[str, object] | None = None) -> None:
-    """Write ``prompt`` (``[num_virtual_tokens, hidden]``) as a PEFT prompt-tuning adapter in
+    """Write ``prompt`` (``[num_virtual_tokens, width]``) as a PEFT adapter of ``model.peft`` in
     ``directory``. ``source`` (the round, a client, an epoch and ratio) goes into the template file.
 
     Each file is written whole and renamed into place."""
-    from peft import PromptTuningConfig, PromptTuningInit, TaskType
-
     directory.mkdir(parents=True, exist_ok=True)
-    config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=prompt.shape[0],
-                                token_dim=prompt.shape[1], num_transformer_submodules=1,
-                                prompt_tuning_init=PromptTuningInit.RANDOM,  # the weights replace it on load
-                                inference_mode=True,  # as PeftModel.save_pretrained writes it
-                                base_model_name_or_path=adapter_base(model.name))
+    config = _peft_config(prompt, model)
     staging = directory / ".staging"
     staging.mkdir(exist_ok=True)
     config.save_pretrained(str(staging))
@@ -73,3 +67,26 @@ def save_adapter(directory: Path, prompt: torch.Tensor, model: ModelSettings, *,
     for name in ("adapter_config.json", ADAPTER_WEIGHTS, TEMPLATE_FILE):
         (staging / name).replace(directory / name)
     staging.rmdir()
+
+
+def _peft_config(prompt: torch.Tensor, model: ModelSettings):
+    """PEFT's config for ``prompt``, with the fields ``save_pretrained`` writes."""
+    from peft import PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, TaskType
+
+    from rayfed.model.prompt_model import PREFIX_TUNING, backbone_config
+
+    common = {"task_type": TaskType.CAUSAL_LM, "num_virtual_tokens": prompt.shape[0],
+              "inference_mode": True,  # as PeftModel.save_pretrained writes it
+              "base_model_name_or_path": adapter_base(model.name)}
+    if model.peft != PREFIX_TUNING:
+        return PromptTuningConfig(token_dim=prompt.shape[1], num_transformer_submodules=1,
+                                  prompt_tuning_init=PromptTuningInit.RANDOM,  # the weights replace it on load
+                                  **common)
+    from peft.utils.other import _prepare_prompt_learning_config  # how PEFT shapes a prefix for a backbone
+
+    config = _prepare_prompt_learning_config(PrefixTuningConfig(prefix_projection=False, **common),
+                                             backbone_config(model.name, model.trust_remote_code))
+    width = config.num_layers * 2 * config.token_dim
+    if width != prompt.shape[1]:
+        raise ValueError(f"a prefix of width {prompt.shape[1]} does not fit {model.name} (PEFT expects {width})")
+    return config

@@ -25,7 +25,7 @@ from rayfed.errors import UserError
 from rayfed.local.evaluation import evaluate_many
 from rayfed.local.prompt_map import nearest_tokens
 from rayfed.local.training import by_epoch, epoch_job, train_lockstep
-from rayfed.model.prompt_model import build_prompt_model
+from rayfed.model.prompt_model import PROMPT_TUNING, build_prompt_model
 from rayfed.names import GLOBAL_SPLITS
 from rayfed.personalization.settings import PersonalizeSettings
 from rayfed.settings import EvalSettings, ModelSettings, WorkerSettings
@@ -131,7 +131,10 @@ class ClientWorker:
     def prompt_tokens(self, client_id: int, prompts: dict[str, torch.Tensor], k: int) -> dict[str, list[list[dict]]]:
         """Each prompt's virtual tokens' ``k`` nearest vocabulary tokens (rayfed.local.prompt_map), by
         label: ``[{"id", "token", "cosine"}, ...]`` per virtual token, best first. Any worker
-        holds the vocabulary; the one hosting ``client_id`` answers."""
+        holds the vocabulary; the one hosting ``client_id`` answers. A prefix's virtual tokens are
+        keys and values, not input embeddings: they have no nearest tokens (empty lists)."""
+        if self.model.method != PROMPT_TUNING:
+            return {label: [[] for _ in range(prompt.shape[0])] for label, prompt in prompts.items()}
         table = self.model.peft.get_base_model().get_input_embeddings().weight.detach()
         out = {}
         for label, prompt in prompts.items():

