@@ -106,8 +106,7 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
             save_adapter(out / ADAPTER_DIR, driver.global_prompt(), ModelSettings.from_config(cfg.model),
                          max_source_tokens=cfg.data.max_source_tokens, max_target_tokens=cfg.data.max_target_tokens,
                          source={"prompt": "global", "round": cfg.algorithm.rounds})
-            if cfg.model.peft == "prompt_tuning":  # a prefix's rows are keys and values, not embeddings
-                write_prompt_tokens(out, driver, driver.global_prompt(), cfg.algorithm.rounds)
+            write_prompt_tokens(out, driver, driver.global_prompt(), cfg.algorithm.rounds)
 
             # --- Personalization (optional): the same phase `rayfed personalize` runs on a finished run.
             personal = None

@@ -27,6 +27,9 @@ SERVERS = {
     # Each client's top-k residual carries across rounds: it is saved in the checkpoint.
     # Ditto: each client's own prompt carries across rounds, saved in the checkpoint.
     "ditto": ["algorithm.name=ditto", "algorithm.server_optimizer.name=sgd", "algorithm.server_optimizer.lr=1.0"],
+    # A prefix (model.peft=prefix_tuning) is the client's tensor as a prompt is: it resumes alike.
+    "prefix-tuning": ["model.peft=prefix_tuning", "algorithm.server_optimizer.name=adam",
+                      "algorithm.server_optimizer.lr=0.05"],
     "topk-error-feedback": ["algorithm.server_optimizer.name=sgd", "algorithm.server_optimizer.lr=1.0",
                             "communication.compress=topk", "communication.topk_fraction=0.05"],
 }

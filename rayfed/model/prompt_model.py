@@ -13,6 +13,7 @@ where the hub is reachable) or a local directory.
 
 from __future__ import annotations
 
+import functools
 import string
 import warnings
 from dataclasses import dataclass
@@ -102,12 +103,9 @@ class PromptModel:
         attention keeps them independent of what follows); under prefix tuning they are the
         tensor itself, split as PEFT's ``get_prompt`` splits it."""
         prompts = prompts.to(self.device, self.compute_dtype)
-        n, n_virtual = prompts.shape[:2]
         if self.method == PROMPT_TUNING:
-            out = self.peft.get_base_model().base_model(
-                inputs_embeds=prompts, attention_mask=torch.ones(n, n_virtual, dtype=torch.long, device=self.device),
-                position_ids=torch.arange(n_virtual, device=self.device).expand(n, -1), use_cache=True)
-            return [(layer.keys, layer.values) for layer in out.cache.layers]
+            return prompt_states(self.peft.get_base_model(), prompts)
+        n, n_virtual = prompts.shape[:2]
         cfg = self.peft.peft_config["default"]
         heads = cfg.num_attention_heads
         split = prompts.view(n, n_virtual, cfg.num_layers * 2, heads, cfg.token_dim // heads).permute(2, 0, 3, 1, 4)
@@ -134,9 +132,19 @@ def build_prompt_model(cfg: ModelSettings, device: str | torch.device = "cpu", s
     prompt = initial_prompt(backbone, tokenizer, cfg, seed)
     if cfg.peft == PREFIX_TUNING:
         with torch.no_grad():
-            prompt = pack_prefix(PromptModel(peft_model, tokenizer, model.device).adapter_states(prompt[None]))[0]
+            prompt = pack_prefix(prompt_states(backbone, prompt[None].to(model.device, model.compute_dtype)))[0]
     model.set_prompt(prompt.float())
     return model
+
+
+def prompt_states(backbone, prompts: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's keys and values of soft prompts alone (``[n, virtual, hidden]``, in the
+    backbone's dtype and device) at positions ``0..V-1``, ``[n, kv_heads, virtual, head_dim]``."""
+    n, n_virtual = prompts.shape[:2]
+    out = backbone.base_model(
+        inputs_embeds=prompts, attention_mask=torch.ones(n, n_virtual, dtype=torch.long, device=prompts.device),
+        position_ids=torch.arange(n_virtual, device=prompts.device).expand(n, -1), use_cache=True)
+    return [(layer.keys, layer.values) for layer in out.cache.layers]
 
 
 def peft_config(cfg: ModelSettings) -> PromptTuningConfig | PrefixTuningConfig:
@@ -239,6 +247,7 @@ def _tiny_llama_config(vocab_size: int = 100):  # the character vocabulary of _t
                        initializer_range=0.2)  # larger than default: a prompt can steer it
 
 
+@functools.lru_cache(maxsize=4)  # read once per process: every site's adapter asks
 def backbone_config(name: str, trust_remote_code: bool = False):
     """The backbone's Hugging Face config, without loading its weights."""
     if name == TINY_LLAMA:

@@ -22,8 +22,11 @@ NEAREST = 5  # vocabulary tokens kept per virtual token
 
 
 def write_prompt_tokens(out: Path, driver: Any, prompt: torch.Tensor, round_idx: int) -> None:
-    """``out/prompt_tokens.json`` for the global ``prompt`` (the worker of client 0 reads the vocabulary)."""
+    """``out/prompt_tokens.json`` for the global ``prompt`` (the worker of client 0 reads the
+    vocabulary); none for a prefix, whose virtual tokens have no nearest tokens."""
     nearest = driver.prompt_tokens({0: {"global": prompt}}, NEAREST)[0]["global"]
+    if not any(nearest):
+        return
     rows = [{"index": i, "norm": round(float(prompt[i].norm()), 4), "nearest": near} for i, near in enumerate(nearest)]
     _write(out / PROMPT_TOKENS, {"prompt": "global", "round": round_idx, "virtual_tokens": rows})
 
