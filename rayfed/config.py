@@ -27,7 +27,7 @@ DATA_SOURCES = ("synthetic", "bigbench", "sni", "sites")
 PARTITION_SCHEMES = ("dirichlet", "k_tasks", "iid", "site")
 PARTITION_UNITS = ("category", "task")
 DTYPES = ("float32", "bfloat16", "float16")
-PEFT_METHODS = ("prompt_tuning", "prefix_tuning")
+PEFT_METHODS = ("prompt_tuning", "prefix_tuning", "lora")
 COMPRESSIONS = ("none", "fp16", "int8", "topk")  # rayfed.core.compression.METHODS
 PROMPT_INITS = ("text", "random")
 FAILURE_POLICIES = ("retry", "drop", "fail")
@@ -46,10 +46,16 @@ class ConfigError(UserError):
 @dataclass
 class ModelConfig:
     name: str = "smollm2-135m"  # built-in name (smollm2-135m, tiny-llama), hub id or local path
-    # What trains on the frozen backbone: prompt_tuning (a soft prompt in front of the input) or
-    # prefix_tuning (keys and values of virtual tokens in every layer, PEFT's PREFIX_TUNING).
+    # What trains on the frozen backbone: prompt_tuning (a soft prompt in front of the input),
+    # prefix_tuning (keys and values of virtual tokens in every layer, PEFT's PREFIX_TUNING) or
+    # lora (low-rank updates of the lora_targets layers, PEFT's LORA).
     peft: str = "prompt_tuning"
     num_virtual_tokens: int = 20  # length of the soft prompt or prefix
+    lora_rank: int = 8  # LoRA's r
+    lora_alpha: float = 16.0  # LoRA's alpha: the update is scaled by alpha / r
+    # Module names (or name suffixes) LoRA adapts, as PEFT's target_modules; null: PEFT's default
+    # for the architecture (q_proj, v_proj on Llama, Qwen2, Gemma 3; c_attn on GPT-2).
+    lora_targets: list[str] | None = None
     # text: embeddings of prompt_init_text; random: N(0, embedding std). A prefix starts as the
     # keys and values the backbone computes for that prompt, so both methods start from one model.
     prompt_init: str = "text"
@@ -491,6 +497,11 @@ def _validate_model_and_data(cfg: ExperimentConfig) -> None:
     _choice("model.prompt_init", m.prompt_init, PROMPT_INITS)
     _choice("model.dtype", m.dtype, DTYPES)
     _choice("model.peft", m.peft, PEFT_METHODS)
+    _check(m.lora_rank >= 1, "model.lora_rank", "must be >= 1")
+    _check(m.lora_alpha > 0, "model.lora_alpha", "must be > 0")
+    targets = m.lora_targets
+    _check(targets is None or (len(targets) > 0 and all(isinstance(t, str) and t for t in targets)),
+           "model.lora_targets", "must be null or a non-empty list of module names")
     _choice("communication.compress", cfg.communication.compress, COMPRESSIONS)
     _check(0 < cfg.communication.topk_fraction <= 1, "communication.topk_fraction", "must be in (0, 1]")
     _choice("data.source", d.source, DATA_SOURCES)

@@ -172,6 +172,7 @@ def run_fingerprint(cfg: ExperimentConfig) -> dict[str, Any]:
 # did before the key existed. At that value a key is left out of the identity and fingerprint, so
 # a checkpoint written before it was added still resumes; any other value makes another run.
 ADDED_KEYS: dict[str, Any] = {"algorithm.proximal_mu": 0.0, "model.dtype": "float32", "model.peft": "prompt_tuning",
+                              "model.lora_rank": 8, "model.lora_alpha": 16.0, "model.lora_targets": None,
                               "communication.compress": "none",
                               "communication.topk_fraction": 0.1, "algorithm.ditto_lambda": 0.1}
 

@@ -48,7 +48,10 @@ class ModelSettings:
     prompt_init_text: str
     trust_remote_code: bool = False
     dtype: str = "float32"  # the backbone's; the prompt trains in float32
-    peft: str = "prompt_tuning"  # prompt_tuning | prefix_tuning
+    peft: str = "prompt_tuning"  # prompt_tuning | prefix_tuning | lora
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: list[str] | None = None  # None: PEFT's default for the architecture
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> ModelSettings:

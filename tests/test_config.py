@@ -89,6 +89,9 @@ def test_unknown_key_in_file_names_the_key(tmp_path):
     ("personalize.name=..", "personalize.name"),  # would write over the run's own summary.json
     ("personalize.name=.", "personalize.name"),
     ("personalize.name=a/b", "personalize.name"),
+    ("model.peft=ia3", "model.peft"),
+    ("model.lora_rank=0", "model.lora_rank"),
+    ("model.lora_targets=[]", "model.lora_targets"),
 ])
 def test_bad_override_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

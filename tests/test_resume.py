@@ -30,6 +30,10 @@ SERVERS = {
     # A prefix (model.peft=prefix_tuning) is the client's tensor as a prompt is: it resumes alike.
     "prefix-tuning": ["model.peft=prefix_tuning", "algorithm.server_optimizer.name=adam",
                       "algorithm.server_optimizer.lr=0.05"],
+    # LoRA (model.peft=lora): its flat [1, P] tensor of every layer's A and B, top-k compressed
+    # with each client's residual in the checkpoint.
+    "lora": ["model.peft=lora", "model.lora_rank=2", "algorithm.server_optimizer.name=adam",
+             "algorithm.server_optimizer.lr=0.05", "communication.compress=topk", "communication.topk_fraction=0.1"],
     "topk-error-feedback": ["algorithm.server_optimizer.name=sgd", "algorithm.server_optimizer.lr=1.0",
                             "communication.compress=topk", "communication.topk_fraction=0.05"],
 }

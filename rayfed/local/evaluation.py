@@ -20,7 +20,7 @@ from rayfed.errors import RayfedWarning
 from rayfed.local.lengths import call_overhead_tokens, length_groups
 from rayfed.local.loss import per_example_loss
 from rayfed.metrics import exact_match, rouge_l
-from rayfed.model.prompt_model import PromptModel
+from rayfed.model.prompt_model import LORA, PromptModel
 from rayfed.types import EvalSums
 
 
@@ -87,16 +87,21 @@ def evaluate_many(model: PromptModel, jobs: Sequence[tuple[Sequence[TokenizedExa
     # has, so fewer, fuller steps are cheaper. The bound keeps the KV cache's memory modest.
     chunk = max(1, _DECODE_ROWS // batch_size) * batch_size
     n_virtual = jobs[0][1].shape[0] if jobs else 0
-    exact = any(_past_sliding_window(model, n_virtual + len(r.source_ids) + limit) for r, limit in zip(rows, limits))
-    if exact:
+    # LoRA changes every token's states, so no prompt states are shared: its rows take the plain
+    # path (loss and generate per group of rows, each row with its own adapter).
+    past_window = any(_past_sliding_window(model, n_virtual + len(r.source_ids) + limit)
+                      for r, limit in zip(rows, limits))
+    if past_window:
         _note_sliding_window(model)
+    exact = past_window or model.method == LORA
     with torch.inference_mode():
         for start in range(0, len(order), chunk):
             part = order[start:start + chunk]
-            if exact:  # a sliding window counts cache slots: no padding between a row's tokens
+            if exact:  # a sliding window counts cache slots (no gaps in a row); LoRA has no prompt states
                 losses, predictions = _score_and_generate_unpadded(
                     model, [rows[i] for i in part], [limits[i] for i in part],
-                    torch.stack([jobs[owners[i]][1] for i in part]), max_group_rows=batch_size)
+                    torch.stack([jobs[owners[i]][1] for i in part]), max_group_rows=batch_size,
+                    unpadded=past_window)
             else:
                 used = sorted({owners[i] for i in part})  # the prompts this chunk needs, once each
                 # Each prompt's keys and values alone, once per prompt, not per row: every row starts
@@ -129,7 +134,7 @@ def generate(model: PromptModel, batch: list[TokenizedExample], max_new_tokens: 
     """
     inputs = collate_generate(batch, model.pad_id)
     limit = min(max_new_tokens, max(len(b.target_ids) for b in batch))
-    backbone = model.peft.get_base_model()
+    backbone = model.backbone
     first = model.backbone_inputs(inputs["input_ids"], inputs["attention_mask"], prompts)
     mask = first["attention_mask"]
     n_rows, fed = mask.shape[0], (first.get("inputs_embeds", first.get("input_ids"))).shape[1]  # type: ignore[union-attr]
@@ -199,7 +204,7 @@ def _teacher_forced(model: PromptModel, rows: list[TokenizedExample], limits: li
         (cut at EOS and at its limit); the continuation holds every row, finished or not.
     """
     device, n = model.device, len(rows)
-    backbone = model.peft.get_base_model()
+    backbone = model.backbone
     n_virtual = prompt_states[0][0].shape[2]
     input_ids, mask, targets, src_width = _source_target_layout(rows, model.pad_id)
     input_ids, targets = input_ids.to(device), targets.to(device)
@@ -291,7 +296,7 @@ def _greedy_continue(model: PromptModel, cont: _Continuation, tokens: list[list[
     that a finished row leaves the batch instead of being fed EOS: rows never interact, so the
     others' tokens are unchanged.
     """
-    backbone = model.peft.get_base_model()
+    backbone = model.backbone
     eos = model.tokenizer.eos_token_id
     cache = DynamicCache(cont.layers)
     rows, mask, next_ids, positions = cont.rows.tolist(), cont.mask, cont.next_ids, cont.positions
@@ -354,7 +359,7 @@ _noted: set[int] = set()
 
 def _sliding_window(model: PromptModel) -> int | None:
     """The backbone's attention window in tokens, or None under full attention in every layer."""
-    config = model.peft.get_base_model().config
+    config = model.backbone.config
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     window = getattr(config, "sliding_window", None)
     types = getattr(config, "layer_types", None)
@@ -376,16 +381,17 @@ def _note_sliding_window(model: PromptModel) -> None:
 
 
 def _score_and_generate_unpadded(model: PromptModel, rows: list[TokenizedExample], limits: list[int],
-                                 prompts: torch.Tensor, *, max_group_rows: int) -> tuple[torch.Tensor, list[str]]:
-    """:func:`_score_and_generate`'s numbers for any attention: losses by
-    :func:`~rayfed.local.loss.per_example_loss`, texts by :func:`generate` over rows of one source
-    length and one limit (``prompts[i]``: row ``i``'s prompt)."""
+                                 prompts: torch.Tensor, *, max_group_rows: int,
+                                 unpadded: bool = True) -> tuple[torch.Tensor, list[str]]:
+    """:func:`_score_and_generate`'s numbers for any attention and adapter: losses by
+    :func:`~rayfed.local.loss.per_example_loss`, texts by :func:`generate` over rows of one limit
+    and, ``unpadded`` (a sliding window), one source length (``prompts[i]``: row ``i``'s prompt)."""
     losses = torch.cat([per_example_loss(model, rows[k:k + max_group_rows], prompts[k:k + max_group_rows]).float()
                         for k in range(0, len(rows), max_group_rows)])
     texts = [""] * len(rows)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (row, limit) in enumerate(zip(rows, limits)):
-        groups.setdefault((len(row.source_ids), limit), []).append(i)
+        groups.setdefault((len(row.source_ids) if unpadded else 0, limit), []).append(i)
     for (_, limit), members in groups.items():
         for k in range(0, len(members), max_group_rows):
             part = members[k:k + max_group_rows]

@@ -25,7 +25,7 @@ def per_example_loss(model: PromptModel, batch: list[TokenizedExample],
     (``[len(batch), virtual, width]``) gives each example its own prompt or prefix; by default the model's.
     """
     inputs = collate_train(batch, model.pad_id)
-    backbone = model.peft.get_base_model()
+    backbone = model.backbone
     hidden = backbone.base_model(**model.backbone_inputs(inputs["input_ids"], inputs["attention_mask"], prompts),
                                  ).last_hidden_state
     hidden = hidden[:, -inputs["input_ids"].shape[1]:]  # drop the virtual-token positions (prompt tuning)

@@ -4,7 +4,9 @@
 ``[num_virtual_tokens, width]`` that every phase treats alike (aggregation, compression, l2 pull,
 interpolation, checkpoints): ``prompt_tuning``, a soft prompt of input embeddings (width: the
 hidden size); ``prefix_tuning``, the keys and values of the virtual tokens in every layer, in
-PEFT's ``PrefixEncoder`` layout without projection (width: layers x 2 x kv heads x head dim).
+PEFT's ``PrefixEncoder`` layout without projection (width: layers x 2 x kv heads x head dim);
+``lora``, low-rank updates of the targeted linear layers, flattened into ``[1, P]``
+(rayfed.model.lora).
 
 ``model.name`` is a built-in name (``smollm2-135m``: the real default; ``tiny-llama``: a 2-layer
 random Llama with a character tokenizer, for tests and debugging), a Hugging Face hub id (only
@@ -23,6 +25,7 @@ from peft import PeftModel, PrefixTuningConfig, PromptTuningConfig, PromptTuning
 from transformers import DynamicCache
 
 from rayfed.errors import UserError
+from rayfed.model.lora import LORA, RowLora, initial_lora, lora_layout
 from rayfed.settings import ModelSettings
 
 TINY_LLAMA = "tiny-llama"
@@ -35,23 +38,32 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is depr
 
 @dataclass
 class PromptModel:
-    """A PEFT prompt-learning model (``method``: prompt or prefix tuning) whose backbone is frozen,
-    with its tokenizer."""
+    """A frozen backbone with one trainable adapter tensor, and its tokenizer: a PEFT
+    prompt-learning model (``method``: prompt or prefix tuning; ``peft``), or the backbone with
+    rayfed's per-row LoRA hooks (``lora``; ``peft`` is None)."""
 
-    peft: PeftModel
+    peft: PeftModel | None
     tokenizer: object
     device: torch.device
     method: str = PROMPT_TUNING
+    lora: RowLora | None = None
+
+    @property
+    def backbone(self):
+        """The frozen causal LM that every pass runs (under prompt learning, PEFT's base model)."""
+        return self.lora.backbone if self.lora is not None else self.peft.get_base_model()  # type: ignore[union-attr]
 
     @property
     def compute_dtype(self) -> torch.dtype:
         """The backbone's dtype, which prompts are cast to on their way in (they train in float32)."""
-        return self.peft.get_base_model().get_input_embeddings().weight.dtype
+        return self.backbone.get_input_embeddings().weight.dtype
 
     @property
     def prompt_parameter(self) -> torch.nn.Parameter:
-        """The adapter's tensor, ``[num_virtual_tokens, width]``: PEFT's own parameter."""
-        return self.peft.prompt_encoder["default"].embedding.weight
+        """The adapter's tensor, ``[num_virtual_tokens, width]`` (LoRA: ``[1, P]``)."""
+        if self.lora is not None:
+            return self.lora.parameter
+        return self.peft.prompt_encoder["default"].embedding.weight  # type: ignore[union-attr]
 
     def get_prompt(self) -> torch.Tensor:
         """A detached CPU copy of the adapter's tensor (for prompt tuning the soft prompt,
@@ -69,8 +81,7 @@ class PromptModel:
 
         ``prompts`` gives each row its own prompt, ``[rows, virtual, hidden]`` (many clients in
         one pass); by default every row gets this model's prompt."""
-        backbone = self.peft.get_base_model()
-        tokens = backbone.get_input_embeddings()(input_ids.to(self.device))
+        tokens = self.backbone.get_input_embeddings()(input_ids.to(self.device))
         rows = tokens.shape[0]
         if prompts is None:
             prompts = self.prompt_parameter.unsqueeze(0).expand(rows, -1, -1)
@@ -84,7 +95,12 @@ class PromptModel:
         the adapter, one per row (``prompts [rows, virtual, width]``; by default this model's), as
         PEFT's forward builds them. The attention mask covers the virtual tokens; under prompt
         tuning the outputs start with their positions, under prefix tuning they are in the cache
-        and the outputs are the tokens' only. Either way the tokens sit at positions ``virtual, ...``."""
+        and the outputs are the tokens' only. Either way the tokens sit at positions ``virtual, ...``.
+        Under LoRA there are no virtual tokens: ``prompts [rows, 1, P]`` are the rows' adapters,
+        which the hooks apply to this and every following pass until the next call."""
+        if self.method == LORA:
+            self.lora.use(prompts)  # type: ignore[union-attr]
+            return {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
         if self.method == PROMPT_TUNING:
             embeds, mask = self.prompted_inputs(input_ids, attention_mask, prompts)
             return {"inputs_embeds": embeds, "attention_mask": mask}
@@ -101,12 +117,14 @@ class PromptModel:
 
         Under prompt tuning a forward of the prompt at positions ``0..V-1`` computes them (causal
         attention keeps them independent of what follows); under prefix tuning they are the
-        tensor itself, split as PEFT's ``get_prompt`` splits it."""
+        tensor itself, split as PEFT's ``get_prompt`` splits it. LoRA has no such states."""
+        if self.method == LORA:
+            raise TypeError("a LoRA adapter changes every token's states, not virtual tokens'")
         prompts = prompts.to(self.device, self.compute_dtype)
         if self.method == PROMPT_TUNING:
-            return prompt_states(self.peft.get_base_model(), prompts)
+            return prompt_states(self.backbone, prompts)
         n, n_virtual = prompts.shape[:2]
-        cfg = self.peft.peft_config["default"]
+        cfg = self.peft.peft_config["default"]  # type: ignore[union-attr]
         heads = cfg.num_attention_heads
         split = prompts.view(n, n_virtual, cfg.num_layers * 2, heads, cfg.token_dim // heads).permute(2, 0, 3, 1, 4)
         return [(split[2 * i], split[2 * i + 1]) for i in range(cfg.num_layers)]
@@ -122,10 +140,18 @@ def build_prompt_model(cfg: ModelSettings, device: str | torch.device = "cpu", s
 
     The initial tensor depends only on the backbone, ``cfg`` and ``seed``, so every process that
     builds the same config holds the same starting adapter. A prefix starts as the keys and values
-    of the initial soft prompt, so prompt and prefix tuning start from the same outputs.
+    of the initial soft prompt, so prompt and prefix tuning start from the same outputs; LoRA as
+    PEFT starts it (B = 0: the backbone's own outputs).
     """
     backbone, tokenizer = load_backbone(cfg.name, trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
     backbone.eval()  # no dropout: training the prompt must be deterministic
+    if cfg.peft == LORA:
+        lora = RowLora(backbone, lora_layout(backbone, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets))
+        model = PromptModel(None, tokenizer, torch.device(device), LORA, lora)
+        backbone.to(model.device)
+        lora.parameter.data = lora.parameter.data.to(model.device)
+        model.set_prompt(initial_lora(lora.layout, seed))
+        return model
     peft_model = get_peft_model(backbone, peft_config(cfg))
     model = PromptModel(peft_model, tokenizer, torch.device(device), cfg.peft)
     peft_model.to(model.device)

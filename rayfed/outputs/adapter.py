@@ -1,10 +1,11 @@
-"""Trained prompts and prefixes as PEFT adapter directories, for use outside rayfed.
+"""Trained prompts, prefixes and LoRA adapters as PEFT adapter directories, for use outside rayfed.
 
 Every global and personalized adapter rayfed keeps is also written as the directory
-``PeftModel.from_pretrained`` loads: ``adapter_config.json`` (PEFT's own prompt- or
-prefix-tuning config, naming the base model) and ``adapter_model.safetensors`` (tensor
-``prompt_embeddings``, as PEFT saves it), plus ``rayfed_template.json``: the text template and
-token limits the prompt was trained with, which the adapter alone does not carry::
+``PeftModel.from_pretrained`` loads: ``adapter_config.json`` (PEFT's own prompt-tuning,
+prefix-tuning or LoRA config, naming the base model) and ``adapter_model.safetensors`` (tensor
+``prompt_embeddings``, or each layer's ``lora_A`` and ``lora_B``, as PEFT saves them), plus
+``rayfed_template.json``: the text template and token limits the prompt was trained with, which
+the adapter alone does not carry::
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from rayfed.model.lora import LORA, LoraLayout, default_targets, lora_config, lora_layout
 from rayfed.settings import ModelSettings
 
 ADAPTER_DIR = "adapter"  # a run's global prompt: OUT/adapter/
@@ -58,8 +60,9 @@ def save_adapter(directory: Path, prompt: torch.Tensor, model: ModelSettings, *,
     staging = directory / ".staging"
     staging.mkdir(exist_ok=True)
     config.save_pretrained(str(staging))
-    save_file({"prompt_embeddings": prompt.detach().to("cpu", torch.float32).contiguous()},
-              str(staging / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    weights = prompt.detach().to("cpu", torch.float32).contiguous()
+    tensors = lora_layout_of(model).peft_state(weights) if model.peft == LORA else {"prompt_embeddings": weights}
+    save_file(tensors, str(staging / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     template = {"template": TEMPLATE, "target_prefix": " ", "eos_after_target": True,
                 "max_source_tokens": max_source_tokens, "max_source_truncation": "left",
                 "max_target_tokens": max_target_tokens, "model_name": model.name, **(source or {})}
@@ -69,12 +72,34 @@ def save_adapter(directory: Path, prompt: torch.Tensor, model: ModelSettings, *,
     staging.rmdir()
 
 
+def lora_layout_of(model: ModelSettings) -> LoraLayout:
+    """The LoRA layout of ``model``'s backbone, from its config alone (the module tree is built
+    on the meta device: no weights are read)."""
+    from transformers import AutoModelForCausalLM
+
+    from rayfed.model.prompt_model import backbone_config
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(backbone_config(model.name, model.trust_remote_code),
+                                                    trust_remote_code=model.trust_remote_code)
+    return lora_layout(skeleton, model.lora_rank, model.lora_alpha, model.lora_targets)
+
+
 def _peft_config(prompt: torch.Tensor, model: ModelSettings):
     """PEFT's config for ``prompt``, with the fields ``save_pretrained`` writes."""
     from peft import PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, TaskType
 
     from rayfed.model.prompt_model import PREFIX_TUNING, backbone_config
 
+    if model.peft == LORA:
+        layout = lora_layout_of(model)
+        if layout.size != prompt.numel():
+            raise ValueError(f"a LoRA adapter of {prompt.numel()} values does not fit {model.name} "
+                             f"(expected {layout.size})")
+        model_type = backbone_config(model.name, model.trust_remote_code).model_type
+        return lora_config(layout.rank, layout.alpha, model.lora_targets or default_targets(model_type),
+                           fan_in_fan_out=model_type == "gpt2",  # GPT-2's Conv1D layers, as PEFT sets it
+                           inference_mode=True, base_model_name_or_path=adapter_base(model.name))
     common = {"task_type": TaskType.CAUSAL_LM, "num_virtual_tokens": prompt.shape[0],
               "inference_mode": True,  # as PeftModel.save_pretrained writes it
               "base_model_name_or_path": adapter_base(model.name)}

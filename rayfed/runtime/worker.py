@@ -135,7 +135,7 @@ class ClientWorker:
         keys and values, not input embeddings: they have no nearest tokens (empty lists)."""
         if self.model.method != PROMPT_TUNING:
             return {label: [[] for _ in range(prompt.shape[0])] for label, prompt in prompts.items()}
-        table = self.model.peft.get_base_model().get_input_embeddings().weight.detach()
+        table = self.model.backbone.get_input_embeddings().weight.detach()
         out = {}
         for label, prompt in prompts.items():
             ids, cosines = nearest_tokens(table, prompt.to(table.device), k)

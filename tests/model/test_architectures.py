@@ -153,3 +153,58 @@ def test_a_prefix_trains_and_decodes_as_peft_on_every_architecture(arch_dir, tmp
     plain = [generate(model, [ex], 10)[0] for ex in data]
     from rayfed.metrics import rouge_l
     assert abs(rouge - sum(rouge_l(p, ex.target_text) for p, ex in zip(plain, data)) / len(data)) < 1e-9, arch
+
+
+def test_a_lora_trains_and_decodes_as_peft_on_every_architecture(arch_dir, tmp_path, monkeypatch):
+    """model.peft=lora on PEFT's default targets of each architecture (GPT-2's fused c_attn
+    included): it starts as the backbone itself, training lowers the loss, the exported PEFT LoRA
+    adapter gives rayfed's logits, and PEFT's own generate gives the evaluation's tokens."""
+    arch, directory = arch_dir
+    settings = ModelSettings(str(directory), 4, "random", "", peft="lora", lora_rank=4, lora_alpha=8.0)
+    model = build_prompt_model(settings)
+    data = tokenize(EXAMPLES, model.tokenizer, 64, 10)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
+    ids = torch.tensor([data[0].source_ids])
+    with torch.no_grad():
+        assert torch.allclose(model.backbone(input_ids=ids).logits, plain(input_ids=ids).logits, atol=1e-6)
+        start_loss = float(per_example_loss(model, data).mean())
+    trained, _ = train_prompt(model, data, model.get_prompt(), optimizer=OptimizerConfig("adam", 0.02), num_steps=20,
+                              batch_size=4, seed=0)
+    model.set_prompt(trained)
+    with torch.no_grad():
+        assert float(per_example_loss(model, data).mean()) < start_loss, arch
+    texts: dict[int, str] = {}  # the trained adapter's text of each example
+    real = local._score_and_generate_unpadded
+
+    def spy(model, rows, limits, prompts, **kwargs):
+        result = real(model, rows, limits, prompts, **kwargs)
+        for row, prompt, text in zip(rows, prompts, result[1]):
+            if torch.equal(prompt, trained):
+                texts[next(i for i, ex in enumerate(data) if ex is row)] = text
+        return result
+    monkeypatch.setattr(local, "_score_and_generate_unpadded", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # Pooled with the untrained adapter: rows of two adapters share passes.
+        evaluate_many(model, [(data, trained), (data, model.get_prompt() * 0)], batch_size=16, max_new_tokens=10)
+    save_adapter(tmp_path / "adapter", trained, settings, max_source_tokens=64, max_target_tokens=10)
+    theirs = PeftModel.from_pretrained(plain, str(tmp_path / "adapter")).eval()
+    assert sorted(texts) == list(range(len(data)))
+    for i, text in texts.items():
+        ids = torch.tensor([data[i].source_ids])
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            ours = model.backbone(**model.backbone_inputs(ids, mask)).logits
+            assert torch.allclose(theirs(input_ids=ids, attention_mask=mask).logits, ours, atol=1e-5), arch
+            tokens = theirs.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False,
+                                     eos_token_id=2, pad_token_id=0)
+        peft_text = model.tokenizer.decode(tokens[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        assert text == peft_text == generate(model, [data[i]], 10)[0], (arch, i)
+
+
+def test_lora_targets_that_match_no_linear_layer_are_named():
+    from rayfed.errors import UserError
+
+    for targets, message in ((["k_projj"], "no layer of the backbone matches"), (["self_attn"], "not a linear layer")):
+        with pytest.raises(UserError, match=rf"model\.lora_targets.*{message}"):
+            build_prompt_model(ModelSettings("tiny-llama", 4, "random", "", peft="lora", lora_targets=targets))

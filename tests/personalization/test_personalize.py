@@ -446,3 +446,49 @@ def test_rollout_cli_writes_its_stages_adapters_and_figure_and_reuses_the_person
     assert main(["personalize", str(run_dir), *same]) == 0
     assert main(["rollout", str(run_dir), *same, "rollout.name=after"]) == 0
     assert json.loads((run_dir / "rollout" / "after" / "summary.json").read_text())["personalization_reused"]
+
+
+def test_a_lora_run_personalizes_with_the_l2_pull_and_interpolation_on_every_tensor(tmp_path, tiny_overrides):
+    """model.peft=lora through personalization: the l2 pull holds every layer's A and B at the
+    global adapter, ratio 0.5 is the elementwise mix of the flat tensors, and each selected site
+    adapter is a PEFT LoRA directory."""
+    from rayfed.config import load_config
+    from rayfed.data.partition import global_sets_of
+    from rayfed.data.sources import federated_data
+    from rayfed.runtime.parts import RunParts
+    from rayfed.runtime.worker import ClientWorker
+    from rayfed.settings import EvalSettings
+
+    run_dir = tmp_path / "run"
+    cfg = load_config(None, [*tiny_overrides, *WITH_VAL, "model.peft=lora", "model.lora_rank=2",
+                             f"output_dir={run_dir}"])
+    run_summary = run_experiment(cfg, loggers=[])
+    global_adapter = load_prompt(run_dir / "global_prompt.safetensors")[0]
+    assert global_adapter.shape == (1, 2 * (2 * (64 + 64) + 2 * (64 + 32)))  # 2 layers, rank 2: q 64->64, v 64->32
+    moved = {}
+    for strength, lr in ((0.0, 0.05), (1e6, 1e-6)):
+        run_personalization(
+            run_dir, ["personalize.local_epochs=1", "personalize.optimizer.name=sgd", f"personalize.optimizer.lr={lr}",
+                      "personalize.interp_ratios=[0,0.5]", f"personalize.l2_strength={strength}",
+                      f"personalize.name=l2_{strength:g}"], loggers=[], prompt_cache=tmp_path / str(strength))
+        (cache,) = (tmp_path / str(strength)).glob("*.safetensors")
+        local = load_local_prompts(cache)
+        moved[strength] = max(float((p[0][1] - global_adapter).norm()) for p in local.values())
+    assert moved[1e6] < 1e-4 * moved[0.0]
+    out = run_dir / "personalize" / "l2_0"
+    records = records_of(out)
+    for r in records:
+        if r["interp_ratio"] == 0 and r["split"] == "local_test":
+            assert r["loss"] == run_summary["clients"][str(r["client_id"])]["eval/local_test/loss"]
+    worker = ClientWorker(*(lambda p: (p.model, p.worker, p.algorithm))(RunParts.from_config(cfg)),
+                          list(federated_data(cfg).clients), global_sets_of(federated_data(cfg)))
+    (cache,) = (tmp_path / "0.0").glob("*.safetensors")
+    mixed = 0.5 * global_adapter + 0.5 * load_local_prompts(cache)[1][0][1]
+    rescored = worker.evaluate_client(1, {"p": mixed}, ("local_test",), EvalSettings.from_config(cfg.eval))["p"][
+        "local_test"]
+    (record,) = [r for r in records if (r["client_id"], r["epoch"], r["interp_ratio"], r["split"]) ==
+                 (1, 1, 0.5, "local_test")]
+    assert record["loss"] == pytest.approx(rescored.means()["loss"], rel=1e-6)
+    configs = [json.loads(p.read_text()) for p in (out / "adapters").glob("client_*/adapter_config.json")]
+    assert len(configs) == 4 and {c["peft_type"] for c in configs} == {"LORA"}
+    assert {c["r"] for c in configs} == {2} and {tuple(c["target_modules"]) for c in configs} == {("q_proj", "v_proj")}
