@@ -87,12 +87,12 @@ def evaluate_many(model: PromptModel, jobs: Sequence[tuple[Sequence[TokenizedExa
     # has, so fewer, fuller steps are cheaper. The bound keeps the KV cache's memory modest.
     chunk = max(1, _DECODE_ROWS // batch_size) * batch_size
     n_virtual = jobs[0][1].shape[0] if jobs else 0
-    # LoRA changes every token's states, so no prompt states are shared: its rows take the plain
-    # path (loss and generate per group of rows, each row with its own adapter).
     past_window = any(_past_sliding_window(model, n_virtual + len(r.source_ids) + limit)
                       for r, limit in zip(rows, limits))
     if past_window:
         _note_sliding_window(model)
+    # LoRA changes every token's states, so no prompt states are shared: its rows take the plain
+    # path too (loss and generate per group of rows, each row with its own adapter).
     exact = past_window or model.method == LORA
     with torch.inference_mode():
         for start in range(0, len(order), chunk):

@@ -15,6 +15,8 @@ an exported adapter gives the same logits (rayfed.outputs.adapter).
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -33,6 +35,7 @@ class LoraLayout:
     dims: tuple[tuple[int, int], ...]  # each module's (in features, out features)
     rank: int
     alpha: float
+    targets: tuple[str, ...]  # PEFT's target_modules that picked them
 
     @property
     def scaling(self) -> float:
@@ -42,16 +45,21 @@ class LoraLayout:
     def size(self) -> int:
         return sum(self.rank * (i + o) for i, o in self.dims)
 
+    @functools.cached_property
+    def offsets(self) -> tuple[int, ...]:
+        """Where each module's A starts in the flat tensor."""
+        return tuple(itertools.accumulate((self.rank * (i + o) for i, o in self.dims[:-1]), initial=0))
+
+    def module(self, flat: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views ``(A [n, rank, in], B [n, out, rank])`` of module ``index`` in adapters ``flat [n, P]``."""
+        (i, o), start = self.dims[index], self.offsets[index]
+        middle = start + self.rank * i
+        return (flat[:, start:middle].unflatten(1, (self.rank, i)),
+                flat[:, middle:middle + o * self.rank].unflatten(1, (o, self.rank)))
+
     def split(self, flat: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Views ``(A [n, rank, in], B [n, out, rank])`` per module of adapters ``flat [n, P]``."""
-        out, offset = [], 0
-        for i, o in self.dims:
-            a = flat[:, offset:offset + self.rank * i].unflatten(1, (self.rank, i))
-            offset += self.rank * i
-            b = flat[:, offset:offset + o * self.rank].unflatten(1, (o, self.rank))
-            offset += o * self.rank
-            out.append((a, b))
-        return out
+        """:meth:`module` of every module."""
+        return [self.module(flat, index) for index in range(len(self.dims))]
 
     def peft_state(self, adapter: torch.Tensor) -> dict[str, torch.Tensor]:
         """One adapter ``[1, P]`` as the tensors PEFT saves (``base_model.model.<module>.lora_A.weight``)."""
@@ -97,7 +105,7 @@ def lora_layout(backbone: torch.nn.Module, rank: int, alpha: float, targets: lis
         dims.append(shape)
     if not modules:
         raise UserError(f"model.lora_targets {names}: no layer of the backbone matches")
-    return LoraLayout(tuple(modules), tuple(dims), rank, float(alpha))
+    return LoraLayout(tuple(modules), tuple(dims), rank, float(alpha), tuple(names))
 
 
 def _linear_dims(module: torch.nn.Module) -> tuple[int, int] | None:
@@ -130,7 +138,7 @@ class RowLora:
     def __init__(self, backbone: torch.nn.Module, layout: LoraLayout):
         self.backbone = backbone
         self.layout = layout
-        self.parameter = torch.nn.Parameter(torch.zeros(1, layout.size))
+        self.parameter = torch.nn.Parameter(torch.zeros(1, layout.size, device=next(backbone.parameters()).device))
         self._rows: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         modules = dict(backbone.named_modules())
         for index, name in enumerate(layout.modules):
@@ -145,7 +153,7 @@ class RowLora:
         def add_update(module, args, output):
             x = args[0]
             if self._rows is None:
-                a, b = self.layout.split(self.parameter)[index]
+                a, b = self.layout.module(self.parameter, index)
                 update = x.to(a.dtype) @ a[0].T @ b[0].T
             else:
                 a, b = self._rows[index]

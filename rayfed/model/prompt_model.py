@@ -146,10 +146,9 @@ def build_prompt_model(cfg: ModelSettings, device: str | torch.device = "cpu", s
     backbone, tokenizer = load_backbone(cfg.name, trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
     backbone.eval()  # no dropout: training the prompt must be deterministic
     if cfg.peft == LORA:
+        backbone.to(device)
         lora = RowLora(backbone, lora_layout(backbone, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets))
         model = PromptModel(None, tokenizer, torch.device(device), LORA, lora)
-        backbone.to(model.device)
-        lora.parameter.data = lora.parameter.data.to(model.device)
         model.set_prompt(initial_lora(lora.layout, seed))
         return model
     peft_model = get_peft_model(backbone, peft_config(cfg))

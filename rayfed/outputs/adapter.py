@@ -19,13 +19,14 @@ elsewhere). ``tiny-llama`` is rayfed's random test model and has no directory to
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from rayfed.model.lora import LORA, LoraLayout, default_targets, lora_config, lora_layout
+from rayfed.model.lora import LORA, LoraLayout, lora_config, lora_layout
 from rayfed.settings import ModelSettings
 
 ADAPTER_DIR = "adapter"  # a run's global prompt: OUT/adapter/
@@ -56,12 +57,13 @@ def save_adapter(directory: Path, prompt: torch.Tensor, model: ModelSettings, *,
 
     Each file is written whole and renamed into place."""
     directory.mkdir(parents=True, exist_ok=True)
-    config = _peft_config(prompt, model)
+    layout = lora_layout_of(model) if model.peft == LORA else None
+    config = _peft_config(prompt, model, layout)
     staging = directory / ".staging"
     staging.mkdir(exist_ok=True)
     config.save_pretrained(str(staging))
     weights = prompt.detach().to("cpu", torch.float32).contiguous()
-    tensors = lora_layout_of(model).peft_state(weights) if model.peft == LORA else {"prompt_embeddings": weights}
+    tensors = layout.peft_state(weights) if layout is not None else {"prompt_embeddings": weights}
     save_file(tensors, str(staging / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     template = {"template": TEMPLATE, "target_prefix": " ", "eos_after_target": True,
                 "max_source_tokens": max_source_tokens, "max_source_truncation": "left",
@@ -75,29 +77,35 @@ def save_adapter(directory: Path, prompt: torch.Tensor, model: ModelSettings, *,
 def lora_layout_of(model: ModelSettings) -> LoraLayout:
     """The LoRA layout of ``model``'s backbone, from its config alone (the module tree is built
     on the meta device: no weights are read)."""
+    targets = tuple(model.lora_targets) if model.lora_targets is not None else None
+    return _lora_layout(model.name, model.trust_remote_code, model.lora_rank, model.lora_alpha, targets)
+
+
+@functools.lru_cache(maxsize=4)  # once per process: every site's adapter asks
+def _lora_layout(name: str, trust_remote_code: bool, rank: int, alpha: float,
+                 targets: tuple[str, ...] | None) -> LoraLayout:
     from transformers import AutoModelForCausalLM
 
     from rayfed.model.prompt_model import backbone_config
 
     with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(backbone_config(model.name, model.trust_remote_code),
-                                                    trust_remote_code=model.trust_remote_code)
-    return lora_layout(skeleton, model.lora_rank, model.lora_alpha, model.lora_targets)
+        skeleton = AutoModelForCausalLM.from_config(backbone_config(name, trust_remote_code),
+                                                    trust_remote_code=trust_remote_code)
+    return lora_layout(skeleton, rank, alpha, list(targets) if targets is not None else None)
 
 
-def _peft_config(prompt: torch.Tensor, model: ModelSettings):
+def _peft_config(prompt: torch.Tensor, model: ModelSettings, layout: LoraLayout | None):
     """PEFT's config for ``prompt``, with the fields ``save_pretrained`` writes."""
     from peft import PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, TaskType
 
     from rayfed.model.prompt_model import PREFIX_TUNING, backbone_config
 
-    if model.peft == LORA:
-        layout = lora_layout_of(model)
+    if layout is not None:
         if layout.size != prompt.numel():
             raise ValueError(f"a LoRA adapter of {prompt.numel()} values does not fit {model.name} "
                              f"(expected {layout.size})")
         model_type = backbone_config(model.name, model.trust_remote_code).model_type
-        return lora_config(layout.rank, layout.alpha, model.lora_targets or default_targets(model_type),
+        return lora_config(layout.rank, layout.alpha, list(layout.targets),
                            fan_in_fan_out=model_type == "gpt2",  # GPT-2's Conv1D layers, as PEFT sets it
                            inference_mode=True, base_model_name_or_path=adapter_base(model.name))
     common = {"task_type": TaskType.CAUSAL_LM, "num_virtual_tokens": prompt.shape[0],
