@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -39,6 +40,24 @@ def raise_interrupted(signum: int, frame: object) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
     raise Interrupted(signum)
+
+
+def quiet_worker_exit() -> None:
+    """In a Ray worker process (a client worker, the driver actor, a Tune trial): keep a stop by
+    SIGTERM silent. Ray's handler raises SystemExit in whatever Python code is running; when that
+    is a weakref or ``__del__`` callback, Python cannot raise it and prints it as "Exception
+    ignored" with a traceback, which Ray forwards to the terminal of a user who pressed Ctrl-C.
+    Only such unraisable SystemExits are dropped; any other is printed as before."""
+    if getattr(sys.unraisablehook, "rayfed_quiet", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: object) -> None:
+        if not isinstance(getattr(unraisable, "exc_value", None), SystemExit):
+            previous(unraisable)
+
+    hook.rayfed_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 @contextlib.contextmanager

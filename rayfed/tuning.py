@@ -36,6 +36,7 @@ from rayfed.core.selection import (
     select_best,
     select_reliable,
 )
+from rayfed.errors import quiet_worker_exit
 from rayfed.experiment import run_experiment
 from rayfed.names import (
     DITTO,
@@ -162,6 +163,8 @@ def _trainable(cfg: ExperimentConfig, out: Path, base_run: tuple[Path, Experimen
 
     def trial(config: dict[str, Any]) -> None:
         from ray import tune
+
+        quiet_worker_exit()  # Tune stops it with SIGTERM on Ctrl-C: no traceback on the user's terminal
 
         trial_id = tune.get_context().get_trial_id()
         values = trial_values(cfg, trial_params(config))

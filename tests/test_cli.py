@@ -79,3 +79,38 @@ def test_a_ctrl_c_during_held_imports_is_raised_once_they_are_done():
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_a_worker_stopped_by_sigterm_in_a_callback_prints_no_traceback():
+    """Ray's SIGTERM handler raises SystemExit in whatever runs; in a weakref callback Python
+    prints it ("Exception ignored", a traceback) and Ray forwards that to the user's terminal
+    after a Ctrl-C. Every rayfed worker process drops those, and only those."""
+    import subprocess
+    import sys
+
+    script = """
+import signal, weakref
+from rayfed.errors import quiet_worker_exit
+signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(1)))  # as Ray's worker does
+quiet_worker_exit()
+quiet_worker_exit()  # installed once, however often a process calls it
+
+class Thing:
+    pass
+
+def stopped(_):
+    signal.raise_signal(signal.SIGTERM)
+
+def broken(_):
+    raise RuntimeError("a real bug in a callback")
+
+a, b = Thing(), Thing()
+refs = [weakref.ref(a, stopped), weakref.ref(b, broken)]
+del a
+print("still running", flush=True)
+del b
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "still running\n"
+    assert "SystemExit" not in done.stderr and done.stderr.count("Traceback") == 1
+    assert "RuntimeError: a real bug in a callback" in done.stderr

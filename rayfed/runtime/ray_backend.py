@@ -24,7 +24,7 @@ import torch
 
 from rayfed.config import ConfigError, ExperimentConfig, RayConfig
 from rayfed.data.partition import FederatedData, global_sets_of
-from rayfed.errors import UnauthenticatedRayWarning, WorkerLostError, raise_interrupted
+from rayfed.errors import UnauthenticatedRayWarning, WorkerLostError, quiet_worker_exit, raise_interrupted
 from rayfed.runtime import progress
 from rayfed.runtime.driver import Driver
 from rayfed.runtime.parts import RunParts
@@ -217,6 +217,7 @@ class LazyClientWorker:
     it, and its constructor holds nothing in the object store that a restart would depend on."""
 
     def __init__(self, model: Any, settings: Any, algorithm: Any, torch_threads: int | None):
+        quiet_worker_exit()  # stopped with its run (Ctrl-C, a search's end): no traceback
         self._args = (model, settings, algorithm, torch_threads)
         self._worker: ClientWorker | None = None
 
@@ -234,6 +235,14 @@ class LazyClientWorker:
         """The loaded worker's process and device (tests; after the first call)."""
         assert self._worker is not None, "no call has loaded this worker yet"
         return self._worker.device_stats()
+
+
+class DriverActor(Driver):
+    """The :class:`Driver` as a Ray actor, stopped as quietly as the workers."""
+
+    def __init__(self, *args: Any) -> None:
+        quiet_worker_exit()
+        super().__init__(*args)
 
 
 def launch(cfg: ExperimentConfig, data: FederatedData) -> tuple[RemoteDriver, list[Any]]:
@@ -259,7 +268,7 @@ def launch(cfg: ExperimentConfig, data: FederatedData) -> tuple[RemoteDriver, li
     except BaseException:
         shutdown(actors, None)
         raise
-    driver = RemoteDriver(ray.remote(Driver).options(num_cpus=r.num_cpus_driver).remote(
+    driver = RemoteDriver(ray.remote(DriverActor).options(num_cpus=r.num_cpus_driver).remote(
         parts.rounds, parts.algorithm, RayExecutor(actors, refs, r.on_client_failure, r.max_retries)),
         keep_alive=[global_sets, *shards], counter=counter)
     driver.global_prompt()  # the driver actor is up too: start-up is not charged to the first round
