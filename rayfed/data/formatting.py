@@ -9,7 +9,9 @@ Template (plain text, the same for every model)::
 
 The soft prompt is prepended by PEFT in front of all of it. Loss is taken only on the target
 tokens and EOS. Sources are truncated from the left (the end of the input is nearest the
-answer), targets from the right.
+answer), targets from the right. A tokenizer that adds a BOS token by default (Gemma's: the
+model degrades without it) gets it first in every source, as ``tokenizer(text)`` gives a PEFT
+user; one that does not (SmolLM2's) gets none.
 """
 
 from __future__ import annotations
@@ -43,11 +45,22 @@ def tokenize(examples: tuple[Example, ...] | list[Example], tokenizer, max_sourc
     sources = tokenizer([source_text(ex) for ex in examples], add_special_tokens=False)["input_ids"]
     targets = tokenizer([" " + ex.target for ex in examples], add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
+    bos = bos_prefix(tokenizer)
+    keep = max_source_tokens - len(bos)
     out = []
     for ex, src, tgt in zip(examples, sources, targets):
-        out.append(TokenizedExample(tuple(src[-max_source_tokens:]),
+        out.append(TokenizedExample(tuple(bos + list(src[-keep:] if keep > 0 else [])),
                                     tuple((list(tgt) + [eos])[:max_target_tokens]), ex.target))
     return out
+
+
+def bos_prefix(tokenizer) -> list[int]:
+    """``[bos_token_id]`` if the tokenizer starts its encodings with BOS by default, else ``[]``."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return []
+    ids = tokenizer("a")["input_ids"]
+    return [bos] if ids and ids[0] == bos else []
 
 
 def collate_train(batch: list[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:

