@@ -187,9 +187,16 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
-    from rayfed.data.bigbench import prepare_bigbench
+    if args.source == "bigbench":
+        from rayfed.data.bigbench import prepare_bigbench
 
-    print(f"data ready: {prepare_bigbench()}")
+        print(f"data ready: {prepare_bigbench(archive=args.archive)}")
+        return 0
+    if args.archive is not None:
+        raise UserError("--archive is for bigbench: `rayfed data prepare bigbench --archive PATH`")
+    from rayfed.data.evals import prepare_evals
+
+    print(f"data ready: {prepare_evals()}")
     return 0
 
 
@@ -264,8 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("plot", cmd_plot, "redraw every figure of a run, personalization, search or study directory", "path",
         "the directory (or a file in it)", None)
     data = sub.add_parser("data", help="data caches").add_subparsers(dest="data_command", required=True)
-    data.add_parser("prepare", help="download and extract the BIG-bench tasks into the cache").set_defaults(
-        handler=cmd_data_prepare)
+    prep_data = data.add_parser("prepare", help="download and extract a built-in source's tasks into the cache")
+    prep_data.add_argument("source", nargs="?", choices=("evals", "bigbench"), default="evals",
+                           help="evals (the default source: a 46 MB wheel from PyPI) or bigbench (its 358 MB "
+                           "source archive, where your index still serves it, or --archive)")
+    prep_data.add_argument("--archive", type=Path, default=None,
+                           help="bigbench: a copy of bigbench-1.0.0.tar.gz to take instead of downloading it")
+    prep_data.set_defaults(handler=cmd_data_prepare)
     sites = data.add_parser("sites", help="write a config's clients as site records (the data.source sites format)")
     sites.add_argument("config", help=config_help)
     sites.add_argument("out", help="the JSONL file to write")

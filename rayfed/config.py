@@ -23,7 +23,7 @@ from rayfed.errors import UserError
 ALGORITHM_NAMES = ("fedavg", "fedprox", "fedsgd", "ditto")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SERVER_OPTIMIZERS = ("sgd", "adam")
-DATA_SOURCES = ("synthetic", "bigbench", "sni", "sites")
+DATA_SOURCES = ("synthetic", "evals", "bigbench", "sni", "sites")
 PARTITION_SCHEMES = ("dirichlet", "k_tasks", "iid", "site")
 PARTITION_UNITS = ("category", "task")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -70,7 +70,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "bigbench"  # synthetic | bigbench | sni | sites (your own records, docs/own-data.md)
+    # evals | bigbench (with its archive) | synthetic | sni | sites (your own records, docs/own-data.md)
+    source: str = "evals"
     path: str | None = None  # sni: a directory of SNI task files or a JSONL file; sites: a JSONL file
     tasks: list[str] | None = None  # restrict to these task names (None: all)
     max_examples_per_task: int = 400  # cap per task (sites: per site and task) before partitioning

@@ -13,7 +13,7 @@ class Example:
     """One instruction-following example; every data source produces this schema.
 
     Attributes:
-        task: Leaf task name, e.g. ``"bigbench/qa_wikidata"``.
+        task: Leaf task name, e.g. ``"evals/sarcasm"``.
         category: Task category; the unit of heterogeneity across clients.
         instruction: Natural-language instruction shared by the task's examples.
         input: The example's input text (may be empty).

@@ -1,4 +1,4 @@
-"""One real round: SmolLM2-135M on BIG-bench tasks, a handful of examples per client.
+"""One real round: SmolLM2-135M on the curated evals tasks, a handful of examples per client.
 
 Skipped with a reason when the caches are absent; ``scripts/setup.sh`` prepares both.
 """
@@ -17,12 +17,12 @@ from rayfed.paths import cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_MODEL = (cache_dir() / "models" / "smollm2-135m").is_dir()
-HAVE_DATA = (cache_dir() / "bigbench" / "manifest.json").is_file()
+HAVE_DATA = (cache_dir() / "evals" / "manifest.json").is_file()
 
 pytestmark = [
     pytest.mark.real_model, pytest.mark.real_data,
     pytest.mark.skipif(not HAVE_MODEL, reason="SmolLM2 cache absent: run `rayfed model prepare`"),
-    pytest.mark.skipif(not HAVE_DATA, reason="BIG-bench cache absent: run `rayfed data prepare`"),
+    pytest.mark.skipif(not HAVE_DATA, reason="evals cache absent: run `rayfed data prepare`"),
 ]
 
 

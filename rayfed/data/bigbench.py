@@ -1,8 +1,13 @@
-"""Real multi-task text: a curated set of short tasks from the BIG-bench source archive on PyPI.
+"""Real multi-task text from BIG-bench, for those who have its archive: a curated set of short tasks.
 
-``bigbench==1.0.0`` is published only as a 358 MB source archive. We ``pip download`` it (never
-``pip install``: that pulls TensorFlow, T5 and more), stream the tar once and keep only the
-curated ``benchmark_tasks/<task>[/<subtask>]/task.json`` files, converted to :class:`Example`.
+``bigbench==1.0.0`` was published on PyPI only as a 358 MB source archive, and until 2026-12 it
+was rayfed's default source. The package indexes this project's machines reach no longer serve its
+file (PyPI lists the version with no files; only 0.0.1, code without tasks, downloads), so the
+default is now ``rayfed.data.evals``. Where an index still serves it, we ``pip download`` it (never
+``pip install``: that pulls TensorFlow, T5 and more); a copy of the archive from elsewhere (a
+mirror, an earlier download: the sha256 below identifies it) is taken with
+``rayfed data prepare bigbench --archive PATH``. Either way we stream the tar once and keep only
+the curated ``benchmark_tasks/<task>[/<subtask>]/task.json`` files, converted to :class:`Example`.
 The package is Apache-2.0, but every task file carries a canary string asking that the data stay
 out of training corpora, so nothing extracted from it may enter git: the archive and the
 extracted files live under ``rayfed.paths.cache_dir()`` (``$RAYFED_CACHE``, else
@@ -33,31 +38,33 @@ NI keeps its whole definition there. Seven entries override it with our own word
 source text is not an instruction (``linguistic_mappings`` describes a Python class,
 periodic_elements and fact_checker describe the benchmark). ``target`` (a list: its first
 element) wins over ``target_scores`` (multiple choice: the highest-scoring option, first on a
-tie). Inputs and targets are stripped; examples with an input over 400 characters, a target over
-100 characters or an empty target are dropped. Each task's survivors are shuffled with a seeded
-``random.Random`` and the first ``MAX_EXAMPLES_PER_TASK`` kept, written in that shuffled order so
-that any prefix of a task (e.g. a later per-task cap) is a uniform sample. NI targets keep their
-trailing period ("Yes.", "earthquakes.") as in the source.
+tie). Then the rule every built-in source shares (``rayfed.data.prepared.keep_examples``): inputs
+over 400 characters, targets over 100 and empty targets dropped, each task shuffled with a seeded
+generator and its first 2,000 kept. NI targets keep their trailing period ("Yes.", "earthquakes.")
+as in the source.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import random
 import shutil
-import subprocess
-import sys
 import tarfile
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from tqdm import tqdm
 
+from rayfed.data.prepared import (
+    FILTERS,
+    file_sha256,
+    is_prepared,
+    keep_examples,
+    pip_download,
+    read_prepared,
+    write_prepared,
+)
 from rayfed.errors import UserError
 from rayfed.paths import cache_dir
 from rayfed.types import Example
@@ -66,10 +73,6 @@ REQUIREMENT = "bigbench==1.0.0"
 ARCHIVE_NAME = "bigbench-1.0.0.tar.gz"
 ARCHIVE_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
 CURATED_VERSION = 1
-MAX_EXAMPLES_PER_TASK = 2000
-MAX_INPUT_CHARS = 400
-MAX_TARGET_CHARS = 100
-SHUFFLE_SEED = 0
 
 
 class CuratedTask(NamedTuple):
@@ -129,58 +132,52 @@ def bigbench_dir(root: Path | None = None) -> Path:
     return Path(root if root is not None else cache_dir()) / "bigbench"
 
 
-def prepare_bigbench(root: Path | None = None, *, quiet: bool = False) -> Path:
-    """Download the archive (unless present) and extract the curated tasks (unless done).
+def prepare_bigbench(root: Path | None = None, *, quiet: bool = False, archive: Path | None = None) -> Path:
+    """Get the archive (unless present) and extract the curated tasks (unless done).
 
     Args:
         root: Cache root; defaults to ``rayfed.paths.cache_dir()``.
         quiet: Hide pip's output and the extraction progress bar.
+        archive: A copy of ``bigbench-1.0.0.tar.gz`` to take instead of downloading it; its sha256
+            must be the published one.
 
     Returns:
         The ``bigbench`` directory holding ``examples.jsonl`` and ``manifest.json``.
     """
     out = bigbench_dir(root)
-    manifest = out / "manifest.json"
-    if (out / "examples.jsonl").exists() and manifest.exists() \
-            and json.loads(manifest.read_text()).get("curated_version") == CURATED_VERSION:
+    if archive is not None:
+        _take_archive(Path(archive).expanduser(), out / "archive")
+    elif is_prepared(out, CURATED_VERSION):
         return out
-    archive = download_archive(out / "archive", quiet=quiet)
-    extract_tasks(archive, out, CURATED_TASKS, quiet=quiet)
+    path = pip_download(
+        REQUIREMENT, ARCHIVE_NAME, ARCHIVE_SHA256, out / "archive", binary=False, quiet=quiet,
+        unavailable=f"the package index did not serve {REQUIREMENT}'s source archive (PyPI no longer does, as of "
+        "2026-12). If you have a copy of bigbench-1.0.0.tar.gz, take it with `rayfed data prepare bigbench "
+        "--archive PATH`; otherwise use the default source, data.source=evals.")
+    extract_tasks(path, out, CURATED_TASKS, quiet=quiet)
     return out
 
 
-def download_archive(dest: Path, *, quiet: bool = False) -> Path:
-    """``pip download`` the source archive into ``dest`` (atomically) and check its sha256."""
-    path = dest / ARCHIVE_NAME
-    if path.exists():
-        return path
-    tmp = dest.parent / f".download-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    # pip builds the sdist's metadata in an isolated env, fetching setuptools itself.
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(tmp), REQUIREMENT]
-    try:
-        subprocess.run(cmd + (["--quiet"] if quiet else []), check=True)
-        digest = _sha256(tmp / ARCHIVE_NAME)
-        if digest != ARCHIVE_SHA256:
-            raise RuntimeError(f"{ARCHIVE_NAME}: sha256 {digest} != expected {ARCHIVE_SHA256}")
-        dest.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp / ARCHIVE_NAME, path)
-    except subprocess.CalledProcessError as err:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {err.returncode}); is PyPI reachable?") from err
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+def _take_archive(source: Path, dest: Path) -> None:
+    """Copy a user's archive into the cache after checking it is the published one."""
+    if not source.is_file():
+        raise UserError(f"--archive {source}: no such file")
+    digest = file_sha256(source)
+    if digest != ARCHIVE_SHA256:
+        raise UserError(f"--archive {source}: sha256 {digest} is not that of {ARCHIVE_NAME} ({ARCHIVE_SHA256})")
+    dest.mkdir(parents=True, exist_ok=True)
+    if (dest / ARCHIVE_NAME).resolve() != source.resolve():
+        tmp = dest / f".{ARCHIVE_NAME}.tmp"
+        shutil.copyfile(source, tmp)
+        tmp.replace(dest / ARCHIVE_NAME)
 
 
 def extract_tasks(archive: Path, out_dir: Path, tasks: Sequence[CuratedTask] = CURATED_TASKS,
                   *, quiet: bool = False) -> dict[str, Any]:
     """Stream ``archive`` once and write ``examples.jsonl`` and ``manifest.json`` into ``out_dir``.
 
-    Both files are written to temporary names and renamed, the manifest last, so a crash never
-    leaves files that look prepared.
-
     Raises:
-        ValueError: if a requested task is not in the archive.
+        UserError: if a requested task is not in the archive.
 
     Returns:
         The manifest.
@@ -200,30 +197,26 @@ def extract_tasks(archive: Path, out_dir: Path, tasks: Sequence[CuratedTask] = C
     if missing:
         raise UserError(f"{archive.name} lacks benchmark_tasks/{{{', '.join(missing)}}}/task.json")
 
-    lines: list[str] = []
+    examples: list[Example] = []
     task_stats: dict[str, dict[str, Any]] = {}
     categories: Counter[str] = Counter()
     for task in tasks:
-        examples, stats = _convert(task, found[task.member])
-        lines += [json.dumps({k: v for k, v in asdict(ex).items() if k != "site"}, ensure_ascii=False) + "\n"
-                  for ex in examples]  # the cache's schema predates Example.site
+        data = found[task.member]
+        instruction = task.instruction or str(data.get("task_prefix") or "").strip() or str(data["description"]).strip()
+        stats: Counter[str] = Counter(source_examples=len(data["examples"]))
+        rows = ((instruction, str(ex.get("input", "")), _target(ex)) for ex in data["examples"])
+        examples += keep_examples(task.name, task.category, rows, stats)
         task_stats[task.name] = {"category": task.category, "member": task.member, **stats}
         categories[task.category] += stats["kept"]
     manifest = {
         "source": f"PyPI {REQUIREMENT} source archive (BIG-bench; do not commit: canary)",
-        "archive": {"filename": archive.name, "sha256": _sha256(archive), "bytes": archive.stat().st_size},
+        "archive": {"filename": archive.name, "sha256": file_sha256(archive), "bytes": archive.stat().st_size},
         "curated_version": CURATED_VERSION,
-        "filters": {"max_input_chars": MAX_INPUT_CHARS, "max_target_chars": MAX_TARGET_CHARS,
-                    "drop_empty_target": True, "max_examples_per_task": MAX_EXAMPLES_PER_TASK,
-                    "selection": f"random.Random(f'{SHUFFLE_SEED}/{{task}}').shuffle, then the first N"},
-        "total": len(lines),
+        "filters": FILTERS,
         "categories": dict(categories),
         "tasks": task_stats,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "manifest.json").unlink(missing_ok=True)  # the manifest marks a finished extraction
-    _write_atomic(out_dir / "examples.jsonl", "".join(lines))
-    _write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    write_prepared(out_dir, examples, manifest)
     return manifest
 
 
@@ -231,44 +224,12 @@ def load_bigbench(root: Path | None = None, *, tasks: list[str] | None = None) -
     """Read the prepared examples, optionally only those of ``tasks`` (curated task names).
 
     Raises:
-        FileNotFoundError: if ``examples.jsonl`` is missing; the message says how to prepare it.
-        ValueError: if ``tasks`` names a task that is not in the file.
+        FileNotFoundError: if they were not prepared; the message says how.
+        UserError: if ``tasks`` names a task that is not in the file.
     """
-    path = bigbench_dir(root) / "examples.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"BIG-bench examples not found at {path}. Run `rayfed data prepare` to download the "
-            f"{REQUIREMENT} source archive from PyPI (358 MB) and extract the curated tasks there "
-            "(the cache root is $RAYFED_CACHE, default ~/.cache/rayfed).")
-    with open(path, encoding="utf-8") as f:
-        examples = [Example(**json.loads(line)) for line in f if line.strip()]
-    if tasks is None:
-        return examples
-    unknown = sorted(set(tasks) - {ex.task for ex in examples})
-    if unknown:
-        raise UserError(f"unknown BIG-bench tasks {unknown}; see rayfed.data.bigbench.CURATED_TASKS")
-    wanted = set(tasks)
-    return [ex for ex in examples if ex.task in wanted]
-
-
-def _convert(task: CuratedTask, data: dict[str, Any]) -> tuple[list[Example], dict[str, int]]:
-    instruction = task.instruction or str(data.get("task_prefix") or "").strip() or str(data["description"]).strip()
-    stats = Counter(source_examples=len(data["examples"]))
-    kept = []
-    for ex in data["examples"]:
-        text, target = str(ex.get("input", "")).strip(), _target(ex)
-        if not target:
-            stats["dropped_empty_target"] += 1
-        elif len(text) > MAX_INPUT_CHARS:
-            stats["dropped_long_input"] += 1
-        elif len(target) > MAX_TARGET_CHARS:
-            stats["dropped_long_target"] += 1
-        else:
-            kept.append(Example(task.name, task.category, instruction, text, target))
-    random.Random(f"{SHUFFLE_SEED}/{task.name}").shuffle(kept)
-    kept = kept[:MAX_EXAMPLES_PER_TASK]
-    stats["kept"] = len(kept)
-    return kept, dict(stats)
+    return read_prepared(bigbench_dir(root), tasks, how=f"Run `rayfed data prepare bigbench` to download the "
+                         f"{REQUIREMENT} source archive (358 MB) where your package index serves it, or "
+                         "`rayfed data prepare bigbench --archive PATH` with a copy of it")
 
 
 def _target(ex: dict[str, Any]) -> str:
@@ -280,20 +241,3 @@ def _target(ex: dict[str, Any]) -> str:
         scores = ex["target_scores"]
         target = max(scores, key=scores.__getitem__)
     return "" if target is None else str(target).strip()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

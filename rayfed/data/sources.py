@@ -25,10 +25,15 @@ def load_examples(cfg: DataConfig, seed: int) -> list[Example]:
         if unknown:
             raise UserError(f"key 'data.tasks': no synthetic task {', '.join(unknown)} (known: {', '.join(TASKS)})")
         return generate_synthetic(cfg.max_examples_per_task, seed, cfg.tasks)
-    if cfg.source == "bigbench":
+    if cfg.source == "evals":
+        from rayfed.data.evals import load_evals, prepare_evals
+
+        prepare_evals()  # first use downloads and extracts (a few seconds); afterwards a no-op
+        examples = load_evals(tasks=cfg.tasks)
+    elif cfg.source == "bigbench":
         from rayfed.data.bigbench import load_bigbench, prepare_bigbench
 
-        prepare_bigbench()  # first use downloads and extracts; afterwards a no-op
+        prepare_bigbench()  # first use downloads and extracts where the index serves it; afterwards a no-op
         examples = load_bigbench(tasks=cfg.tasks)
     elif cfg.source in ("sites", "sni"):  # files of the user's: restricted to data.tasks here
         from rayfed.data.sites import load_sites

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rayfed.data import bigbench
+from rayfed.data import prepared as prepared_source
 from rayfed.data.bigbench import CuratedTask, extract_tasks, load_bigbench, prepare_bigbench
 from rayfed.types import Example
 
@@ -100,7 +101,7 @@ def test_target_lists_instructions_and_length_filters(prepared):
 
 
 def test_cap_keeps_a_deterministic_seeded_sample(tmp_path, monkeypatch):
-    monkeypatch.setattr(bigbench, "MAX_EXAMPLES_PER_TASK", 4)
+    monkeypatch.setattr(prepared_source, "MAX_EXAMPLES_PER_TASK", 4)
     archive = make_archive(tmp_path / "src")
     extract_tasks(archive, tmp_path / "a", TOY_CURATED, quiet=True)
     extract_tasks(archive, tmp_path / "b", TOY_CURATED, quiet=True)
@@ -129,7 +130,7 @@ def test_missing_cache_error_says_how_to_prepare(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         load_bigbench(tmp_path)
     message = str(err.value)
-    assert "rayfed data prepare" in message and "$RAYFED_CACHE" in message
+    assert "rayfed data prepare bigbench --archive PATH" in message and "$RAYFED_CACHE" in message
     assert str(tmp_path / "bigbench" / "examples.jsonl") in message
 
 
@@ -169,11 +170,40 @@ def fake_pip(content: bytes):
 
 def test_download_checks_sha256_and_moves_into_place(tmp_path, monkeypatch):
     monkeypatch.setattr(subprocess, "run", fake_pip(b"tampered"))
-    with pytest.raises(RuntimeError, match="sha256"):
-        bigbench.download_archive(tmp_path / "archive", quiet=True)
-    assert list(tmp_path.iterdir()) == []  # no half archive, no temporary folder
+    monkeypatch.setattr(bigbench, "CURATED_TASKS", TOY_CURATED)
+    with pytest.raises(ValueError, match="sha256"):
+        prepare_bigbench(tmp_path, quiet=True)
+    assert [p.name for p in (tmp_path / "bigbench").iterdir()] == []  # no half archive, no temporary folder
 
     monkeypatch.setattr(subprocess, "run", fake_pip(b"genuine"))
     monkeypatch.setattr(bigbench, "ARCHIVE_SHA256", hashlib.sha256(b"genuine").hexdigest())
-    path = bigbench.download_archive(tmp_path / "archive", quiet=True)
-    assert path.read_bytes() == b"genuine" and [p.name for p in tmp_path.iterdir()] == ["archive"]
+    monkeypatch.setattr(bigbench, "extract_tasks", lambda *args, **kwargs: None)
+    prepare_bigbench(tmp_path, quiet=True)
+    assert (tmp_path / "bigbench" / "archive" / bigbench.ARCHIVE_NAME).read_bytes() == b"genuine"
+    assert [p.name for p in (tmp_path / "bigbench").iterdir()] == ["archive"]
+
+
+def test_an_index_that_no_longer_serves_the_archive_says_what_to_do(tmp_path, monkeypatch):
+    def refused(cmd, check):
+        raise subprocess.CalledProcessError(1, cmd)
+
+    monkeypatch.setattr(subprocess, "run", refused)
+    with pytest.raises(prepared_source.SourceUnavailableError) as err:
+        prepare_bigbench(tmp_path, quiet=True)
+    message = str(err.value)
+    assert "rayfed data prepare bigbench --archive PATH" in message and "data.source=evals" in message
+
+
+def test_a_copy_of_the_archive_is_taken_only_if_it_is_the_published_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(bigbench, "CURATED_TASKS", TOY_CURATED)
+    monkeypatch.setattr(subprocess, "run", no_pip)
+    copy = make_archive(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="is not that of bigbench-1.0.0.tar.gz"):
+        prepare_bigbench(tmp_path / "cache", quiet=True, archive=copy)
+    assert not (tmp_path / "cache" / "bigbench" / "archive" / bigbench.ARCHIVE_NAME).exists()
+    with pytest.raises(ValueError, match="no such file"):
+        prepare_bigbench(tmp_path / "cache", quiet=True, archive=tmp_path / "nowhere.tar.gz")
+
+    monkeypatch.setattr(bigbench, "ARCHIVE_SHA256", hashlib.sha256(copy.read_bytes()).hexdigest())
+    out = prepare_bigbench(tmp_path / "cache", quiet=True, archive=copy)
+    assert len(load_bigbench(tmp_path / "cache")) == 15 and out == tmp_path / "cache" / "bigbench"
