@@ -190,18 +190,22 @@ def pack_prefix(states: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor
 
 
 def initial_prompt(backbone, tokenizer, cfg: ModelSettings, seed: int) -> torch.Tensor:
-    """``text``: embeddings of ``prompt_init_text`` tokens, repeated to fill the prompt (as PEFT's
-    TEXT init); ``random``: Gaussian with the embedding matrix's standard deviation."""
-    table = backbone.get_input_embeddings().weight.detach()
+    """``text``: embeddings of ``prompt_init_text`` tokens, repeated to fill the prompt, as the
+    embedding layer gives them (PEFT's TEXT init; Gemma's layer scales its table by sqrt(hidden));
+    ``random``: Gaussian with the standard deviation of those embeddings."""
+    embed = backbone.get_input_embeddings()
+    table = embed.weight.detach()
+    scale = float(getattr(embed, "embed_scale", 1.0))  # Gemma's scaled embeddings; 1 for a plain table
     n = cfg.num_virtual_tokens
     if cfg.prompt_init == "text":
         ids = tokenizer(cfg.prompt_init_text, add_special_tokens=False)["input_ids"]
         if not ids:
             raise UserError("model.prompt_init_text tokenizes to nothing")
         ids = (ids * (n // len(ids) + 1))[:n]
-        return table[torch.tensor(ids)].clone().float()
+        with torch.no_grad():
+            return embed(torch.tensor(ids, device=table.device)).detach().clone().float()
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, table.shape[1], generator=gen) * table.float().std()
+    return torch.randn(n, table.shape[1], generator=gen) * (table.float().std() * scale)
 
 
 def load_backbone(name: str, trust_remote_code: bool = False, dtype: str = "float32"):

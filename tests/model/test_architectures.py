@@ -57,6 +57,23 @@ def arch_dir(request, tmp_path_factory) -> tuple[str, Path]:
     return request.param, directory
 
 
+def test_a_text_initialized_prompt_is_pefts_on_every_architecture(arch_dir):
+    """PEFT's TEXT init embeds the text through the model's embedding layer, which on Gemma scales
+    the table by sqrt(hidden): rayfed's prompt starts where PEFT's does, not 8x (here) smaller."""
+    from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
+
+    arch, directory = arch_dir
+    ours = build_prompt_model(ModelSettings(str(directory), 6, "text", "Copy the words."))
+    base = transformers.AutoModelForCausalLM.from_pretrained(directory)
+    theirs = get_peft_model(base, PromptTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=6, prompt_tuning_init=PromptTuningInit.TEXT,
+        prompt_tuning_init_text="Copy the words.", tokenizer_name_or_path=str(directory)))
+    torch.testing.assert_close(ours.get_prompt(), theirs.prompt_encoder["default"].embedding.weight.detach(),
+                               rtol=0, atol=0)
+    if arch == "gemma3":  # the case this guards: a scaled embedding layer (sqrt(64))
+        assert float(base.get_input_embeddings().embed_scale) == 8.0
+
+
 def test_a_prompt_trains_and_decodes_as_peft_on_every_architecture(arch_dir, tmp_path, monkeypatch):
     arch, directory = arch_dir
     settings = ModelSettings(str(directory), 4, "random", "")
