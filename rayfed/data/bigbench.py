@@ -49,22 +49,13 @@ from __future__ import annotations
 import json
 import shutil
 import tarfile
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from tqdm import tqdm
 
-from rayfed.data.prepared import (
-    FILTERS,
-    file_sha256,
-    is_prepared,
-    keep_examples,
-    pip_download,
-    read_prepared,
-    write_prepared,
-)
+from rayfed.data.prepared import TaskRows, file_sha256, is_prepared, pip_download, read_prepared, write_curated
 from rayfed.errors import UserError
 from rayfed.paths import cache_dir
 from rayfed.types import Example
@@ -197,27 +188,14 @@ def extract_tasks(archive: Path, out_dir: Path, tasks: Sequence[CuratedTask] = C
     if missing:
         raise UserError(f"{archive.name} lacks benchmark_tasks/{{{', '.join(missing)}}}/task.json")
 
-    examples: list[Example] = []
-    task_stats: dict[str, dict[str, Any]] = {}
-    categories: Counter[str] = Counter()
-    for task in tasks:
+    def rows(task: CuratedTask) -> TaskRows:
         data = found[task.member]
         instruction = task.instruction or str(data.get("task_prefix") or "").strip() or str(data["description"]).strip()
-        stats: Counter[str] = Counter(source_examples=len(data["examples"]))
-        rows = ((instruction, str(ex.get("input", "")), _target(ex)) for ex in data["examples"])
-        examples += keep_examples(task.name, task.category, rows, stats)
-        task_stats[task.name] = {"category": task.category, "member": task.member, **stats}
-        categories[task.category] += stats["kept"]
-    manifest = {
-        "source": f"PyPI {REQUIREMENT} source archive (BIG-bench; do not commit: canary)",
-        "archive": {"filename": archive.name, "sha256": file_sha256(archive), "bytes": archive.stat().st_size},
-        "curated_version": CURATED_VERSION,
-        "filters": FILTERS,
-        "categories": dict(categories),
-        "tasks": task_stats,
-    }
-    write_prepared(out_dir, examples, manifest)
-    return manifest
+        return TaskRows(task.name, task.category, task.member, len(data["examples"]),
+                        ((instruction, str(ex.get("input", "")), _target(ex)) for ex in data["examples"]))
+
+    return write_curated(out_dir, archive, (rows(t) for t in tasks), curated_version=CURATED_VERSION,
+                         source=f"PyPI {REQUIREMENT} source archive (BIG-bench; do not commit: canary)")
 
 
 def load_bigbench(root: Path | None = None, *, tasks: list[str] | None = None) -> list[Example]:

@@ -48,15 +48,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from rayfed.data.prepared import (
-    FILTERS,
-    file_sha256,
-    is_prepared,
-    keep_examples,
-    pip_download,
-    read_prepared,
-    write_prepared,
-)
+from rayfed.data.prepared import TaskRows, is_prepared, pip_download, read_prepared, write_curated
 from rayfed.errors import UserError
 from rayfed.paths import cache_dir
 from rayfed.types import Example
@@ -134,30 +126,21 @@ def extract_tasks(wheel: Path, out_dir: Path, tasks: Sequence[CuratedTask] = CUR
     Returns:
         The manifest.
     """
-    examples: list[Example] = []
-    task_stats: dict[str, dict[str, Any]] = {}
-    categories: Counter[str] = Counter()
     with zipfile.ZipFile(wheel) as zf:
         missing = sorted(t.member for t in tasks if DATA_PREFIX + t.member not in zf.namelist())
         if missing:
             raise UserError(f"{wheel.name} lacks {DATA_PREFIX}{{{', '.join(missing)}}}")
-        for task in tasks:
+
+        def read(task: CuratedTask) -> TaskRows:
             with zf.open(DATA_PREFIX + task.member) as raw:
                 samples = [json.loads(line) for line in io.TextIOWrapper(raw, encoding="utf-8") if line.strip()]
-            stats: Counter[str] = Counter(source_examples=len(samples))
-            examples += keep_examples(task.name, task.category, _single_turn(samples, stats), stats)
-            task_stats[task.name] = {"category": task.category, "member": task.member, **stats}
-            categories[task.category] += stats["kept"]
-    manifest = {
-        "source": f"PyPI {REQUIREMENT} wheel (OpenAI evals registry data, MIT; see its LICENSE.md)",
-        "archive": {"filename": wheel.name, "sha256": file_sha256(wheel), "bytes": wheel.stat().st_size},
-        "curated_version": CURATED_VERSION,
-        "filters": {**FILTERS, "turns": "one optional system message, then one user message"},
-        "categories": dict(categories),
-        "tasks": task_stats,
-    }
-    write_prepared(out_dir, examples, manifest)
-    return manifest
+            dropped: Counter[str] = Counter()
+            rows = list(_single_turn(samples, dropped))
+            return TaskRows(task.name, task.category, task.member, len(samples), rows, dict(dropped))
+
+        return write_curated(out_dir, wheel, (read(t) for t in tasks), curated_version=CURATED_VERSION,
+                             source=f"PyPI {REQUIREMENT} wheel (OpenAI evals registry data, MIT; see its LICENSE.md)",
+                             filters={"turns": "one optional system message, then one user message"})
 
 
 def load_evals(root: Path | None = None, *, tasks: list[str] | None = None) -> list[Example]:
@@ -171,7 +154,7 @@ def load_evals(root: Path | None = None, *, tasks: list[str] | None = None) -> l
                          "wheel from PyPI (46 MB, a few seconds) and extract the curated tasks there")
 
 
-def _single_turn(samples: list[dict[str, Any]], stats: Counter[str]) -> Iterator[tuple[str, str, str]]:
+def _single_turn(samples: list[dict[str, Any]], dropped: Counter[str]) -> Iterator[tuple[str, str, str]]:
     """``(instruction, input, target)`` of every single-turn sample; the others are counted."""
     for sample in samples:
         messages = sample.get("input")
@@ -179,7 +162,7 @@ def _single_turn(samples: list[dict[str, Any]], stats: Counter[str]) -> Iterator
             messages = [{"role": "user", "content": messages}]
         roles = [m.get("role") for m in messages] if isinstance(messages, list) else None
         if roles not in (["system", "user"], ["user"], ["system"]):
-            stats["dropped_multi_turn"] += 1
+            dropped["dropped_multi_turn"] += 1
             continue
         text = {m["role"]: str(m.get("content", "")) for m in messages}
         ideal = sample.get("ideal")

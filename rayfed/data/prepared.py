@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rayfed.errors import UserError
 from rayfed.types import Example
@@ -106,6 +106,45 @@ def keep_examples(task: str, category: str, rows: Iterable[tuple[str, str, str]]
     kept = kept[:MAX_EXAMPLES_PER_TASK]
     stats["kept"] = len(kept)
     return kept
+
+
+class TaskRows(NamedTuple):
+    """One curated task's source rows, before the shared rule."""
+
+    name: str
+    category: str
+    member: str  # where in the archive it came from
+    source_examples: int
+    rows: Iterable[tuple[str, str, str]]  # (instruction, input, target)
+    dropped: dict[str, int] | None = None  # rows the source's own reader left out, by reason
+
+
+def write_curated(out_dir: Path, archive: Path, tasks: Iterable[TaskRows], *, source: str, curated_version: int,
+                  filters: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Apply :func:`keep_examples` to every task and write the examples and the manifest (the
+    archive's name, sha256 and size, the rule, and every task's counts) into ``out_dir``.
+
+    Returns:
+        The manifest.
+    """
+    examples: list[Example] = []
+    task_stats: dict[str, dict[str, Any]] = {}
+    categories: Counter[str] = Counter()
+    for task in tasks:
+        stats: Counter[str] = Counter(source_examples=task.source_examples, **(task.dropped or {}))
+        examples += keep_examples(task.name, task.category, task.rows, stats)
+        task_stats[task.name] = {"category": task.category, "member": task.member, **stats}
+        categories[task.category] += stats["kept"]
+    manifest = {
+        "source": source,
+        "archive": {"filename": archive.name, "sha256": file_sha256(archive), "bytes": archive.stat().st_size},
+        "curated_version": curated_version,
+        "filters": {**FILTERS, **(filters or {})},
+        "categories": dict(categories),
+        "tasks": task_stats,
+    }
+    write_prepared(out_dir, examples, manifest)
+    return manifest
 
 
 def write_prepared(out_dir: Path, examples: list[Example], manifest: dict[str, Any]) -> None:
