@@ -628,6 +628,37 @@ def _validate_runtime(cfg: ExperimentConfig) -> None:
     _check(r.max_retries >= 0, "runtime.max_retries", "must be >= 0")
     _check(r.num_cpus_driver > 0, "runtime.num_cpus_driver", "must be > 0")
     _check(r.torch_threads >= 1, "runtime.torch_threads", "must be >= 1")
+    if r.num_gpus_per_worker == 0:
+        warn_emulated_half(cfg.model.dtype)
+
+
+# The instructions that run each half-precision dtype natively on an x86 CPU (Linux /proc/cpuinfo).
+_NATIVE_HALF = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16", "amx_fp16")}
+
+
+def cpu_flags() -> set[str] | None:
+    """This machine's x86 CPU flags, or None where /proc/cpuinfo does not list them."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return None
+
+
+def warn_emulated_half(dtype: str) -> None:
+    """Warn when a half-precision backbone would run on a CPU without instructions for it: torch
+    then emulates it, and on an AVX2-only CPU a SmolLM2 training step took 15 times as long as in
+    float32 (docs/scale.md). Elsewhere (a GPU, a CPU with the instructions, a CPU whose flags are
+    not listed) nothing is said."""
+    flags = cpu_flags() if dtype in _NATIVE_HALF else None
+    if flags is not None and not flags & set(_NATIVE_HALF[dtype]):
+        warnings.warn(f"key 'model.dtype': {dtype} on this CPU, which has none of {', '.join(_NATIVE_HALF[dtype])}, is "
+                      "emulated and slower than float32 (a SmolLM2 training step 15x, an evaluation 4.6x on an AVX2 "
+                      "CPU); keep float32 here, or use it on a GPU (runtime.num_gpus_per_worker) or a CPU with those "
+                      "instructions", UserWarning, stacklevel=3)
 
 
 def _validate_outputs(cfg: ExperimentConfig) -> None:

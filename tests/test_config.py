@@ -152,3 +152,23 @@ def test_every_dependency_floor_is_the_version_the_suite_runs():
     for name, pin in checked.items():
         floor, tested = floors[name.lower()].split("."), pin.split(".")
         assert tested[:len(floor)] == floor, f"{name}: floor {floors[name.lower()]}, tested {pin}"
+
+
+def test_a_half_precision_backbone_on_a_cpu_that_emulates_it_warns_naming_the_key(monkeypatch):
+    import warnings
+
+    import rayfed.config as config
+
+    monkeypatch.setattr(config, "cpu_flags", lambda: {"avx2", "fma"})  # an AVX2-only CPU, as here
+    with pytest.warns(UserWarning, match=r"model.dtype.*bfloat16 on this CPU.*avx512_bf16, amx_bf16.*emulated"):
+        load_config("configs/smoke.yaml", ["model.dtype=bfloat16"])
+    with pytest.warns(UserWarning, match=r"model.dtype.*float16 on this CPU.*avx512_fp16"):
+        load_config("configs/smoke.yaml", ["model.dtype=float16"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config("configs/smoke.yaml", ["model.dtype=float32"])
+        load_config("configs/smoke.yaml", ["model.dtype=bfloat16", "runtime.num_gpus_per_worker=0.5"])  # a GPU's
+        monkeypatch.setattr(config, "cpu_flags", lambda: {"avx2", "avx512_bf16"})  # a CPU that has them
+        load_config("configs/smoke.yaml", ["model.dtype=bfloat16"])
+        monkeypatch.setattr(config, "cpu_flags", lambda: None)  # flags not listed (not Linux x86): nothing said
+        load_config("configs/smoke.yaml", ["model.dtype=bfloat16"])
