@@ -19,13 +19,10 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from rayfed.config import load_config
-from rayfed.core.bootstrap import bootstrap_mean
 from rayfed.experiment import run_experiment
 from rayfed.model.prompt_model import load_backbone
-from rayfed.outputs.scores import EXAMPLE_SCORES, load_example_scores
+from rayfed.outputs.scores import final_scores, paired_change
 
 SETTINGS = {"none": [], "fp16": [], "int8": [], "topk 10%": ["communication.topk_fraction=0.1"],
             "topk 1%": ["communication.topk_fraction=0.01"]}
@@ -40,22 +37,11 @@ def run_all(config: str, overrides: list[str]) -> dict[str, dict]:
                                        f"output_dir={Path(tmp) / label.replace(' ', '').replace('%', '')}"])
             summary = run_experiment(cfg, loggers=[])
             rows[label] = {**summary["final"], "loss_interval": summary["final_intervals"]["global_test"]["loss"],
-                           **summary["communication"], "_scores": final_global_losses(Path(cfg.output_dir))}
+                           **summary["communication"], "_scores": final_scores(Path(cfg.output_dir))}
     base = rows["none"]["_scores"]
     for r in rows.values():  # the change from uncompressed, paired by example
-        ids = sorted(set(base) & set(r["_scores"]))
-        diffs = np.array([r["_scores"][i] - base[i] for i in ids])
-        r["loss_change"] = list(bootstrap_mean([[diffs]]))
-        del r["_scores"]
+        r["loss_change"] = list(paired_change(base, r.pop("_scores")))
     return rows
-
-
-def final_global_losses(run_dir: Path) -> dict[int, float]:
-    """Each global test example's loss at the run's last evaluation, by example id."""
-    columns = load_example_scores(run_dir / EXAMPLE_SCORES)
-    last = columns["epoch"].max()
-    keep = (columns["split"] == "global_test") & (columns["epoch"] == last)
-    return dict(zip(columns["example_id"][keep].tolist(), columns["loss"][keep].tolist(), strict=True))
 
 
 def main() -> None:

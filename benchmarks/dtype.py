@@ -1,8 +1,9 @@
 """bfloat16 and float16 backbones against float32: the same run's numbers and its speed.
 
 Runs one config once per ``model.dtype`` (the prompt trains in float32 in every one) and prints
-the final global test loss, exact match and ROUGE-L with their differences from float32, and
-each run's wall time as a ratio to the float32 run's. Before the runs, a training step and an
+the final global test loss, exact match and ROUGE-L with their differences from float32 (each a
+95% bootstrap interval over the global test examples, paired by example), and each run's wall
+time as a ratio to the float32 run's. Before the runs, a training step and an
 evaluation pass of each dtype are timed alternately (so load from other processes slows every
 dtype alike): those ratios are the speed to quote; a whole run's time also holds start-up.
 
@@ -29,6 +30,7 @@ from rayfed.experiment import run_experiment
 from rayfed.local.evaluation import evaluate
 from rayfed.local.training import train_prompt
 from rayfed.model.prompt_model import build_prompt_model
+from rayfed.outputs.scores import final_scores, paired_change
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -78,7 +80,7 @@ def main() -> None:
         print(f"{dt:<10} {t['train_step_s']:>13.3f} {t['train_step_s'] / base['train_step_s']:>7.2f}x "
               f"{t['eval_s']:>8.3f} {t['eval_s'] / base['eval_s']:>7.2f}x")
 
-    runs = {}
+    runs, scores = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for dt in dtypes:
             cfg = load_config(args.config, [*args.overrides, f"model.dtype={dt}", f"output_dir={Path(tmp) / dt}"])
@@ -86,14 +88,19 @@ def main() -> None:
             summary = run_experiment(cfg, loggers=[])
             runs[dt] = {**summary["final"], "seconds": time.perf_counter() - start,
                         "local_rouge_l": summary["final_local"].get("eval/local_test/rouge_l_mean")}
-    print(f"\n{'dtype':<10} {'loss':>8} {'d loss':>8} {'EM':>7} {'rougeL':>7} {'d rougeL':>9} "
+            scores[dt] = {m: final_scores(Path(cfg.output_dir), metric=m) for m in ("loss", "rouge_l")}
+    for dt in dtypes:  # the change from float32, paired by example
+        runs[dt].update({f"{m}_change": list(paired_change(scores["float32"][m], scores[dt][m]))
+                         for m in ("loss", "rouge_l")})
+    print(f"\n{'dtype':<10} {'loss':>8} {'change [95%]':>26} {'EM':>7} {'rougeL':>7} {'change [95%]':>26} "
           f"{'local rL':>9} {'run s':>7} {'vs fp32':>8}")
     base = runs["float32"]
     for dt in dtypes:
         r = runs[dt]
         local = "" if r["local_rouge_l"] is None else f"{r['local_rouge_l']:.4f}"
-        print(f"{dt:<10} {r['loss']:>8.4f} {r['loss'] - base['loss']:>+8.4f} {r['exact_match']:>7.4f} "
-              f"{r['rouge_l']:>7.4f} {r['rouge_l'] - base['rouge_l']:>+9.4f} {local:>9} {r['seconds']:>7.1f} "
+        changes = {m: "{:+.4f} [{:+.4f}, {:+.4f}]".format(*r[f"{m}_change"]) for m in ("loss", "rouge_l")}
+        print(f"{dt:<10} {r['loss']:>8.4f} {changes['loss']:>26} {r['exact_match']:>7.4f} "
+              f"{r['rouge_l']:>7.4f} {changes['rouge_l']:>26} {local:>9} {r['seconds']:>7.1f} "
               f"{r['seconds'] / base['seconds']:>7.2f}x")
     print(json.dumps({"steps": steps, "runs": runs}, sort_keys=True))
 

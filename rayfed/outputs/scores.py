@@ -90,6 +90,22 @@ class RunScores:
             self.ditto.add(result.ditto_examples)
 
 
+def final_scores(run_dir: Path, split: str = "global_test", metric: str = "loss") -> dict[int, float]:
+    """Each example's ``metric`` on a global ``split`` at a run's last evaluation, by example id."""
+    columns = load_example_scores(Path(run_dir) / EXAMPLE_SCORES)
+    keep = (columns["split"] == split) & (columns["epoch"] == columns["epoch"].max())
+    return dict(zip(columns["example_id"][keep].tolist(), columns[metric][keep].tolist(), strict=True))
+
+
+def paired_change(base: dict[int, float], other: dict[int, float]) -> tuple[float, float, float]:
+    """``(mean, low, high)`` of ``other - base`` over the examples both scored: a 95% bootstrap
+    interval over those examples, each difference paired by example id."""
+    from rayfed.core.bootstrap import bootstrap_mean
+
+    ids = sorted(set(base) & set(other))
+    return bootstrap_mean([[np.array([other[i] - base[i] for i in ids])]])
+
+
 def interval_of(columns: dict[str, np.ndarray], split: str, metric: str, epoch: int | None = None,
                 ) -> tuple[float, float, float] | None:
     """``(mean, low, high)`` of ``metric`` on ``split`` at ``epoch`` (default: the last), a 95%
