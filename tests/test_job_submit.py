@@ -159,7 +159,8 @@ def test_the_cluster_readme_creates_the_token_before_it_starts_the_head():
 
 
 # Run in a process connected to the two-node cluster: a run, a federation-kind search and a
-# parallel study, then where Ray placed their worker actors and study tasks (node ids, by phase).
+# parallel study, then where Ray placed their worker actors and study tasks (node ids, by phase), in
+# out/nodes.json.
 TWO_NODE_SCRIPT = """
 import json, sys
 from pathlib import Path
@@ -200,7 +201,7 @@ rayfed.run_study(study, out / "study")
 chains = list_tasks(address=address, filters=[("func_or_class_name", "=", "run_chain")], limit=10000)
 nodes["study"] = sorted({t.node_id for t in chains})
 nodes["all"] = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
-print("NODES " + json.dumps(nodes))
+(out / "nodes.json").write_text(json.dumps(nodes))  # not stdout: Ray prints worker logs there
 """
 
 
@@ -235,7 +236,7 @@ def test_two_nodes_share_a_run_a_search_and_a_study_with_one_nodes_numbers(tmp_p
                                str(search_file), str(study_file)], env=env, capture_output=True, text=True,
                               timeout=900, cwd=tmp_path)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    nodes = json.loads(done.stdout.split("NODES ")[-1])
+    nodes = json.loads((out / "nodes.json").read_text())
     assert len(nodes["all"]) == 2
     for phase in ("run", "search", "study"):  # 0.9 + 0.9 CPUs, or 2 x 0.85, cannot share a 1-CPU node
         assert nodes[phase] == nodes["all"], phase
