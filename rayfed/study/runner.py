@@ -8,7 +8,9 @@ The global prompt's scores and trained local prompts are kept in each run's ``pr
 (scored once for all of that run's personalizations), and its personalizations share one set of
 worker actors, started by the first that runs (``personalization_driver``). A job whose
 ``summary.json`` exists is skipped, and a federated run with only a checkpoint is resumed, so
-rerunning an interrupted study continues it. Learning rates of the federated
+rerunning an interrupted study continues it; a finished job whose ``config.yaml`` says it
+computed something else (another study wrote into the same directory) stops the study before it
+writes anything, naming the keys that differ. Learning rates of the federated
 algorithms are chosen per concentration on the first seed: the best global validation ROUGE-L
 of the final prompt (ties: the earlier lr in the grid). ``jobs.jsonl`` records each job's time.
 
@@ -26,12 +28,13 @@ import socket
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
+from rayfed.config import ExperimentConfig
 from rayfed.outputs.checkpoint import CHECKPOINT
 from rayfed.study.config import StudyConfig, personalize_jobs, run_config
 from rayfed.study.layout import run_dir, selected_lrs
@@ -65,6 +68,7 @@ def run_study(s: StudyConfig, out: Path, log: Callable[[str], None] = print) -> 
     ``s.parallel_runs`` chains at once, each a Ray task in its own placement group, when above 1."""
     if s.parallel_runs > 1:  # Ray tasks do not run in this directory (on a cluster, not on this node)
         out = out.resolve()
+    check_finished_jobs(s, out)  # before study.yaml is replaced
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(s)))
     total = progress(s, out)[1]
@@ -92,6 +96,60 @@ def run_study(s: StudyConfig, out: Path, log: Callable[[str], None] = print) -> 
     # personalizations.
     run_chains(s, out, [chain(label, conc, seed, lrs[conc][label], personalize=True) for seed in s.seeds
                         for conc in s.concentrations for label in s.algorithms], total, log)
+
+
+# Keys that say where and how a job ran, not what it computed.
+HOW_IT_RAN = ("name", "output_dir", "runtime.", "ray.", "logging.")
+
+
+def check_finished_jobs(s: StudyConfig, out: Path) -> None:
+    """:func:`check_finished_job` for every finished job already in ``out`` that this study could
+    count as its own (any lr of a grid, any seed)."""
+    for conc in s.concentrations:
+        for label, arm in s.algorithms.items():
+            for lr in arm.lrs:
+                for seed in s.seeds:
+                    path = run_dir(out, label, conc, lr, seed)
+                    if not path.is_dir():
+                        continue
+                    run_cfg = run_config(s, label, conc, seed, lr, output_dir=str(path))
+                    for job, values in [(path, {}), *((path / "personalize" / name, v)
+                                                      for name, v in personalize_jobs(s, label).items())]:
+                        if (job / "summary.json").is_file():
+                            check_finished_job(job, run_cfg, values)
+
+
+def check_finished_job(job: Path, run_cfg: ExperimentConfig, values: dict[str, Any]) -> None:
+    """Refuse to count a finished job in ``job`` (``summary.json``) as this study's when its
+    ``config.yaml`` says it computed something else: another study in the same output_dir (another
+    source, grid or model) would otherwise be mixed silently into this one's tables.
+
+    Raises:
+        UserError: naming the job, up to six keys that differ, and the way out.
+    """
+    from rayfed.config import load_config, replace_keys
+    from rayfed.errors import UserError
+
+    def flat(cfg: ExperimentConfig) -> dict[str, Any]:
+        rows = {}
+        for section, value in asdict(cfg).items():
+            for key, sub in value.items() if isinstance(value, dict) else [("", value)]:
+                dotted = f"{section}.{key}" if key else section
+                if not dotted.startswith(HOW_IT_RAN):
+                    rows[dotted] = sub
+        return rows
+
+    if not (job / "config.yaml").is_file():
+        raise UserError(f"{job} holds a summary.json but no config.yaml: it is not this study's job; choose "
+                        "another output_dir, or move that directory away")
+    have, want = flat(load_config(job / "config.yaml")), flat(replace_keys(run_cfg, values))
+    changed = [f"{k}: {have.get(k)!r} here, {want.get(k)!r} in the study" for k in sorted({*have, *want})
+               if have.get(k) != want.get(k)]
+    if changed:
+        what = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+        raise UserError(f"{job} holds a finished job made with other settings than this study's ({what}): "
+                        "another study wrote into this output_dir; give this study its own output_dir=PATH, "
+                        "or move that directory away")
 
 
 def run_chains(s: StudyConfig, out: Path, chains: list[Chain], total: int, log: Callable[[str], None]) -> None:

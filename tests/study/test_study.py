@@ -160,6 +160,20 @@ def test_a_stopped_study_continues_with_only_the_missing_jobs(study, capsys):
     assert missing.is_file()
 
 
+def test_another_study_in_the_same_output_dir_is_refused_naming_what_differs(study, capsys):
+    """A finished job is skipped only when it computed what this study would: another study's
+    results in the same directory (another model, data or grid) are never counted as its own."""
+    s, out = study
+    before, jobs_before = (out / "study.yaml").read_text(), len(jobs(out))
+    assert main(["study", str(TINY), f"output_dir={out}", "experiment.data.max_examples_per_task=20"]) == 2
+    err = capsys.readouterr().err
+    assert "data.max_examples_per_task: 24 here, 20 in the study" in err and "its own output_dir" in err, err
+    personal = "personalize.local_epochs: 2 here, 3 in the study"
+    assert main(["study", str(TINY), f"output_dir={out}", "personalize.epochs=3"]) == 2
+    assert personal in capsys.readouterr().err
+    assert (out / "study.yaml").read_text() == before and len(jobs(out)) == jobs_before  # nothing touched
+
+
 def test_the_time_left_is_estimated_per_kind_of_job():
     recorded = [{"kind": "run", "seconds": 100}, {"kind": "resume", "seconds": 300},
                 {"kind": "personalize", "seconds": 1000}]
