@@ -1,15 +1,18 @@
-"""Quality against bytes: one run per ``communication.compress`` setting of a config.
+"""Quality against bytes: one run per ``communication.compress`` setting of a config, for each
+adapter method asked for (``--methods``, ``model.peft`` values; default the config's own).
 
-Prints, per setting, the final global test loss and ROUGE-L (with the 95% bootstrap interval of
+Prints, per method and setting, the final global test loss and ROUGE-L (with the 95% bootstrap interval of
 the loss over the global test examples, from the run's summary, and of its change from the
-uncompressed run, paired by example), the bytes clients sent up and
-received down over the run, and the upload as a ratio to the uncompressed run's. Full
+uncompressed run of the same method, paired by example), the bytes clients sent up and
+received down over the run, and the upload as a ratio to the uncompressed prompt's (the first
+method's). Full
 fine-tuning's bytes are computed for reference: every backbone parameter in float32, once down
 and once up per dispatched client per round (the same rounds and clients as these runs).
 
     .venv/bin/python benchmarks/communication.py configs/smoke.yaml              # tiny model, minutes
     .venv/bin/python benchmarks/communication.py configs/quickstart.yaml         # SmolLM2-135M, hours on 2 cores
-    .venv/bin/python benchmarks/communication.py configs/smoke.yaml --plot docs/figures/communication_smoke.png
+    .venv/bin/python benchmarks/communication.py configs/smoke.yaml --plot docs/figures/communication_smoke.png \
+        --methods prompt_tuning,prefix_tuning,lora
 """
 
 from __future__ import annotations
@@ -28,19 +31,25 @@ SETTINGS = {"none": [], "fp16": [], "int8": [], "topk 10%": ["communication.topk
             "topk 1%": ["communication.topk_fraction=0.01"]}
 
 
-def run_all(config: str, overrides: list[str]) -> dict[str, dict]:
+def run_all(config: str, overrides: list[str], methods: list[str | None]) -> dict[str, dict]:
+    """``{"METHOD SETTING": row}`` (``SETTING`` alone for the config's own method)."""
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, extra in SETTINGS.items():
-            method = label.split()[0]
-            cfg = load_config(config, [*overrides, f"communication.compress={method}", *extra,
-                                       f"output_dir={Path(tmp) / label.replace(' ', '').replace('%', '')}"])
-            summary = run_experiment(cfg, loggers=[])
-            rows[label] = {**summary["final"], "loss_interval": summary["final_intervals"]["global_test"]["loss"],
-                           **summary["communication"], "_scores": final_scores(Path(cfg.output_dir))}
-    base = rows["none"]["_scores"]
-    for r in rows.values():  # the change from uncompressed, paired by example
-        r["loss_change"] = list(paired_change(base, r.pop("_scores")))
+        for method in methods:
+            peft = [f"model.peft={method}"] if method else []
+            mine = {}
+            for label, extra in SETTINGS.items():
+                name = f"{method} {label}" if method else label
+                cfg = load_config(config, [*overrides, *peft, f"communication.compress={label.split()[0]}", *extra,
+                                           f"output_dir={Path(tmp) / name.replace(' ', '-').replace('%', '')}"])
+                summary = run_experiment(cfg, loggers=[])
+                mine[name] = {"method": method or cfg.model.peft, "setting": label, **summary["final"],
+                              "loss_interval": summary["final_intervals"]["global_test"]["loss"],
+                              **summary["communication"], "_scores": final_scores(Path(cfg.output_dir))}
+            base = next(iter(mine.values()))["_scores"]
+            for r in mine.values():  # the change from this method uncompressed, paired by example
+                r["loss_change"] = list(paired_change(base, r.pop("_scores")))
+            rows.update(mine)
     return rows
 
 
@@ -49,25 +58,27 @@ def main() -> None:
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--plot", help="write the ROUGE-L / loss against uploaded bytes figure here")
+    parser.add_argument("--methods", help="comma-separated model.peft values to compare (default: the config's)")
     args = parser.parse_args()
-    rows = run_all(args.config, args.overrides)
+    rows = run_all(args.config, args.overrides, args.methods.split(",") if args.methods else [None])
 
     cfg = load_config(args.config, args.overrides)
     backbone, _ = load_backbone(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
     params = sum(p.numel() for p in backbone.parameters())
-    base = rows["none"]
+    base = next(iter(rows.values()))  # the first method uncompressed
     dispatched = base["down_bytes"] / base["prompt_bytes"]  # client-rounds that received the prompt
     full = params * 4 * dispatched
 
-    print(f"{'compress':<10} {'loss':>8} {'loss 95% interval':>19} {'change from none [95%]':>27} {'rougeL':>7} "
-          f"{'up bytes':>12} {'vs none':>8} {'down bytes':>12}")
+    width = max(10, *map(len, rows))
+    print(f"{'compress':<{width}} {'loss':>8} {'loss 95% interval':>19} {'change from its none [95%]':>27} "
+          f"{'rougeL':>7} {'up bytes':>12} {'vs first':>8} {'down bytes':>12}")
     for label, r in rows.items():
         low, high = r["loss_interval"]
         change, c_low, c_high = r["loss_change"]
-        print(f"{label:<10} {r['loss']:>8.4f} [{low:>7.4f}, {high:>7.4f}] "
+        print(f"{label:<{width}} {r['loss']:>8.4f} [{low:>7.4f}, {high:>7.4f}] "
               f"{change:>+8.4f} [{c_low:>+7.4f}, {c_high:>+7.4f}] {r['rouge_l']:>7.4f} {r['up_bytes']:>12,.0f} "
               f"{r['up_bytes'] / base['up_bytes']:>7.3f}x {r['down_bytes']:>12,.0f}")
-    print(f"{'full FT':<10} {'':>8} {'':>19} {'':>27} {'':>7} {full:>12,.0f} {full / base['up_bytes']:>7.0f}x "
+    print(f"{'full FT':<{width}} {'':>8} {'':>19} {'':>27} {'':>7} {full:>12,.0f} {full / base['up_bytes']:>7.0f}x "
           f"{full:>12,.0f}   ({params:,} float32 parameters each way per client-round)")
     print(json.dumps({"rows": rows, "full_finetuning_bytes_each_way": full, "backbone_parameters": params},
                      sort_keys=True))
@@ -81,11 +92,17 @@ def plot(rows: dict[str, dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, r in rows.items():
-        low, high = r["loss_interval"]
-        ax.errorbar(r["up_bytes"], r["loss"], yerr=[[r["loss"] - low], [high - r["loss"]]], fmt="o", capsize=3)
-        ax.annotate(label, (r["up_bytes"], r["loss"]), textcoords="offset points", xytext=(5, 5))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods: dict[str, list[dict]] = {}
+    for r in rows.values():
+        methods.setdefault(r["method"], []).append(r)
+    for (method, points), color in zip(methods.items(), ["C0", "C1", "C2", "C3", "C4"], strict=False):
+        for i, r in enumerate(points):
+            low, high = r["loss_interval"]
+            ax.errorbar(r["up_bytes"], r["loss"], yerr=[[r["loss"] - low], [high - r["loss"]]], fmt="o", capsize=3,
+                        color=color, label=method if i == 0 else None)
+            ax.annotate(r["setting"], (r["up_bytes"], r["loss"]), textcoords="offset points", xytext=(5, 5), fontsize=7)
+    ax.legend(title="model.peft")
     ax.set_xscale("log")
     ax.set_xlabel("bytes uploaded by clients over the run (log)")
     ax.set_ylabel("final global test loss (95% interval over examples)")
