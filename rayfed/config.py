@@ -146,6 +146,10 @@ class EvalConfig:
     # Also evaluate the global prompt (and Ditto's personal prompts) on each client's own splits;
     # off: the global sets only (what a many-client run can afford every round).
     local: bool = True
+    # Ditto's personal prompts on the global sets (eval.local): each client's seeded subsample of
+    # this many examples of each set, the same ones personalize.global_eval_examples picks; null:
+    # every client's prompt on the whole sets (clients x set size generations an evaluation).
+    ditto_global_examples: int | None = None
 
 
 @dataclass
@@ -573,6 +577,8 @@ def _validate_eval(cfg: ExperimentConfig) -> None:
     _check(e.eval_every >= 1, "eval.eval_every", "must be >= 1")
     _check(e.batch_size >= 1, "eval.batch_size", "must be >= 1")
     _check(e.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
+    _check(e.ditto_global_examples is None or e.ditto_global_examples >= 1, "eval.ditto_global_examples",
+           "must be >= 1 or null (all)")
 
 
 def _check_folder_name(key: str, name: str | None, parent: str) -> None:

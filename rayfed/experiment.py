@@ -174,7 +174,8 @@ def run_fingerprint(cfg: ExperimentConfig) -> dict[str, Any]:
 ADDED_KEYS: dict[str, Any] = {"algorithm.proximal_mu": 0.0, "model.dtype": "float32", "model.peft": "prompt_tuning",
                               "model.lora_rank": 8, "model.lora_alpha": 16.0, "model.lora_targets": None,
                               "communication.compress": "none",
-                              "communication.topk_fraction": 0.1, "algorithm.ditto_lambda": 0.1}
+                              "communication.topk_fraction": 0.1, "algorithm.ditto_lambda": 0.1,
+                              "eval.ditto_global_examples": None}
 
 
 def _determining(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -120,6 +120,7 @@ class RoundSettings:
     client_lr: float | None = None  # named in the error when training diverges
     compress: str = "none"  # how clients' updates travel (rayfed.core.compression)
     topk_fraction: float = 0.1
+    ditto_global_examples: int | None = None  # Ditto's own prompts: each client's subsample of the global sets
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig) -> RoundSettings:
@@ -129,4 +130,4 @@ class RoundSettings:
                    tuple(s for s in LOCAL_SPLITS if (p.val_examples if s == "local_val" else 1) > 0),
                    tuple(s for s in GLOBAL_SPLITS if (p.global_val_examples if s == "global_val" else 1) > 0),
                    EvalSettings.from_config(cfg.eval), cfg.eval.local, a.client_optimizer.lr,
-                   cfg.communication.compress, cfg.communication.topk_fraction)
+                   cfg.communication.compress, cfg.communication.topk_fraction, cfg.eval.ditto_global_examples)

@@ -196,11 +196,12 @@ class Driver:
 
     def _evaluate_personal(self, global_prompt: torch.Tensor, round_idx: int) -> tuple[dict[str, float], tuple]:
         """Ditto's personal prompts (the global one for a client not picked yet) on every client's
-        own splits and the global sets: ``ditto/{split}/{metric}_{stat}`` over clients, and every
-        scored example as a row (client_id, split, round, 1.0, example_id, loss, exact_match, rouge_l)."""
+        own splits and the global sets (whole, or each client's ``eval.ditto_global_examples``):
+        ``ditto/{split}/{metric}_{stat}`` over clients, and every scored example as a row
+        (client_id, split, round, 1.0, example_id, loss, exact_match, rouge_l)."""
         splits = (*self.local_splits, *self.global_splits)
         scores = self.evaluate_clients({cid: {"own": self.personal.get(cid, global_prompt)} for cid in self.client_ids},
-                                       splits, self.settings.eval)
+                                       splits, self.settings.eval, self.settings.ditto_global_examples)
         per_client = {cid: {metric_key(split, k, phase=DITTO): v for split, sums in s["own"].items()
                             for k, v in sums.means().items()} for cid, s in scores.items()}
         out: dict[str, float] = {}

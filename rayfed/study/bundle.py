@@ -16,7 +16,8 @@ import shutil
 from pathlib import Path
 
 TOP = ("study.yaml", "jobs.jsonl")
-RUN = ("summary.json", "metrics.jsonl", "config.yaml", "global_prompt.safetensors", "example_scores.safetensors")
+RUN = ("summary.json", "metrics.jsonl", "config.yaml", "global_prompt.safetensors", "example_scores.safetensors",
+       "ditto_scores.safetensors")  # the last: a Ditto run's clients' own prompts (``@ditto`` points)
 PERSONALIZATION = ("summary.json", "personalization.jsonl", "config.yaml", "example_scores.safetensors")
 
 

@@ -33,7 +33,7 @@ from rayfed.study.layout import (
     read_json,
     run_dir,
 )
-from rayfed.study.primary import primary_verdicts
+from rayfed.study.primary import primary_verdicts, shown_comparisons
 
 CLAIMS = {
     1: "A high personalization lr raises local ROUGE-L fast and drops global ROUGE-L; a lower lr keeps global "
@@ -69,6 +69,7 @@ def analyze(s: StudyConfig, out: Path) -> dict[str, Any]:
             result["claims"][str(number)]["by_concentration"][f"{conc:g}"] = {
                 "parts": parts, "table": table, "seeds": len(seeds)}
     result["primary"] = primary_verdicts(s, out, result["seeds"], result["selected_lrs"])
+    result["comparisons"] = shown_comparisons(s, out, result["seeds"], result["selected_lrs"])
     for number, claim in result["claims"].items():
         claim["verdict"] = result["primary"]["claims"].get(number, "not pre-registered")
     return result

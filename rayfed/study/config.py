@@ -53,7 +53,9 @@ class StudyPersonalizeConfig:
 class PointsConfig:
     """Scored points of the study's personalizations: every ``jobs`` x ``epochs`` x ``ratios``."""
 
-    jobs: list[str] = field(default_factory=list)  # personalization names (study.config.personalize_jobs)
+    # personalization names (study.config.personalize_jobs), or "@ditto": a Ditto arm's clients' own
+    # prompts (its run's ditto_scores.safetensors, eval.local on), whose epochs are the run's rounds
+    jobs: list[str] = field(default_factory=list)
     epochs: list[int] = field(default_factory=list)
     ratios: list[float] = field(default_factory=lambda: [1.0])  # interpolation ratios (1: the local prompt)
     algorithm: str = ""  # whose run's personalizations; "" = personalize.main_algorithm
@@ -96,6 +98,9 @@ class StudyConfig:
     algorithms: dict[str, ArmConfig] = field(default_factory=dict)
     personalize: StudyPersonalizeConfig = field(default_factory=StudyPersonalizeConfig)
     verdicts: VerdictConfig = field(default_factory=VerdictConfig)
+    # Comparisons shown with their 95% intervals at every concentration and never voted: secondary
+    # or post-hoc questions (baselines beside fine-tuning), outside the claims' Holm family.
+    comparisons: list[ComparisonConfig] = field(default_factory=list)
     # How many federated runs (each followed by its personalizations) run at once. Above 1, each
     # is a Ray task that reserves its process (cpus_per_run) and its actors in one placement group,
     # so runs spread over a cluster's nodes or share a GPU; the numbers do not depend on it.
@@ -111,7 +116,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
         ConfigError: an unknown or bad key (of the study or of its experiment section).
     """
     path = Path(path)
-    loaded = read_yaml(path, "study file")
+    loaded = read_study_file(path)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(StudyConfig), loaded)
         for item in overrides or []:
@@ -125,6 +130,25 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
         study.experiment = {**study.experiment, "data": {**data, "path": absolute_data_path(str(data["path"]))}}
     check_study(study, str(path))
     return study
+
+
+def read_study_file(path: Path, seen: tuple[Path, ...] = ()) -> Any:
+    """A study file's keys over those of the file its ``extends:`` names (a path relative to it),
+    recursively: a post-hoc study adds arms or comparisons to a registered one without copying it.
+
+    Raises:
+        ConfigError: naming the key when the extended file is missing or extends back.
+    """
+    loaded = read_yaml(path, "study file")
+    base = loaded.pop("extends", None)
+    if base is None:
+        return loaded
+    base_path = path.parent / str(base)
+    if base_path.resolve() in (path.resolve(), *seen):
+        raise ConfigError(f"{path}: key 'extends': {base} extends back to {path.name}")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: key 'extends': no study file {base_path}")
+    return OmegaConf.merge(read_study_file(base_path, (*seen, path.resolve())), loaded)
 
 
 def check_study(s: StudyConfig, source: str) -> None:
@@ -177,39 +201,71 @@ def check_study(s: StudyConfig, source: str) -> None:
 
 
 def check_verdicts(s: StudyConfig, source: str) -> None:
-    """Every primary comparison names jobs, epochs and ratios the study scores."""
-    v, p = s.verdicts, s.personalize
+    """Every primary comparison (and every shown one, ``comparisons:``) names jobs, epochs and
+    ratios the study scores."""
+    v = s.verdicts
     if not 0 < v.alpha < 1 or not 0 < v.power < 1 or v.draws < 100:
         raise ConfigError(f"{source}: key 'verdicts': needs 0 < alpha < 1, 0 < power < 1 and draws >= 100")
     if any(c not in s.concentrations for c in v.concentrations):
         raise ConfigError(f"{source}: key 'verdicts.concentrations': each must be one of concentrations")
-    scored = set(range(0, p.epochs + 1, p.eval_every_epochs))
     for claim, comparisons in v.claims.items():
         if claim not in {"1", "2", "3", "4"}:
             raise ConfigError(f"{source}: key 'verdicts.claims.{claim}': the study's claims are 1 to 4")
         for i, c in enumerate(comparisons):
-            key = f"verdicts.claims.{claim}[{i}]"
-            if c.kind not in ("difference", "frontier") or c.direction not in ("greater", "less", "equivalent"):
-                raise ConfigError(f"{source}: key '{key}': kind is difference or frontier, direction greater, "
-                                  "less or equivalent")
-            if (c.direction == "equivalent") != (c.margin > 0) or c.effect <= 0:
-                raise ConfigError(f"{source}: key '{key}': an equivalent comparison needs margin > 0 (others 0), "
-                                  "and effect must be > 0")
-            if c.kind == "difference" and c.split not in ("local_test", "global_test"):
-                raise ConfigError(f"{source}: key '{key}.split': local_test or global_test")
-            for side, pts in (("a", c.a), ("b", c.b)):
-                label = pts.algorithm or p.main_algorithm
-                jobs = personalize_jobs(s, label) if label in s.algorithms else {}
-                few = {p.few_epochs}
-                for job in pts.jobs:
-                    epochs = scored if not job.startswith("few,") else {0, *few}
-                    if job not in jobs or not pts.epochs or not set(pts.epochs) <= epochs or \
-                            not set(pts.ratios) <= set(jobs[job]["personalize.interp_ratios"]):
-                        raise ConfigError(f"{source}: key '{key}.{side}': {label!r} has no personalization {job!r} "
-                                          f"scored at epochs {pts.epochs}, ratios {pts.ratios} (its jobs: "
-                                          f"{', '.join(jobs)})")
-                if not pts.jobs or not pts.ratios:
-                    raise ConfigError(f"{source}: key '{key}.{side}': needs jobs and ratios")
+            check_comparison(s, c, f"verdicts.claims.{claim}[{i}]", source)
+    for i, c in enumerate(s.comparisons):
+        if not c.name:
+            raise ConfigError(f"{source}: key 'comparisons[{i}].name': every shown comparison needs a name")
+        check_comparison(s, c, f"comparisons[{i}]", source)
+
+
+def check_comparison(s: StudyConfig, c: ComparisonConfig, key: str, source: str) -> None:
+    p = s.personalize
+    if c.kind not in ("difference", "frontier") or c.direction not in ("greater", "less", "equivalent"):
+        raise ConfigError(f"{source}: key '{key}': kind is difference or frontier, direction greater, "
+                          "less or equivalent")
+    if (c.direction == "equivalent") != (c.margin > 0) or c.effect <= 0:
+        raise ConfigError(f"{source}: key '{key}': an equivalent comparison needs margin > 0 (others 0), "
+                          "and effect must be > 0")
+    if c.kind == "difference" and c.split not in ("local_test", "global_test"):
+        raise ConfigError(f"{source}: key '{key}.split': local_test or global_test")
+    scored = set(range(0, p.epochs + 1, p.eval_every_epochs))
+    for side, pts in (("a", c.a), ("b", c.b)):
+        label = pts.algorithm or p.main_algorithm
+        jobs = personalize_jobs(s, label) if label in s.algorithms else {}
+        if not pts.jobs or not pts.ratios:
+            raise ConfigError(f"{source}: key '{key}.{side}': needs jobs and ratios")
+        for job in pts.jobs:
+            if job == DITTO_POINTS:
+                _check_ditto_points(s, label, pts, c, f"{key}.{side}", source)
+                continue
+            epochs = scored if not job.startswith("few,") else {0, p.few_epochs}
+            if job not in jobs or not pts.epochs or not set(pts.epochs) <= epochs or \
+                    not set(pts.ratios) <= set(jobs[job]["personalize.interp_ratios"]):
+                raise ConfigError(f"{source}: key '{key}.{side}': {label!r} has no personalization {job!r} "
+                                  f"scored at epochs {pts.epochs}, ratios {pts.ratios} (its jobs: "
+                                  f"{', '.join([*jobs, DITTO_POINTS])})")
+
+
+DITTO_POINTS = "@ditto"  # a Ditto arm's clients' own prompts, as points of a comparison
+
+
+def _check_ditto_points(s: StudyConfig, label: str, pts: PointsConfig, c: ComparisonConfig, key: str,
+                        source: str) -> None:
+    """``@ditto`` points need a Ditto arm that scores its own prompts (``eval.local``), at rounds
+    it evaluates (0, every ``eval.eval_every``, the last), ratio 1, and no ``from_start``."""
+    if label not in s.algorithms:
+        raise ConfigError(f"{source}: key '{key}.algorithm': {label!r} is not one of the study's algorithms")
+    cfg = run_config(s, label, s.concentrations[0], s.seeds[0], s.algorithms[label].lrs[0], source)
+    a = cfg.algorithm
+    if a.name != "ditto" or not cfg.eval.local:
+        raise ConfigError(f"{source}: key '{key}': {DITTO_POINTS} reads a Ditto run's own prompts; {label!r} runs "
+                          f"algorithm.name={a.name} with eval.local={cfg.eval.local} (needs ditto and true)")
+    rounds = {0, a.rounds, *range(0, a.rounds + 1, cfg.eval.eval_every)}
+    if not pts.epochs or not set(pts.epochs) <= rounds or pts.ratios != [1.0] or c.from_start:
+        raise ConfigError(f"{source}: key '{key}': {DITTO_POINTS}'s epochs are the rounds its run evaluates "
+                          f"({sorted(rounds)}), its ratio 1.0, and it has no from_start (its round 0 is the "
+                          f"untrained prompt); got epochs {pts.epochs}, ratios {pts.ratios}")
 
 
 def run_config(s: StudyConfig, label: str, concentration: float, seed: int, lr: float,

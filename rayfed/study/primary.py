@@ -1,10 +1,12 @@
-"""The pre-registered primary comparisons (``verdicts:`` in the study file), measured from the
-per-example score files and decided with rayfed.core.verdicts.
+"""The pre-registered primary comparisons (``verdicts:`` in the study file), and the shown ones
+(``comparisons:``), measured from the per-example score files and decided with
+rayfed.core.verdicts.
 
 A comparison's points are personalization scores (a job, an epoch, an interpolation ratio) of
-one algorithm's run, per seed. Every point of a comparison is scored on the same clients and
-examples, so the bootstrap (rayfed.core.bootstrap.paired_replicates) resamples seeds, clients
-and examples once for all of them, and the statistic is computed on each replicate:
+one algorithm's run, per seed, or a Ditto run's clients' own prompts at a round (``@ditto``).
+Every point of a comparison is scored on the same clients and examples, so the bootstrap
+(rayfed.core.bootstrap.paired_replicates) resamples seeds, clients and examples once for all of
+them, and the statistic is computed on each replicate:
 
 - ``difference``: the mean of ``a``'s points minus the mean of ``b``'s on one split (with
   ``from_start``, each point minus its own personalization's epoch-0 point: a change).
@@ -29,8 +31,8 @@ from rayfed.core.power import Components, components
 from rayfed.core.selection import pareto_mask
 from rayfed.core.verdicts import claim_verdict, decide
 from rayfed.errors import UserError
-from rayfed.outputs.scores import EXAMPLE_SCORES, load_example_scores
-from rayfed.study.config import ComparisonConfig, PointsConfig, StudyConfig
+from rayfed.outputs.scores import DITTO_SCORES, EXAMPLE_SCORES, load_example_scores
+from rayfed.study.config import DITTO_POINTS, ComparisonConfig, PointsConfig, StudyConfig
 from rayfed.study.layout import run_dir
 
 Point = tuple[str, str, int, float]  # algorithm, job, epoch, ratio
@@ -59,7 +61,8 @@ def comparison_points(s: StudyConfig, c: ComparisonConfig) -> tuple[list[Point],
 def load_splits(s: StudyConfig, out: Path, conc: float, seeds: list[int], lrs: dict[str, float],
                 points: list[Point], splits: list[str], metric: str) -> dict[str, Split]:
     """Each split's ``Split`` of ``points`` (``-loss`` for the loss), aligned by client and
-    example id; every point must cover the first point's examples."""
+    example id, on the examples every point was scored on (a Ditto client's own prompt is scored
+    on the whole global sets, a personalization on each client's share of them)."""
     files: dict[tuple[int, str, str], dict[str, np.ndarray]] = {}
     result = {}
     for split in splits:
@@ -69,9 +72,10 @@ def load_splits(s: StudyConfig, out: Path, conc: float, seeds: list[int], lrs: d
             for label, job, epoch, ratio in points:
                 key = (seed, label, job)
                 if key not in files:
-                    path = run_dir(out, label, conc, lrs[label], seed) / "personalize" / job / EXAMPLE_SCORES
+                    run = run_dir(out, label, conc, lrs[label], seed)
+                    path = run / DITTO_SCORES if job == DITTO_POINTS else run / "personalize" / job / EXAMPLE_SCORES
                     if not path.is_file():
-                        raise UserError(f"{path} is missing: the primary comparisons need every personalization's "
+                        raise UserError(f"{path} is missing: the comparisons need every compared point's "
                                         f"per-example scores (rerun the study to score them)")
                     files[key] = load_example_scores(path)
                 tables.append(_table(files[key], split, epoch, ratio, metric))
@@ -99,8 +103,10 @@ def _table(cols: dict[str, np.ndarray], split: str, epoch: int, ratio: float, me
 
 
 def _aligned(tables: list[dict[tuple[int, int], float]], where: str) -> tuple[np.ndarray, list[int]]:
-    keys = sorted(tables[0])
-    if not keys or any(set(t) != set(keys) for t in tables):
+    """The points' values on the (client, example) keys of the point scored on fewest, which every
+    other point must also hold."""
+    keys = sorted(min(tables, key=len))
+    if not keys or any(not set(keys) <= set(t) for t in tables):
         raise UserError(f"{where}: the compared points were not scored on the same examples")
     clients = sorted({c for c, _ in keys})
     by_client = [[k for k in keys if k[0] == c] for c in clients]
@@ -169,32 +175,53 @@ def primary_verdicts(s: StudyConfig, out: Path, seeds: dict[str, list[int]], lrs
     verdict; then each claim's verdict."""
     v = s.verdicts
     primary_levels = [f"{c:g}" for c in (v.concentrations or s.concentrations)]
-    rows: list[dict[str, Any]] = []
-    for claim, comparisons in v.claims.items():
-        for c in comparisons:
-            for conc in s.concentrations:
-                key = f"{conc:g}"
-                if not seeds.get(key):
-                    continue
-                row = {"claim": claim, "name": c.name, "concentration": key, "primary": key in primary_levels,
-                       "direction": c.direction, "margin": c.margin, "effect": c.effect, "kind": c.kind}
-                for metric in METRICS:
-                    est, reps, design = measure(s, out, conc, seeds[key], lrs[key], c, metric, v.draws)
-                    row[metric] = {"estimate": est, "replicates": reps}
-                row["design"] = design
-                rows.append(row)
+    rows = [row for claim, comparisons in v.claims.items() for c in comparisons
+            for row in _measured(s, out, seeds, lrs, c, claim, primary_levels)]
     family = [r for r in rows if r["primary"]]
     decisions = decide([r["rouge_l"]["estimate"] for r in family], [r["rouge_l"]["replicates"] for r in family],
                        [r["direction"] for r in family], [r["margin"] for r in family], v.alpha)
     for r, d in zip(family, decisions, strict=True):
         r["rouge_l"] = d.as_dict()
+    _intervals(rows)
+    claims = {claim: claim_verdict([r["rouge_l"]["verdict"] for r in family if r["claim"] == claim])
+              for claim in v.claims}
+    return {"alpha": v.alpha, "family_size": len(family), "primary_concentrations": primary_levels,
+            "comparisons": rows, "claims": claims}
+
+
+def shown_comparisons(s: StudyConfig, out: Path, seeds: dict[str, list[int]], lrs: dict[str, dict[str, float]],
+                      ) -> list[dict[str, Any]]:
+    """The study's ``comparisons:`` at every concentration with finished seeds: estimates and 95%
+    intervals on ROUGE-L and -loss, outside the claims' Holm family and never voted."""
+    rows = [row for c in s.comparisons for row in _measured(s, out, seeds, lrs, c, "shown", [])]
+    _intervals(rows)
+    return rows
+
+
+def _measured(s: StudyConfig, out: Path, seeds: dict[str, list[int]], lrs: dict[str, dict[str, float]],
+              c: ComparisonConfig, claim: str, primary_levels: list[str]) -> list[dict[str, Any]]:
+    """One comparison at every concentration with finished seeds whose compared algorithms have
+    selected lrs: estimates and bootstrap replicates."""
+    rows = []
+    for conc in s.concentrations:
+        key = f"{conc:g}"
+        if not seeds.get(key):
+            continue
+        row = {"claim": claim, "name": c.name, "concentration": key, "primary": key in primary_levels,
+               "direction": c.direction, "margin": c.margin, "effect": c.effect, "kind": c.kind}
+        for metric in METRICS:
+            est, reps, design = measure(s, out, conc, seeds[key], lrs[key], c, metric, s.verdicts.draws)
+            row[metric] = {"estimate": est, "replicates": reps}
+        row["design"] = design
+        rows.append(row)
+    return rows
+
+
+def _intervals(rows: list[dict[str, Any]]) -> None:
+    """Replace each row's bootstrap replicates by their 95% percentile interval."""
     for r in rows:
         for metric in METRICS:
             if "replicates" in r[metric]:
                 reps = r[metric].pop("replicates")
                 low, high = np.percentile(reps, [2.5, 97.5])
                 r[metric].update(low=float(low), high=float(high))
-    claims = {claim: claim_verdict([r["rouge_l"]["verdict"] for r in family if r["claim"] == claim])
-              for claim in v.claims}
-    return {"alpha": v.alpha, "family_size": len(family), "primary_concentrations": primary_levels,
-            "comparisons": rows, "claims": claims}

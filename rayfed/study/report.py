@@ -48,10 +48,16 @@ def _publish_wandb(s: StudyConfig, out: Path, analysis: dict[str, Any], figures:
     rows = [[int(r["claim"]), r["name"], r["concentration"], r["primary"], r["rouge_l"].get("verdict", "secondary"),
              r["rouge_l"]["estimate"], r["rouge_l"]["low"], r["rouge_l"]["high"], r["rouge_l"].get("p_adjusted"),
              r["loss"]["estimate"], r["loss"]["low"], r["loss"]["high"]] for r in analysis["primary"]["comparisons"]]
+    shown = [[r["name"], r["concentration"], r["rouge_l"]["estimate"], r["rouge_l"]["low"], r["rouge_l"]["high"],
+              r["loss"]["estimate"], r["loss"]["low"], r["loss"]["high"]] for r in analysis.get("comparisons", [])]
     for logger in build_loggers(cfg, out, [], job_type="study"):
         logger.log({"event": "table", "key": "study/comparisons", "rows": rows,
                     "columns": ["claim", "comparison", "concentration", "primary", "verdict", "rouge_l", "rouge_l_low",
                                 "rouge_l_high", "p_holm", "neg_loss", "neg_loss_low", "neg_loss_high"]})
+        if shown:
+            logger.log({"event": "table", "key": "study/shown_comparisons", "rows": shown,
+                        "columns": ["comparison", "concentration", "rouge_l", "rouge_l_low", "rouge_l_high",
+                                    "neg_loss", "neg_loss_low", "neg_loss_high"]})
         for png in figures:
             logger.log({"event": "image", "key": f"study/{png.stem}", "path": str(png)})
         logger.log({"event": "summary", **{f"study/claim{n}": c["verdict"] for n, c in analysis["claims"].items()}})
@@ -73,6 +79,9 @@ def results_markdown(s: StudyConfig, analysis: dict[str, Any], seconds: dict[str
     lines += ["| claim | verdict |", "|---|---|"]
     lines += [f"| {n} | **{claim['verdict']}** |" for n, claim in analysis["claims"].items()]
     lines += [""] + comparison_table(primary["comparisons"])
+    if analysis.get("comparisons"):
+        lines += ["", "Other comparisons (`comparisons:` in the study file: secondary or post-hoc, shown with their "
+                  "95% intervals, never voted):", ""] + comparison_table(analysis["comparisons"])
     lines += ["", "Selected federated learning rates (global validation ROUGE-L, first seed; the grid's default unless "
         "another is reliably better): " + "; ".join(
         f"concentration {c}: " + ", ".join(f"{k} {v:g}" for k, v in lrs.items())
@@ -110,9 +119,12 @@ def comparison_table(rows: list[dict[str, Any]]) -> list[str]:
         decided = (f"[{_num(rl['decisive_low'], sign=True)}, {_num(rl['decisive_high'], sign=True)}] at "
                    f"{rl['level'] * 100:.2f}%" if r["primary"] else "secondary")
         p = f"{rl['p_adjusted']:.3g}" if r["primary"] else "-"
-        predicted = (f"{r['direction']} than 0" if r["direction"] != "equivalent" else f"within ±{r['margin']:g}")
-        out.append(f"| {r['claim']} | {r['name']} ({predicted}) | {r['concentration']} | {_interval(rl)} | {decided} | "
-                   f"{p} | {rl.get('verdict', 'shown, not voted')} | {_interval(loss)} | {r['effect']:g} |")
+        predicted = (f" ({r['direction']} than 0)" if r["direction"] != "equivalent" else f" (within ±{r['margin']:g})")
+        shown = r["claim"] == "shown"  # a `comparisons:` row: no claim, no prediction, no size
+        out.append(f"| {'-' if shown else r['claim']} | {r['name']}{'' if shown else predicted} | "
+                   f"{r['concentration']} | {_interval(rl)} | {decided} | {p} | "
+                   f"{rl.get('verdict', 'shown, not voted')} | {_interval(loss)} | "
+                   f"{'-' if shown else format(r['effect'], 'g')} |")
     return out
 
 

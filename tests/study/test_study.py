@@ -431,3 +431,99 @@ def test_power_needs_a_finished_pilot(tmp_path, capsys):
     quick = ROOT / "configs" / "study" / "quick.yaml"
     assert main(["study", str(TINY), f"output_dir={tmp_path}", "--power-for", str(quick)]) == 2
     assert "holds no finished seed of the pilot study 'study-tiny'" in capsys.readouterr().err
+
+
+BASELINES = ROOT / "configs" / "study" / "tiny-baselines.yaml"
+
+
+def test_a_post_hoc_study_adds_fedprox_and_ditto_beside_fine_tuning_on_the_same_examples(study, tmp_path):
+    """tiny-baselines.yaml extends tiny.yaml with a FedProx and a Ditto arm: run into a copy of the
+    finished study it adds only their jobs, and its shown comparisons (never voted) put Ditto's own
+    prompts beside FedAvg(Adam) fine-tuned on the same clients and examples, as computed by hand
+    from the score files."""
+    import shutil
+
+    import numpy as np
+
+    from rayfed.outputs.scores import DITTO_SCORES, EXAMPLE_SCORES, load_example_scores
+
+    s, out = study
+    post = tmp_path / "baselines"
+    shutil.copytree(out, post)
+    before = len(jobs(post))
+    assert main(["study", str(BASELINES), f"output_dir={post}"]) == 0
+    added = [j["job"] for j in jobs(post)[before:]]
+    assert sorted({j.split("/")[1] for j in added}) == ["ditto", "fedprox"]
+    assert len(added) == 2 * 2 * 2 * 2  # per arm, level and seed: the run and its robustness personalization
+    analysis = json.loads((post / "study.json").read_text())
+    original = json.loads((out / "study.json").read_text())
+    assert analysis["primary"]["comparisons"] == original["primary"]["comparisons"]  # the claims are untouched
+    rows = analysis["comparisons"]
+    assert [(r["name"], r["concentration"]) for r in rows] == [
+        (c.name, f"{conc:g}") for c in load_study(BASELINES).comparisons for conc in s.concentrations]
+    for r in rows:
+        for metric in ("rouge_l", "loss"):
+            assert r[metric]["low"] <= r[metric]["estimate"] <= r[metric]["high"], r
+        assert "verdict" not in r["rouge_l"] and not r["primary"]
+    assert "Other comparisons (`comparisons:`" in (post / "results.md").read_text()
+
+    # By hand: Ditto's own prompts (round 2) minus FedAvg(Adam) fine-tuned (lr 0.3, epoch 2), global
+    # test loss, on the examples each client's personalization was scored on; mean over examples,
+    # then clients, then seeds.
+    lrs = analysis["selected_lrs"]["10"]
+    per_seed = []
+    for seed in s.seeds:
+        ditto = load_example_scores(run_dir(post, "ditto", 10.0, lrs["ditto"], seed) / DITTO_SCORES)
+        fine = load_example_scores(run_dir(post, "fedavg_adam", 10.0, lrs["fedavg_adam"], seed) / "personalize"
+                                   / "lr=0.3" / EXAMPLE_SCORES)
+
+        def table(cols, epoch):
+            at = (cols["split"] == "global_test") & (cols["epoch"] == epoch) & np.isclose(cols["interp_ratio"], 1.0)
+            return {(int(c), int(e)): float(v) for c, e, v in
+                    zip(cols["client_id"][at], cols["example_id"][at], cols["loss"][at], strict=True)}
+
+        own, tuned = table(ditto, 2), table(fine, 2)
+        assert set(tuned) == set(own)  # eval.ditto_global_examples: the personalizations' examples
+        clients = sorted({c for c, _ in tuned})
+        per_seed.append(np.mean([np.mean([tuned[k] - own[k] for k in tuned if k[0] == c]) for c in clients]))
+    row = rows[3]  # the second comparison (Ditto, global test) at the second level
+    assert row["concentration"] == "10" and row["name"].startswith("Ditto")
+    assert row["loss"]["estimate"] == pytest.approx(float(np.mean(per_seed)))  # -loss: own minus tuned
+
+
+def test_extends_and_ditto_points_are_checked_naming_the_key(tmp_path):
+    from omegaconf import OmegaConf
+
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("extends: nowhere.yaml\nname: x\n")
+    with pytest.raises(Exception, match=r"key 'extends': no study file"):
+        load_study(missing)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\nname: x\n")
+    with pytest.raises(Exception, match=r"key 'extends': loop.yaml extends back"):
+        load_study(loop)
+    for algorithm, pts, match in (
+            ("fedavg_adam", {"jobs": ["@ditto"], "epochs": [2]}, "reads a Ditto run's own prompts"),
+            ("ditto", {"jobs": ["@ditto"], "epochs": [1]}, "epochs are the rounds its run evaluates"),
+            ("ditto", {"jobs": ["@ditto"], "epochs": [2], "ratios": [0.5]}, "its ratio 1.0")):
+        cfg = OmegaConf.load(BASELINES)
+        cfg.comparisons[0].a = {**pts, "algorithm": algorithm}
+        path = tmp_path / "bad.yaml"
+        OmegaConf.save(cfg, path)
+        (tmp_path / "tiny.yaml").write_text((ROOT / "configs" / "study" / "tiny.yaml").read_text())  # its base
+        with pytest.raises(Exception, match=r"comparisons\[0\]\.a.*" + match):
+            load_study(path)
+
+
+def test_points_scored_on_more_examples_are_compared_on_the_shared_ones():
+    """A Ditto prompt scored on a whole global set beside a personalization scored on each client's
+    share of it: the comparison reads the share; a point missing any of it is refused."""
+    from rayfed.errors import UserError
+    from rayfed.study.primary import _aligned
+
+    share = {(0, 1): 0.5, (0, 3): 1.0, (1, 2): 0.0}
+    whole = {**share, (0, 2): 9.0, (1, 1): 9.0}
+    values, sizes = _aligned([whole, share], "here")
+    assert sizes == [2, 1] and values[0].tolist() == values[1].tolist() == [[0.5, 1.0], [0.0, 0.0]]
+    with pytest.raises(UserError, match="not scored on the same examples"):
+        _aligned([whole, {**share, (2, 7): 1.0}], "here")
