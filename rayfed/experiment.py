@@ -158,14 +158,16 @@ def run_identity(cfg: ExperimentConfig) -> str:
 def run_fingerprint(cfg: ExperimentConfig) -> dict[str, Any]:
     """The keys behind :func:`run_identity`, flattened (``algorithm.rounds``: 20), and the rayfed
     version that trains them: kept in the checkpoint so that a refused resume names what differs."""
-    def flat(prefix: str, value: Any) -> dict[str, Any]:
-        if isinstance(value, dict):
-            return {k: v for key, sub in value.items() for k, v in flat(f"{prefix}{key}.", sub).items()}
-        return {prefix.rstrip("."): value}
-
     from rayfed import __version__
 
-    return {"rayfed": __version__, **flat("", _determining(cfg))}
+    return {"rayfed": __version__, **flat_keys(_determining(cfg))}
+
+
+def flat_keys(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as dotted keys (``{"algorithm": {"rounds": 20}}`` -> ``algorithm.rounds``)."""
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items() for k, v in flat_keys(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
 
 
 # Keys added to the config after runs were checkpointed, with the value that reproduces what runs

@@ -99,7 +99,7 @@ def run_study(s: StudyConfig, out: Path, log: Callable[[str], None] = print) -> 
 
 
 # Keys that say where and how a job ran, not what it computed.
-HOW_IT_RAN = ("name", "output_dir", "runtime.", "ray.", "logging.")
+HOW_IT_RAN = ("name.", "output_dir.", "runtime.", "ray.", "logging.")
 
 
 def check_finished_jobs(s: StudyConfig, out: Path) -> None:
@@ -129,15 +129,10 @@ def check_finished_job(job: Path, run_cfg: ExperimentConfig, values: dict[str, A
     """
     from rayfed.config import load_config, replace_keys
     from rayfed.errors import UserError
+    from rayfed.experiment import flat_keys
 
     def flat(cfg: ExperimentConfig) -> dict[str, Any]:
-        rows = {}
-        for section, value in asdict(cfg).items():
-            for key, sub in value.items() if isinstance(value, dict) else [("", value)]:
-                dotted = f"{section}.{key}" if key else section
-                if not dotted.startswith(HOW_IT_RAN):
-                    rows[dotted] = sub
-        return rows
+        return {k: v for k, v in flat_keys(asdict(cfg)).items() if not (k + ".").startswith(HOW_IT_RAN)}
 
     if not (job / "config.yaml").is_file():
         raise UserError(f"{job} holds a summary.json but no config.yaml: it is not this study's job; choose "
