@@ -63,7 +63,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     try:
-        summary = run_search(cfg, resume=args.resume)
+        summary = run_search(cfg, resume=args.resume, overwrite=args.overwrite)
     except SearchInterrupted as err:
         print(f"rayfed: {err}", file=sys.stderr)
         return 130
@@ -239,8 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     config_help = "YAML config file, e.g. configs/quickstart.yaml"
     add("run", cmd_run, "run an experiment", "config", config_help).add_argument(
         "--overwrite", action="store_true", help="start over in an output_dir that holds a run")
-    add("tune", cmd_tune, "Ray Tune search over config keys (tune: section)", "config", config_help).add_argument(
-        "--resume", action="store_true", help="continue an interrupted search in output_dir")
+    tune = add("tune", cmd_tune, "Ray Tune search over config keys (tune: section)", "config", config_help)
+    how = tune.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true", help="continue an interrupted search in output_dir")
+    how.add_argument("--overwrite", action="store_true", help="start over in an output_dir that holds a search")
     add("validate", cmd_validate, "check a config and print it resolved", "config", config_help)
     add("partition", cmd_partition, "print each client's task histogram and the heterogeneity", "config", config_help)
     study = add("study", cmd_study, "run (or continue) a study: federated runs, personalizations, verdicts", "config",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -447,6 +447,34 @@ def check_overridable(overrides: list[str], allowed: tuple[str, ...], doing: str
         if not key.startswith(allowed):
             raise ConfigError(f"key '{key}': cannot change when {doing} (only "
                               f"{', '.join(k + '*' for k in allowed)} may)")
+
+
+# Keys that say where and how something ran, not what it computed (prefixes of dotted keys).
+HOW_IT_RAN = ("name.", "output_dir.", "runtime.", "ray.", "logging.")
+
+
+def flat_keys(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as dotted keys (``{"algorithm": {"rounds": 20}}`` -> ``algorithm.rounds``)."""
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items() for k, v in flat_keys(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def config_changes(have: ExperimentConfig, want: ExperimentConfig, ignore: tuple[str, ...] = HOW_IT_RAN,
+                   ) -> list[tuple[str, Any, Any]]:
+    """``(key, have's value, want's value)`` for every dotted key whose value differs, sorted, but
+    keys under a prefix in ``ignore`` (``"runtime."``; a whole key as ``"name."``)."""
+    def flat(cfg: ExperimentConfig) -> dict[str, Any]:
+        return {k: v for k, v in flat_keys(asdict(cfg)).items() if not (k + ".").startswith(ignore)}
+
+    a, b = flat(have), flat(want)
+    return [(k, a.get(k), b.get(k)) for k in sorted({*a, *b}) if a.get(k) != b.get(k)]
+
+
+def changes_text(changes: list[tuple[str, Any, Any]], have: str, want: str, limit: int = 6) -> str:
+    """Up to ``limit`` changes as ``key: A {have}, B {want}`` joined by ``; `` (and how many more)."""
+    text = "; ".join(f"{k}: {a!r} {have}, {b!r} {want}" for k, a, b in changes[:limit])
+    return text + (f"; and {len(changes) - limit} more" if len(changes) > limit else "")
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

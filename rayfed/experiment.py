@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from rayfed.config import ExperimentConfig, check_overridable, load_config, to_yaml
+from rayfed.config import ExperimentConfig, check_overridable, flat_keys, load_config, to_yaml
 from rayfed.data.sources import federated_data
 from rayfed.errors import UserError
 from rayfed.names import EVAL, GLOBAL_SPLITS, METRICS, metric_key
@@ -161,13 +161,6 @@ def run_fingerprint(cfg: ExperimentConfig) -> dict[str, Any]:
     from rayfed import __version__
 
     return {"rayfed": __version__, **flat_keys(_determining(cfg))}
-
-
-def flat_keys(value: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested mapping as dotted keys (``{"algorithm": {"rounds": 20}}`` -> ``algorithm.rounds``)."""
-    if isinstance(value, dict):
-        return {k: v for key, sub in value.items() for k, v in flat_keys(sub, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): value}
 
 
 # Keys added to the config after runs were checkpointed, with the value that reproduces what runs

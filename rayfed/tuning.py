@@ -51,6 +51,8 @@ from rayfed.names import (
     objectives_of,
 )
 from rayfed.outputs.checkpoint import CHECKPOINT
+from rayfed.outputs.lock import writing
+from rayfed.outputs.search_dir import open_search_dir
 from rayfed.personalization.phase import load_finished_run, personalize_run
 from rayfed.runtime.placement import check_bundles_fit, run_bundles
 
@@ -70,20 +72,32 @@ class SearchInterrupted(RuntimeError):
     """The search was stopped (Ctrl-C) before every trial finished; ``--resume`` continues it."""
 
 
-def run_search(cfg: ExperimentConfig, *, resume: bool = False) -> dict[str, Any]:
+def run_search(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Run (or resume) the search configured in ``cfg.tune``; write results.csv, pareto.csv,
-    search.json and pareto.png into ``cfg.output_dir`` and return search.json's content."""
+    search.json and pareto.png into ``cfg.output_dir`` and return search.json's content.
+
+    Args:
+        resume: Continue the search in ``output_dir`` (refused when it was started with other
+            settings: ``rayfed.outputs.search_dir``).
+        overwrite: Start over in an ``output_dir`` that holds a search (otherwise refused).
+    """
+    out = Path(cfg.output_dir).resolve()
+    with writing(out, "output_dir"):  # one process at a time writes a search directory
+        open_search_dir(cfg, out, resume=resume, overwrite=overwrite)
+        return _run_search(cfg, out, resume=resume)
+
+
+def _run_search(cfg: ExperimentConfig, out: Path, *, resume: bool) -> dict[str, Any]:
     import ray
     from ray import tune
 
     from rayfed.runtime.ray_backend import start_ray
 
-    t, out = cfg.tune, Path(cfg.output_dir).resolve()
+    t = cfg.tune
     # The ratio varies slowest, so concurrent trials train different local prompts and the later
     # trials (other ratios) find them in the cache instead of waiting on each other.
     space = dict(sorted((dict(t.space) or DEFAULT_SPACE).items(), key=lambda kv: kv[0] != RATIO_KEY))
     check_space(cfg, space)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     start_ray(cfg.ray)
     base_run = prepare_base_run(cfg, out) if t.kind == "personalize" else None

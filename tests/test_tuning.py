@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from rayfed.config import ConfigError, load_config
+from rayfed.config import ConfigError, load_config, to_yaml
+from rayfed.errors import UserError
 from rayfed.names import OBJECTIVES
+from rayfed.outputs.search_dir import SearchExistsError, open_search_dir
 from rayfed.tuning import run_search
 
 pytestmark = pytest.mark.ray
@@ -140,6 +142,32 @@ def test_a_ditto_round_is_ranked_by_its_clients_own_prompts():
                                  "local_test/rouge_l_mean": 0.45, "global_test/rouge_l_mean": 0.14}
 
 
+def test_a_search_directory_is_never_taken_from_a_run_and_overwrite_clears_only_the_search(tmp_path):
+    run = tmp_path / "run"  # a finished `rayfed run`: its config.yaml must not be replaced by a search's
+    run.mkdir()
+    (run / "summary.json").write_text("{}")
+    (run / "config.yaml").write_text("name: a-run\n")
+    with pytest.raises(UserError, match="holds a run"):
+        run_search(load_config(TINY_SEARCH, [f"output_dir={run}"]))
+    assert (run / "config.yaml").read_text() == "name: a-run\n"
+
+    cfg = load_config(TINY_SEARCH, [f"output_dir={tmp_path / 'search'}"])
+    out = tmp_path / "search"  # what a search leaves, and a file of the user's beside it
+    for name in ("tune", "base", "trials", "local_prompts"):
+        (out / name).mkdir(parents=True)
+    (out / "results.csv").write_text("trial_id\n")
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    (out / "notes.txt").write_text("mine")
+    open_search_dir(cfg, out, resume=True, overwrite=False)  # the same settings resume
+    faster = load_config(TINY_SEARCH, [f"output_dir={out}", "tune.max_concurrent_trials=1", "runtime.torch_threads=2"])
+    open_search_dir(faster, out, resume=True, overwrite=False)  # where and how the trials run may change
+    with pytest.raises(UserError, match="name: 'tune-tiny' there, 'other' now"):
+        open_search_dir(load_config(TINY_SEARCH, [f"output_dir={out}", "name=other"]), out, resume=True,
+                        overwrite=False)
+    open_search_dir(cfg, out, resume=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
 def test_an_interrupted_search_resumes_where_it_stopped(tmp_path):
     search = tmp_path / "search.yaml"  # the tiny search with four trials
     search.write_text(TINY_SEARCH.read_text().replace("values: [0.0, 0.1, 1.0, 10.0]", "values: [0.0, 1.0]"))
@@ -175,6 +203,15 @@ def test_an_interrupted_search_resumes_where_it_stopped(tmp_path):
     last = printed.strip().splitlines()[-1]
     assert last.startswith("rayfed: the search stopped after ") and "rayfed tune CONFIG --resume" in last, last
     before = finished_trials(out)
+    # The interrupted search's directory is its own: a fresh start there, or a resume with other
+    # settings, is refused before anything is written (its finished trials and base run would
+    # otherwise pass for the new search's).
+    saved = (out / "config.yaml").read_text()
+    with pytest.raises(SearchExistsError, match="--resume"):
+        run_search(load_config(search, [f"output_dir={out}"]))
+    with pytest.raises(UserError, match=r"partition.concentration: 0.5 there, 10.0 now"):
+        run_search(load_config(search, [f"output_dir={out}", "partition.concentration=10.0"]), resume=True)
+    assert (out / "config.yaml").read_text() == saved and finished_trials(out) == before
 
     done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -25,10 +25,11 @@ from __future__ import annotations
 import json
 import os
 import socket
+import statistics
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +99,6 @@ def run_study(s: StudyConfig, out: Path, log: Callable[[str], None] = print) -> 
                         for conc in s.concentrations for label in s.algorithms], total, log)
 
 
-# Keys that say where and how a job ran, not what it computed.
-HOW_IT_RAN = ("name.", "output_dir.", "runtime.", "ray.", "logging.")
-
-
 def check_finished_jobs(s: StudyConfig, out: Path) -> None:
     """:func:`check_finished_job` for every finished job already in ``out`` that this study could
     count as its own (any lr of a grid, any seed)."""
@@ -127,24 +124,17 @@ def check_finished_job(job: Path, run_cfg: ExperimentConfig, values: dict[str, A
     Raises:
         UserError: naming the job, up to six keys that differ, and the way out.
     """
-    from rayfed.config import load_config, replace_keys
+    from rayfed.config import changes_text, config_changes, load_config, replace_keys
     from rayfed.errors import UserError
-    from rayfed.experiment import flat_keys
-
-    def flat(cfg: ExperimentConfig) -> dict[str, Any]:
-        return {k: v for k, v in flat_keys(asdict(cfg)).items() if not (k + ".").startswith(HOW_IT_RAN)}
 
     if not (job / "config.yaml").is_file():
         raise UserError(f"{job} holds a summary.json but no config.yaml: it is not this study's job; choose "
                         "another output_dir, or move that directory away")
-    have, want = flat(load_config(job / "config.yaml")), flat(replace_keys(run_cfg, values))
-    changed = [f"{k}: {have.get(k)!r} here, {want.get(k)!r} in the study" for k in sorted({*have, *want})
-               if have.get(k) != want.get(k)]
+    changed = config_changes(load_config(job / "config.yaml"), replace_keys(run_cfg, values))
     if changed:
-        what = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
-        raise UserError(f"{job} holds a finished job made with other settings than this study's ({what}): "
-                        "another study wrote into this output_dir; give this study its own output_dir=PATH, "
-                        "or move that directory away")
+        raise UserError(f"{job} holds a finished job made with other settings than this study's "
+                        f"({changes_text(changed, 'here', 'in the study')}): another study wrote into this "
+                        "output_dir; give this study its own output_dir=PATH, or move that directory away")
 
 
 def run_chains(s: StudyConfig, out: Path, chains: list[Chain], total: int, log: Callable[[str], None]) -> None:
@@ -263,7 +253,7 @@ def progress_by_kind(s: StudyConfig, out: Path) -> dict[str, tuple[int, int]]:
 
 
 def _estimate(s: StudyConfig, out: Path) -> str:
-    """``; about N h left``: the unfinished jobs (the one starting included) at the mean recorded
+    """``; about N h left``: the unfinished jobs (the one starting included) at the median recorded
     time of their kind (runs and personalizations), divided among parallel runs."""
     path = out / "jobs.jsonl"
     recorded = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
@@ -273,13 +263,13 @@ def _estimate(s: StudyConfig, out: Path) -> str:
 
 def estimate_text(recorded: list[dict[str, Any]], left: dict[str, int], parallel_runs: int = 1) -> str:
     """The estimate from recorded jobs (a resume counts as a run; a kind not yet recorded takes
-    the mean of all)."""
+    the median of all). Medians, so that one job that waited (a suspended process, a machine
+    shared for an hour) does not stretch every estimate after it."""
     if not recorded:
         return ""
     seconds: dict[str, list[float]] = {}
     for job in recorded:
         seconds.setdefault("run" if job["kind"] == "resume" else job["kind"], []).append(job["seconds"])
-    overall = sum(j["seconds"] for j in recorded) / len(recorded)
-    total = sum(n * (sum(seconds[k]) / len(seconds[k]) if k in seconds else overall) for k, n in left.items())
+    overall = statistics.median(j["seconds"] for j in recorded)
+    total = sum(n * (statistics.median(seconds[k]) if k in seconds else overall) for k, n in left.items())
     return f"; about {total / parallel_runs / 3600:.1f} h left"
-

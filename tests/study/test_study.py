@@ -180,8 +180,11 @@ def test_the_time_left_is_estimated_per_kind_of_job():
     # 3 runs at (100 + 300) / 2 s and 2 personalizations at 1000 s: 2600 s; with 2 runs at once, half.
     assert estimate_text(recorded, {"run": 3, "personalize": 2}) == "; about 0.7 h left"
     assert estimate_text(recorded, {"run": 3, "personalize": 2}, parallel_runs=2) == "; about 0.4 h left"
-    # A kind not recorded yet takes the mean of all recorded jobs (here one run, 100 s); none recorded, none.
+    # A kind not recorded yet takes the median of all recorded jobs (here one run, 100 s); none recorded, none.
     assert estimate_text(recorded[:1], {"personalize": 36}) == "; about 1.0 h left"
+    # A run that sat suspended for 10 hours moves the runs' median from 200 s to 300 s, not to 3.5 h.
+    waited = [*recorded, {"kind": "run", "seconds": 36000}]
+    assert estimate_text(waited, {"run": 3, "personalize": 2}) == "; about 0.8 h left"
     assert estimate_text([], {"run": 1}) == ""
 
 
