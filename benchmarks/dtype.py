@@ -10,6 +10,14 @@ dtype alike): those ratios are the speed to quote; a whole run's time also holds
     .venv/bin/python benchmarks/dtype.py configs/smoke.yaml        # tiny model, about a minute
     .venv/bin/python benchmarks/dtype.py configs/quickstart.yaml   # SmolLM2-135M, about an hour on 2 cores
     .venv/bin/python benchmarks/dtype.py configs/quickstart.yaml algorithm.rounds=2   # shorter
+
+``--serve RUN_DIR`` instead scores a finished run's global prompt (trained in float32) with the
+backbone in each dtype, on the global test set and every client's test split: what serving the
+same prompt in half precision changes, paired by example, and each dtype's evaluation time. It
+costs an evaluation per dtype, not a run, so it fits where emulated half precision makes a
+whole run too slow.
+
+    .venv/bin/python benchmarks/dtype.py --serve outputs/quickstart --dtypes float32,bfloat16
 """
 
 from __future__ import annotations
@@ -23,13 +31,14 @@ from pathlib import Path
 
 import torch
 
-from rayfed.config import load_config
+from rayfed.config import load_config, replace_keys
 from rayfed.data.formatting import tokenize
 from rayfed.data.sources import federated_data
 from rayfed.experiment import run_experiment
 from rayfed.local.evaluation import evaluate
 from rayfed.local.training import train_prompt
 from rayfed.model.prompt_model import build_prompt_model
+from rayfed.outputs.checkpoint import load_prompt
 from rayfed.outputs.scores import final_scores, paired_change
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -61,17 +70,75 @@ def step_times(cfg_path: str, overrides: list[str], repeats: int, dtypes: tuple[
     return {dt: {k: statistics.median(v[1:]) for k, v in t.items()} for dt, t in times.items()}
 
 
+def serve_scores(run_dir: Path, dtypes: tuple[str, ...]) -> dict[str, dict]:
+    """Per dtype: seconds of the evaluation and each example's scores, by split and metric,
+    keyed by example id (``(client, position)`` on the clients' test splits)."""
+    cfg = load_config(run_dir / "config.yaml")
+    prompt = load_prompt(run_dir / "global_prompt.safetensors")[0]
+    data = federated_data(cfg)
+    out: dict[str, dict] = {}
+    for dt in dtypes:
+        model = build_prompt_model(replace_keys(cfg, {"model.dtype": dt}).model, seed=cfg.seed)
+        sets = {"global_test": [(None, data.global_test)], "local_test": [(c, cl.test) for c, cl in
+                                                                            enumerate(data.clients)]}
+        scores: dict[str, dict[str, dict]] = {}
+        start = time.perf_counter()
+        for split, parts in sets.items():
+            scores[split] = {"loss": {}, "rouge_l": {}}
+            for client, examples in parts:
+                tokens = tokenize(examples, model.tokenizer, cfg.data.max_source_tokens, cfg.data.max_target_tokens)
+                sums = evaluate(model, tokens, prompt, batch_size=cfg.eval.batch_size,
+                                max_new_tokens=cfg.eval.max_new_tokens)
+                for i, loss, _, rouge in sums.examples:
+                    key = i if client is None else (client, i)
+                    scores[split]["loss"][key], scores[split]["rouge_l"][key] = loss, rouge
+        out[dt] = {"seconds": time.perf_counter() - start, "scores": scores}
+    return out
+
+
+def serve(run_dir: Path, dtypes: tuple[str, ...]) -> None:
+    """Print :func:`serve_scores`: each dtype's means, changes from float32 [95%] and time."""
+    result = serve_scores(run_dir, dtypes)
+    base = result["float32"]
+    own = final_scores(run_dir, "global_test", "loss")  # the run's own float32 scores: this path must agree
+    agree = max(abs(own[i] - base["scores"]["global_test"]["loss"][i]) for i in own)
+    print(f"float32 here vs the run's own global test losses: largest difference {agree:.2e}")
+    print(f"{'dtype':<10} {'split':<12} {'loss':>7} {'change [95%]':>26} {'rougeL':>7} {'change [95%]':>26} "
+          f"{'eval s':>7} {'vs fp32':>8}")
+    rows = {}
+    for dt in dtypes:
+        r = result[dt]
+        for split in ("global_test", "local_test"):
+            s, b = r["scores"][split], base["scores"][split]
+            mean = {m: statistics.fmean(s[m].values()) for m in ("loss", "rouge_l")}
+            change = {m: paired_change(b[m], s[m]) for m in ("loss", "rouge_l")}
+            text = {m: "{:+.4f} [{:+.4f}, {:+.4f}]".format(*change[m]) for m in change}
+            print(f"{dt:<10} {split:<12} {mean['loss']:>7.4f} {text['loss']:>26} {mean['rouge_l']:>7.4f} "
+                  f"{text['rouge_l']:>26} {r['seconds']:>7.1f} {r['seconds'] / base['seconds']:>7.2f}x")
+            rows[f"{dt}/{split}"] = {**mean, **{f"{m}_change": list(c) for m, c in change.items()},
+                                     "examples": len(s["loss"])}
+        rows[f"{dt}/seconds"] = r["seconds"]
+    print(json.dumps({"run": str(run_dir), "largest_fp32_difference": agree, **rows}, sort_keys=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config")
+    parser.add_argument("config", nargs="?")
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--repeats", type=int, default=3, help="alternating timing passes per dtype")
     parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated, float32 first (the baseline)")
+    parser.add_argument("--serve", metavar="RUN_DIR", type=Path,
+                        help="score a finished run's global prompt with the backbone in each dtype (no training)")
     args = parser.parse_args()
     dtypes = tuple(args.dtypes.split(","))
     if dtypes[0] != "float32":
         parser.error("--dtypes starts with float32, the baseline every ratio is to")
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.serve:
+        serve(args.serve, dtypes)
+        return
+    if not args.config:
+        parser.error("give a CONFIG to run, or --serve RUN_DIR")
 
     steps = step_times(args.config, args.overrides, args.repeats, dtypes)
     print(f"{'dtype':<10} {'train step s':>13} {'vs fp32':>8} {'eval s':>8} {'vs fp32':>8}")

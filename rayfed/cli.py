@@ -116,12 +116,16 @@ def _study_power(pilot, out: Path, target) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import json
 
-    from rayfed.outputs.compare import compare, format_table, load_source
+    from rayfed.outputs.compare import by_client, compare, format_by_client, format_table, load_source
 
     splits = tuple(s for s in args.splits.split(",") if s)
-    result = compare([load_source(spec, args.metric) for spec in args.sources], splits)
+    sources = [load_source(spec, args.metric) for spec in args.sources]
+    result = compare(sources, splits)
     result["metric"] = args.metric
     print(format_table(result, args.metric))
+    if args.by_client:
+        result["by_client"] = by_client(sources, splits)
+        print("\n" + format_by_client(result["by_client"], args.metric))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
@@ -266,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "@EPOCH,RATIO]")
     cmp.add_argument("--metric", default="rouge_l", choices=("rouge_l", "exact_match", "loss"))
     cmp.add_argument("--splits", default="local_test,global_test", help="comma-separated splits (default: %(default)s)")
+    cmp.add_argument("--by-client", action="store_true", help="also each client's change on its own examples")
     cmp.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
     cmp.set_defaults(handler=cmd_compare)
     add("export", cmd_export, "write a run's global prompt as a PEFT adapter directory", "run_dir",

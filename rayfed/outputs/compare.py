@@ -160,6 +160,51 @@ def compare(sources: list[Source], splits: tuple[str, ...] = COMPARE_SPLITS, dra
                         "and the shared examples drawn independently (global sets)"}
 
 
+def by_client(sources: list[Source], splits: tuple[str, ...] = COMPARE_SPLITS, draws: int = 4000,
+              seed: int = 0) -> dict[str, dict[int, dict[str, list[float]]]]:
+    """Each client on its own: per split, the first source's mean and every other source's change
+    from it, each with a 95% interval over that client's examples (paired by example). Which site
+    a personalization helps, and which it costs the federation's tasks; each interval stands
+    alone (no correction over the clients).
+
+    Raises:
+        UserError: as :func:`compare`.
+    """
+    from rayfed.core.bootstrap import bootstrap_mean
+
+    reference = sources[0]
+    clients = _clients_of(reference, splits)
+    out: dict[str, dict[int, dict[str, list[float]]]] = {}
+    for split in splits:
+        ids = {c: sorted(reference.scores[split][c]) for c in clients}
+        for source in sources[1:]:
+            _check_units(source, split, ids)
+        out[split] = {}
+        for c in clients:
+            base = np.array([reference.scores[split][c][i] for i in ids[c]])
+            row = {reference.label: list(bootstrap_mean([[base]], draws=draws, seed=seed))}
+            for source in sources[1:]:
+                mine = np.array([source.scores[split][c][i] for i in ids[c]])
+                row[source.label] = list(bootstrap_mean([[mine - base]], draws=draws, seed=seed))
+            out[split][c] = row
+    return out
+
+
+def format_by_client(result: dict[str, dict[int, dict[str, list[float]]]], metric: str) -> str:
+    """:func:`by_client` as one text table per split: a row per client."""
+    blocks = []
+    for split, rows in result.items():
+        labels = list(next(iter(rows.values())))
+        head = ["client", f"{labels[0]} {split} {metric}", *(f"{label} change" for label in labels[1:])]
+        lines = [[str(c), _cell(row[labels[0]]), *(_cell(row[label], signed=True) for label in labels[1:])]
+                 for c, row in rows.items()]
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=True)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        blocks.append("\n".join([fmt.format(*head), *(fmt.format(*cells) for cells in lines)]))
+    return "\n\n".join(blocks) + ("\n\neach client alone: 95% bootstrap over its own examples, paired by example; "
+                                   "no correction over the clients")
+
+
 def _replicates(sources: list[Source], split: str, clients: list[int], ids: dict[int, list[int]], draws: int,
                 seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``(means [points], replicates [draws, points])`` of one split: a global set's examples are

@@ -11,7 +11,7 @@ import pytest
 from rayfed.cli import main
 from rayfed.core.bootstrap import bootstrap_crossed, paired_crossed
 from rayfed.errors import UserError
-from rayfed.outputs.compare import compare, load_source
+from rayfed.outputs.compare import by_client, compare, load_source
 from rayfed.outputs.scores import DITTO_SCORES, EXAMPLE_SCORES, save_example_scores
 
 LOCAL = {0: [0.0, 1.0], 1: [1.0, 1.0, 0.0]}  # client -> its local_test scores (ids 0..n-1)
@@ -111,6 +111,28 @@ def test_the_command_prints_the_table_and_writes_json_without_torch(dirs, tmp_pa
     saved = json.loads((tmp_path / "c.json").read_text())
     assert saved["metric"] == "rouge_l" and saved["rows"][1]["global_test_change"][0] == pytest.approx(-0.5)
     assert main(["compare", str(run), f"{pers}@best"]) == 2
+
+
+def test_each_clients_change_stands_on_its_own_examples(dirs, tmp_path, without_torch_or_ray):
+    """--by-client: which site a prompt helps and which it costs, each from that client's own examples."""
+    run, pers = dirs
+    result = by_client([load_source(s, "rouge_l") for s in (str(run), f"{pers}@3,0.5", f"{pers}@per_client")],
+                       ("local_test", "global_test"))
+    label, half, own = str(run), f"{pers}@3,0.5", f"{pers}@per_client"
+    local, glob = result["local_test"], result["global_test"]
+    assert local[0][label][0] == pytest.approx(0.5) and local[1][label][0] == pytest.approx(2 / 3)
+    # client 0: [1, 0] against [0, 1]; client 1: [1, 1, 1] against [1, 1, 0]
+    assert local[0][half][0] == pytest.approx(0.0) and local[1][half][0] == pytest.approx(1 / 3)
+    assert local[0][own] == [0.0, 0.0, 0.0]  # client 0 kept the global prompt: no change on any draw
+    assert glob[1][own][0] == pytest.approx(0.0 - 0.5)  # client 1 took epoch 3: 0 on the global set, against 0.5
+    for row in (*local.values(), *glob.values()):
+        assert all(low <= mean <= high for mean, low, high in row.values())
+    done = without_torch_or_ray("compare", str(run), f"{pers}@per_client", "--by-client", "--json",
+                                str(tmp_path / "c.json"))
+    assert done.returncode == 0, done.stderr
+    assert "each client alone" in done.stdout and "-0.500 [" in done.stdout
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["by_client"]["global_test"]["1"][own][0] == pytest.approx(-0.5)
 
 
 def test_paired_crossed_matches_the_one_point_bootstrap_and_pairs_its_points():
