@@ -13,6 +13,8 @@ and once up per dispatched client per round (the same rounds and clients as thes
     .venv/bin/python benchmarks/communication.py configs/quickstart.yaml         # SmolLM2-135M, hours on 2 cores
     .venv/bin/python benchmarks/communication.py configs/smoke.yaml --plot docs/figures/communication_smoke.png \
         --methods prompt_tuning,prefix_tuning,lora
+    .venv/bin/python benchmarks/communication.py configs/quickstart.yaml eval.eval_every=5 \
+        --methods prompt_tuning,prefix_tuning,lora --settings "none,int8,topk 10%" --out outputs/communication
 """
 
 from __future__ import annotations
@@ -25,31 +27,44 @@ from pathlib import Path
 from rayfed.config import load_config
 from rayfed.experiment import run_experiment
 from rayfed.model.prompt_model import load_backbone
+from rayfed.outputs.checkpoint import CHECKPOINT
 from rayfed.outputs.scores import final_scores, paired_change
 
 SETTINGS = {"none": [], "fp16": [], "int8": [], "topk 10%": ["communication.topk_fraction=0.1"],
             "topk 1%": ["communication.topk_fraction=0.01"]}
 
 
-def run_all(config: str, overrides: list[str], methods: list[str | None]) -> dict[str, dict]:
-    """``{"METHOD SETTING": row}`` (``SETTING`` alone for the config's own method)."""
-    rows = {}
+def run_all(config: str, overrides: list[str], methods: list[str | None], settings: list[str],
+            out: Path | None = None) -> dict[str, dict]:
+    """``{"METHOD SETTING": row}`` (``SETTING`` alone for the config's own method). With ``out``,
+    each run keeps its directory there: a finished one is read back, a cut-off one resumes from its
+    checkpoint, so an interrupted benchmark continues where it stopped."""
     with tempfile.TemporaryDirectory() as tmp:
-        for method in methods:
-            peft = [f"model.peft={method}"] if method else []
-            mine = {}
-            for label, extra in SETTINGS.items():
-                name = f"{method} {label}" if method else label
-                cfg = load_config(config, [*overrides, *peft, f"communication.compress={label.split()[0]}", *extra,
-                                           f"output_dir={Path(tmp) / name.replace(' ', '-').replace('%', '')}"])
-                summary = run_experiment(cfg, loggers=[])
-                mine[name] = {"method": method or cfg.model.peft, "setting": label, **summary["final"],
-                              "loss_interval": summary["final_intervals"]["global_test"]["loss"],
-                              **summary["communication"], "_scores": final_scores(Path(cfg.output_dir))}
-            base = next(iter(mine.values()))["_scores"]
-            for r in mine.values():  # the change from this method uncompressed, paired by example
-                r["loss_change"] = list(paired_change(base, r.pop("_scores")))
-            rows.update(mine)
+        return _run_all(config, overrides, methods, settings, out or Path(tmp))
+
+
+def _run_all(config: str, overrides: list[str], methods: list[str | None], settings: list[str],
+             out: Path) -> dict[str, dict]:
+    rows = {}
+    for method in methods:
+        peft = [f"model.peft={method}"] if method else []
+        mine = {}
+        for label in settings:
+            name = f"{method} {label}" if method else label
+            cfg = load_config(config, [*overrides, *peft, f"communication.compress={label.split()[0]}",
+                                       *SETTINGS[label], f"output_dir={out / name.replace(' ', '-').replace('%', '')}"])
+            run = Path(cfg.output_dir)
+            if (run / "summary.json").is_file():
+                summary = json.loads((run / "summary.json").read_text())
+            else:
+                summary = run_experiment(cfg, loggers=[], resume=(run / CHECKPOINT).is_file())
+            mine[name] = {"method": method or cfg.model.peft, "setting": label, **summary["final"],
+                          "loss_interval": summary["final_intervals"]["global_test"]["loss"],
+                          **summary["communication"], "_scores": final_scores(run)}
+        base = next(iter(mine.values()))["_scores"]
+        for r in mine.values():  # the change from this method uncompressed, paired by example
+            r["loss_change"] = list(paired_change(base, r.pop("_scores")))
+        rows.update(mine)
     return rows
 
 
@@ -59,8 +74,16 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--plot", help="write the ROUGE-L / loss against uploaded bytes figure here")
     parser.add_argument("--methods", help="comma-separated model.peft values to compare (default: the config's)")
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help="comma-separated compress settings, none first (default: %(default)s)")
+    parser.add_argument("--out", type=Path, help="keep each run's directory here; rerunning the same command "
+                        "reads finished runs back and resumes a cut-off one (default: a temporary directory)")
     args = parser.parse_args()
-    rows = run_all(args.config, args.overrides, args.methods.split(",") if args.methods else [None])
+    settings = args.settings.split(",")
+    if settings[0] != "none" or not set(settings) <= set(SETTINGS):
+        parser.error(f"--settings: names from {', '.join(SETTINGS)}, none first (each change is from it)")
+    rows = run_all(args.config, args.overrides, args.methods.split(",") if args.methods else [None], settings,
+                   args.out)
 
     cfg = load_config(args.config, args.overrides)
     backbone, _ = load_backbone(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
