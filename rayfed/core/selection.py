@@ -68,7 +68,10 @@ def select_reliable(rows: Sequence[dict[str, Any]], tolerance: float,
     if eligible:
         _, best = max(eligible, key=lambda ir: (ir[1][local], ir[1][glob], -ir[0]))
         return {**best, "rule": rule, "kept_global_prompt": False}
-    closest = max(rows, key=lambda r: r[gain_low])
+    # The closest personalized setting (a curve's epoch-0 or ratio-0 rows are the global prompt
+    # itself, whose gain is 0 on every draw and would otherwise win whenever every gain may be noise).
+    personalized = [r for r in rows if "interp_ratio" not in r or (r["epoch"] != 0 and r["interp_ratio"] != 0)]
+    closest = max(personalized or rows, key=lambda r: r[gain_low])
     where = (f"epoch {closest['epoch']}, ratio {closest['interp_ratio']:g}" if "interp_ratio" in closest
              else f"trial {closest.get('trial_id')}")
     reason = (f"no setting's local gain is reliably positive with its global change within {tolerance:g}; the "

@@ -349,6 +349,11 @@ def test_the_reliable_rule_passes_over_a_noisy_winner_and_otherwise_keeps_the_gl
     kept = select_reliable([start, noisy, harmful], 0.01)
     assert kept["kept_global_prompt"] and (kept["epoch"], kept["interp_ratio"]) == (0, 0.0)
     assert "epoch 3, ratio 1: +0.1500 [+0.0500, +0.2500]" in kept["reason"]
+    # Every gain may be noise: the reason names the surest personalized setting, never the global
+    # prompt's own rows (a gain of exactly 0 on every draw).
+    at_ratio_0 = row(1, 0.0, 0.20, 0.0, 0.0, 0.0)
+    kept = select_reliable([start, at_ratio_0, noisy], 0.01)
+    assert kept["kept_global_prompt"] and "surest local gain was epoch 1, ratio 1: +0.2000 [-0.0500" in kept["reason"]
     assert select_reliable([{"epoch": 0, "local_val/rouge_l_mean": 0.2}], 0.01) is None  # no intervals: no rule
 
 
