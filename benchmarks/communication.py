@@ -14,7 +14,8 @@ and once up per dispatched client per round (the same rounds and clients as thes
     .venv/bin/python benchmarks/communication.py configs/smoke.yaml --plot docs/figures/communication_smoke.png \
         --methods prompt_tuning,prefix_tuning,lora
     .venv/bin/python benchmarks/communication.py configs/quickstart.yaml eval.eval_every=5 \
-        --methods prompt_tuning,prefix_tuning,lora --settings "none,int8,topk 10%" --out outputs/communication
+        --methods prompt_tuning,prefix_tuning,lora --set lora:algorithm.client_optimizer.lr=0.003 \
+        --settings "none,int8,topk 10%" --out outputs/communication
 """
 
 from __future__ import annotations
@@ -35,19 +36,20 @@ SETTINGS = {"none": [], "fp16": [], "int8": [], "topk 10%": ["communication.topk
 
 
 def run_all(config: str, overrides: list[str], methods: list[str | None], settings: list[str],
-            out: Path | None = None) -> dict[str, dict]:
+            out: Path | None = None, per_method: dict[str, list[str]] | None = None) -> dict[str, dict]:
     """``{"METHOD SETTING": row}`` (``SETTING`` alone for the config's own method). With ``out``,
     each run keeps its directory there: a finished one is read back, a cut-off one resumes from its
-    checkpoint, so an interrupted benchmark continues where it stopped."""
+    checkpoint, so an interrupted benchmark continues where it stopped. ``per_method[METHOD]``:
+    overrides for that method's runs only (its own learning rate, say)."""
     with tempfile.TemporaryDirectory() as tmp:
-        return _run_all(config, overrides, methods, settings, out or Path(tmp))
+        return _run_all(config, overrides, methods, settings, out or Path(tmp), per_method or {})
 
 
 def _run_all(config: str, overrides: list[str], methods: list[str | None], settings: list[str],
-             out: Path) -> dict[str, dict]:
+             out: Path, per_method: dict[str, list[str]]) -> dict[str, dict]:
     rows = {}
     for method in methods:
-        peft = [f"model.peft={method}"] if method else []
+        peft = [f"model.peft={method}", *per_method.get(method, [])] if method else []
         mine = {}
         for label in settings:
             name = f"{method} {label}" if method else label
@@ -78,12 +80,22 @@ def main() -> None:
                         help="comma-separated compress settings, none first (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="keep each run's directory here; rerunning the same command "
                         "reads finished runs back and resumes a cut-off one (default: a temporary directory)")
+    parser.add_argument("--set", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                        help="an override for one method's runs only, e.g. lora:algorithm.client_optimizer.lr=0.003")
     args = parser.parse_args()
+    per_method: dict[str, list[str]] = {}
+    for item in args.set:
+        method, _, override = item.partition(":")
+        if "=" not in override:
+            parser.error(f"--set {item}: expected METHOD:KEY=VALUE")
+        per_method.setdefault(method, []).append(override)
     settings = args.settings.split(",")
     if settings[0] != "none" or not set(settings) <= set(SETTINGS):
         parser.error(f"--settings: names from {', '.join(SETTINGS)}, none first (each change is from it)")
-    rows = run_all(args.config, args.overrides, args.methods.split(",") if args.methods else [None], settings,
-                   args.out)
+    methods = args.methods.split(",") if args.methods else [None]
+    if not set(per_method) <= set(methods):
+        parser.error(f"--set names {', '.join(sorted(set(per_method) - set(methods)))}, not in --methods")
+    rows = run_all(args.config, args.overrides, methods, settings, args.out, per_method)
 
     cfg = load_config(args.config, args.overrides)
     backbone, _ = load_backbone(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
