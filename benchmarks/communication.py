@@ -25,7 +25,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from rayfed.config import load_config
+from rayfed.config import changes_text, config_changes, load_config
 from rayfed.experiment import run_experiment
 from rayfed.model.prompt_model import load_backbone
 from rayfed.outputs.checkpoint import CHECKPOINT
@@ -56,7 +56,12 @@ def _run_all(config: str, overrides: list[str], methods: list[str | None], setti
             cfg = load_config(config, [*overrides, *peft, f"communication.compress={label.split()[0]}",
                                        *SETTINGS[label], f"output_dir={out / name.replace(' ', '-').replace('%', '')}"])
             run = Path(cfg.output_dir)
-            if (run / "summary.json").is_file():
+            if (run / "summary.json").is_file():  # read back only if it ran what this command asks for
+                changed = config_changes(load_config(run / "config.yaml"), cfg)
+                if changed:
+                    raise SystemExit(f"{run} holds a run with other settings "
+                                     f"({changes_text(changed, 'there', 'now')}); give --out another directory, "
+                                     "or remove that run")
                 summary = json.loads((run / "summary.json").read_text())
             else:
                 summary = run_experiment(cfg, loggers=[], resume=(run / CHECKPOINT).is_file())

@@ -77,16 +77,19 @@ def serve_scores(run_dir: Path, dtypes: tuple[str, ...]) -> dict[str, dict]:
     prompt = load_prompt(run_dir / "global_prompt.safetensors")[0]
     data = federated_data(cfg)
     out: dict[str, dict] = {}
+    sets: dict[str, list] = {}  # split -> [(client or None, tokenized examples)], tokenized once for every dtype
     for dt in dtypes:
         model = build_prompt_model(replace_keys(cfg, {"model.dtype": dt}).model, seed=cfg.seed)
-        sets = {"global_test": [(None, data.global_test)], "local_test": [(c, cl.test) for c, cl in
-                                                                            enumerate(data.clients)]}
+        if not sets:
+            parts = {"global_test": [(None, data.global_test)],
+                     "local_test": list(enumerate(c.test for c in data.clients))}
+            sets = {split: [(c, tokenize(ex, model.tokenizer, cfg.data.max_source_tokens, cfg.data.max_target_tokens))
+                            for c, ex in rows] for split, rows in parts.items()}
         scores: dict[str, dict[str, dict]] = {}
         start = time.perf_counter()
         for split, parts in sets.items():
             scores[split] = {"loss": {}, "rouge_l": {}}
-            for client, examples in parts:
-                tokens = tokenize(examples, model.tokenizer, cfg.data.max_source_tokens, cfg.data.max_target_tokens)
+            for client, tokens in parts:
                 sums = evaluate(model, tokens, prompt, batch_size=cfg.eval.batch_size,
                                 max_new_tokens=cfg.eval.max_new_tokens)
                 for i, loss, _, rouge in sums.examples:
