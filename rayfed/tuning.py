@@ -6,7 +6,8 @@ Two kinds of trial:
   trial personalizes that same global prompt with its own settings, reporting after each
   evaluated epoch. Trained local prompts are kept in ``OUT/local_prompts/`` under a hash of the
   settings that train them, so trials that differ only in the interpolation ratio (or in how
-  they are scored) load them instead of retraining.
+  they are scored) load them instead of retraining. Each trial's personalization is written to
+  ``OUT/trials/<trial id>/``: a search writes nothing into the run it reads.
 - ``federation``: each trial is a whole federated run (any key may be searched), reporting
   after each evaluated round. Its driver and client actors are reserved as placement-group
   bundles, so trials never wait on each other's actors.
@@ -204,7 +205,8 @@ def _trainable(cfg: ExperimentConfig, out: Path, base_run: tuple[Path, Experimen
         try:
             personalize_run(base_dir, replace_keys(inherited, {**values, "personalize.name": name}),
                             global_prompt, name, loggers=[], prompt_cache=out / "local_prompts", on_epoch=report,
-                            wandb_id=trial_id)  # a trial restarted on --resume continues its W&B run
+                            wandb_id=trial_id,  # a trial restarted on --resume continues its W&B run
+                            out=out / "trials" / trial_id)  # the search's own directory, not the run it reads
         finally:
             _end_wandb(cfg)
 

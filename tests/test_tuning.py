@@ -72,8 +72,33 @@ def test_personalize_search_shares_local_prompts_and_writes_the_pareto_set(ray_s
     assert not chosen["kept_global_prompt"] or "surest local gain was trial" in chosen["reason"]
     assert (tmp_path / "pareto.png").stat().st_size > 0
     assert (tmp_path / "tune").is_dir()  # Tune's own experiment directory, for Tuner.restore
-    # Each trial's curves are under the base run, like any `rayfed personalize`.
-    assert len(list((tmp_path / "base" / "personalize").glob("*/personalization.jsonl"))) == 8
+    # Each trial's curves are in the search's own directory, never in the run it personalizes.
+    assert {p.parent.name for p in (tmp_path / "trials").glob("*/personalization.jsonl")} == {
+        r["trial_id"] for r in rows}
+    assert not (tmp_path / "base" / "personalize").exists()
+
+
+def test_a_personalize_search_on_a_users_run_writes_nothing_into_it(ray_session, tmp_path):
+    """``tune.base_run``: the trials read the user's run and write only into the search's own
+    directory, so ``rayfed plot RUN`` and ``rayfed compare`` of the run show no trial, and
+    ``--overwrite`` of the search removes every trial's files."""
+    from rayfed.config import SpaceParam
+    from rayfed.experiment import run_experiment
+
+    run = tmp_path / "run"
+    run_experiment(load_config(TINY_SEARCH, [f"output_dir={run}", "personalize.enabled=false"]), loggers=[])
+    before = {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*")}
+    out = tmp_path / "search"
+    cfg = load_config(TINY_SEARCH, [f"output_dir={out}", f"tune.base_run={run}", "personalize.local_epochs=1"])
+    cfg.tune.space = {"personalize.l2_strength": SpaceParam("grid", [0.0, 1.0])}
+    run_search(cfg)
+    assert {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    assert not (out / "base").exists()
+    trials = {r["trial_id"] for r in rows_of(out / "results.csv")}
+    assert len(trials) == 2 and {p.parent.name for p in (out / "trials").glob("*/summary.json")} == trials
+    run_search(cfg, overwrite=True)  # the same search again, from scratch
+    assert {p.parent.name for p in (out / "trials").glob("*/summary.json")} == {
+        r["trial_id"] for r in rows_of(out / "results.csv")}
 
 
 def test_federation_search_reserves_actor_bundles_and_never_hangs(ray_session, tmp_path):

@@ -78,15 +78,16 @@ def run_personalization(run_dir: str | Path, overrides: list[str] | None = None,
 def personalize_run(run_dir: str | Path, cfg: ExperimentConfig, global_prompt: torch.Tensor, name: str,
                     loggers: list[MetricLogger] | None = None, *, prompt_cache: Path | None = None,
                     on_epoch: EpochCallback | None = None, driver: Any = None,
-                    wandb_id: str | None = None) -> dict[str, Any]:
+                    wandb_id: str | None = None, out: Path | None = None) -> dict[str, Any]:
     """Personalize a finished run already loaded (``load_finished_run``): ``cfg`` is its config
     with this personalization's settings (a Tune trial sets them with ``replace_keys``), the
-    results go to ``run_dir/personalize/<name>/``; ``wandb_id`` names its W&B run (a Tune trial's
-    id). The other arguments are :func:`run_personalization`'s."""
+    results go to ``out`` (default ``run_dir/personalize/<name>/``; a Tune trial's go to its
+    search's ``trials/<trial id>/``, never into the run it reads); ``wandb_id`` names its W&B run
+    (a Tune trial's id). The other arguments are :func:`run_personalization`'s."""
     # Without a shared driver, this call's own workers (the same seed and config: the run's shards).
     own = open_driver(cfg, federated_data(cfg)) if driver is None else nullcontext(driver)
     with own as driver:
-        out = Path(run_dir) / "personalize" / name
+        out = Path(run_dir) / "personalize" / name if out is None else Path(out)
         logs = build_loggers(cfg, out, loggers, job_type="personalize", run_id=wandb_id)
         try:
             return personalize_phase(cfg, driver, global_prompt, out, logs, prompt_cache=prompt_cache,
