@@ -170,7 +170,7 @@ class PersonalizeConfig:
     # Robustness is scored on the global val/test sets; an int scores each client on its own
     # seeded subsample of that many examples instead (cheaper; noisier per client, see docs).
     global_eval_examples: int | None = None
-    # Selection rule (rayfed.core.selection.select_reliable): the best local_val ROUGE-L among the
+    # Selection rule (rayfed.core.selection.select_reliable): the best local_val score (metric) among the
     # settings whose local gain over the un-personalized prompt is reliably positive and whose
     # global_val change stays above minus this tolerance, both by their paired 95% intervals;
     # none: the global prompt is kept. Test scores are reported, never used.
@@ -183,6 +183,11 @@ class PersonalizeConfig:
     # global prompt unless a setting beats it reliably; rayfed.personalization.per_client). Both are
     # always scored in summary.json.
     selection: str = "federation"
+    # The score both rules read: rouge_l (higher is better) | loss (lower is better: a gain is a
+    # fall, and global_tolerance bounds the global loss's rise). With a few dozen validation
+    # examples the loss's intervals are far narrower than ROUGE-L's, so it can decide where ROUGE-L
+    # keeps the global prompt for want of evidence.
+    metric: str = "rouge_l"
 
 
 @dataclass
@@ -641,6 +646,7 @@ def _validate_personalize(cfg: ExperimentConfig) -> None:
     _check_lr(z.optimizer.lr, "personalize.optimizer.lr")
     _check(z.l2_strength >= 0, "personalize.l2_strength", "must be >= 0")
     _choice("personalize.selection", z.selection, ("federation", "per_client"))
+    _choice("personalize.metric", z.metric, ("rouge_l", "loss"))
     warn_unstable_l2(z.optimizer, z.l2_strength)
     _check(len(z.interp_ratios) >= 1, "personalize.interp_ratios", "needs at least one interpolation ratio")
     for ratio in z.interp_ratios:

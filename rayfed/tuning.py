@@ -361,8 +361,10 @@ def write_results(cfg: ExperimentConfig, out: Path, params: list[str],
         row.update({p: trial_params(config).get(p) for p in params})
         row["epoch"] = metrics.get("epoch", metrics.get("round"))
         row.update({k: metrics.get(k, math.nan) for k in OBJECTIVES})
-        row.update({flat_name(split, stat): metrics.get(f"personalize/{metric_key(split, 'rouge_l', stat)}", math.nan)
-                    for split, stat in CHANGES})
+        row.update({flat_name(split, stat, metric): metrics.get(f"personalize/{metric_key(split, metric, stat)}",
+                                                                 math.nan)
+                    for metric in ("rouge_l", "loss") for split, stat in CHANGES + LOSS_MEANS
+                    if metric == "loss" or stat != "mean"})
         rows.append(row)
     rows.sort(key=lambda r: r["trial_id"])
     scored = [r for r in rows if r["status"] == "done" and not (math.isnan(r[LOCAL]) or math.isnan(r[GLOBAL]))]
@@ -375,11 +377,13 @@ def write_results(cfg: ExperimentConfig, out: Path, params: list[str],
         for row, kept in zip(scored, reliable_pareto_mask(bounds), strict=True):
             row["pareto_reliable"] = int(kept)
     reference = _search_reference(trials)
-    selected, rule = _choose(scored, reference, cfg.personalize.global_tolerance)
+    selected, rule = _choose(scored, reference, cfg.personalize.global_tolerance, cfg.personalize.metric)
     for row in rows:
         row.setdefault("pareto", 0)
         row["selected"] = int(selected is not None and row["trial_id"] == selected.get("trial_id"))
-    changes = [flat_name(split, stat) for split, stat in CHANGES] if cfg.tune.kind == "personalize" else []
+    changes = ([flat_name(split, stat) for split, stat in CHANGES]
+               + [flat_name(split, stat, "loss") for split, stat in LOSS_MEANS + CHANGES]
+               if cfg.tune.kind == "personalize" else [])
     columns = ["trial_id", "status", *params, "epoch", *OBJECTIVES, *changes, "pareto",
                *(["pareto_reliable"] if changes else []), "selected"]
     for name, subset in (("results.csv", rows), ("pareto.csv", [r for r in rows if r["pareto"]])):
@@ -414,29 +418,34 @@ def trial_status(cfg: ExperimentConfig, metrics: dict[str, Any], config: dict[st
     return "done" if finished else "stopped"
 
 
-def flat_name(split: str, stat: str) -> str:
-    """A search's flat column for a ROUGE-L statistic: ``local_val_rouge_l`` for the client mean,
-    ``local_val_rouge_l_change_low`` for the lower end of its paired change."""
-    return objective(split) if stat == "mean" else f"{objective(split)}_{stat}"
+def flat_name(split: str, stat: str, metric: str = "rouge_l") -> str:
+    """A search's flat column for a statistic of ``metric``: ``local_val_rouge_l`` for the client
+    mean, ``local_val_rouge_l_change_low`` for the lower end of its paired change."""
+    return objective(split, metric) if stat == "mean" else f"{objective(split, metric)}_{stat}"
 
 
 CHANGES = [(split, stat) for split in ("local_val", "global_val") for stat in ("change", "change_low", "change_high")]
+LOSS_MEANS = [("local_val", "mean"), ("global_val", "mean")]  # (ROUGE-L's means are the search's objectives)
 
 
 def _choose(scored: list[dict[str, Any]], reference: dict[str, float] | None,
-            tolerance: float) -> tuple[dict[str, Any] | None, str]:
+            tolerance: float, metric: str = "rouge_l") -> tuple[dict[str, Any] | None, str]:
     """The selected trial and the rule. A personalize search (every trial paired with the shared
-    un-personalized prompt): the reliable rule on the trials' 95% intervals, which keeps the global
-    prompt when no trial's gain is beyond the noise. A federation search has no shared reference:
-    the best local score among the trials within ``tolerance`` of the best global one (means)."""
+    un-personalized prompt): the reliable rule on the trials' 95% intervals of ``metric``
+    (``personalize.metric``), which keeps the global prompt when no trial's gain is beyond the
+    noise. A federation search has no shared reference: the best local ROUGE-L among the trials
+    within ``tolerance`` of the best global one (means)."""
     if not scored:
         return None, rule_text(tolerance, LOCAL, GLOBAL)
     if reference is None:
         rule = f"max {LOCAL} subject to {GLOBAL} >= best trial's - {tolerance:g}"
         return select_best(scored, {GLOBAL: max(r[GLOBAL] for r in scored)}, tolerance, LOCAL, GLOBAL), rule
-    if all(math.isfinite(r[flat_name(split, stat)]) for r in scored for split, stat in CHANGES):
-        choice = select_reliable(scored, tolerance, flat_name)
-        return choice, reliable_rule_text(tolerance, flat_name)
+    def name(split: str, stat: str) -> str:
+        return flat_name(split, stat, metric)
+
+    if all(math.isfinite(r[name(split, stat)]) for r in scored for split, stat in CHANGES):
+        choice = select_reliable(scored, tolerance, name, metric)
+        return choice, reliable_rule_text(tolerance, name, metric)
     return select_best(scored, reference, tolerance, LOCAL, GLOBAL), rule_text(tolerance, LOCAL, GLOBAL)
 
 

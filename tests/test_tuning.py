@@ -69,7 +69,7 @@ def test_personalize_search_shares_local_prompts_and_writes_the_pareto_set(ray_s
     # global prompt kept, saying why (a 2-layer random model's gains are noise).
     chosen = summary["selected"]
     assert sum(r["selected"] == "1" for r in rows) == (0 if chosen["kept_global_prompt"] else 1)
-    assert not chosen["kept_global_prompt"] or "surest local gain was trial" in chosen["reason"]
+    assert not chosen["kept_global_prompt"] or "surest local change was trial" in chosen["reason"]
     assert (tmp_path / "pareto.png").stat().st_size > 0
     assert (tmp_path / "tune").is_dir()  # Tune's own experiment directory, for Tuner.restore
     # Each trial's curves are in the search's own directory, never in the run it personalizes.
@@ -350,6 +350,39 @@ def test_a_trial_that_did_not_finish_is_never_ranked_or_selected(tmp_path):
     assert {k for k, r in rows.items() if r["pareto"] == "1"} == {"a", "b"}
     assert summary["selected"]["trial_id"] in {"a", "b"} and rows["c"]["selected"] == rows["d"]["selected"] == "0"
     assert summary["complete"] is False and summary["failed"] == ["c"]
+
+
+def test_a_personalize_search_selects_on_the_loss_when_asked(tmp_path):
+    """``personalize.metric=loss``: the search's choice reads each trial's paired loss change (a
+    fall beyond the noise), where ROUGE-L's intervals may see nothing; results.csv carries both."""
+    from rayfed.tuning import write_results
+
+    params = ["personalize.l2_strength"]
+
+    def trial(trial_id, l2, loss_change, loss_interval, rouge_interval):
+        metrics = {"trial_id": trial_id, "epoch": 2, "reference/local_val_rouge_l": 0.3,
+                   "local_val_rouge_l": 0.31, "global_val_rouge_l": 0.3, "local_test_rouge_l": 0.3,
+                   "global_test_rouge_l": 0.3}
+        for split, change, interval in (("local_val", loss_change, loss_interval),
+                                        ("global_val", -0.02, (-0.05, 0.005))):
+            metrics[f"personalize/{split}/loss_mean"] = 2.0 + change
+            metrics[f"personalize/{split}/loss_change"] = change
+            metrics[f"personalize/{split}/loss_change_low"], metrics[f"personalize/{split}/loss_change_high"] = interval
+            metrics[f"personalize/{split}/rouge_l_change"] = 0.01
+            (metrics[f"personalize/{split}/rouge_l_change_low"],
+             metrics[f"personalize/{split}/rouge_l_change_high"]) = rouge_interval
+        return metrics, {"grid": {params[0]: l2}}, None
+
+    trials = [trial("a", 0.0, -0.30, (-0.45, -0.15), (-0.05, 0.07)),  # a sure fall of the loss
+              trial("b", 1.0, -0.05, (-0.20, 0.10), (-0.04, 0.06))]  # noise on both
+    by_rouge = write_results(load_config(TINY_SEARCH, [f"output_dir={tmp_path}"]), tmp_path, params, trials)
+    assert by_rouge["selected"]["kept_global_prompt"]
+    by_loss = write_results(load_config(TINY_SEARCH, [f"output_dir={tmp_path}", "personalize.metric=loss"]),
+                            tmp_path, params, trials)
+    assert by_loss["selected"]["trial_id"] == "a" and not by_loss["selected"]["kept_global_prompt"]
+    assert "local_val_loss_change_high < 0" in by_loss["rule"]
+    rows = {r["trial_id"]: r for r in rows_of(tmp_path / "results.csv")}
+    assert float(rows["a"]["local_val_loss_change_high"]) == -0.15 and rows["a"]["selected"] == "1"
 
 
 def test_a_personalize_search_cut_off_while_training_its_base_continues_it(tmp_path):

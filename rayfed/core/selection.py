@@ -8,7 +8,6 @@ the noise; otherwise the global prompt is kept, and the choice says why.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,47 +36,75 @@ def select_best(rows: Sequence[dict[str, Any]], reference: dict[str, float], tol
     return {**best, "rule": rule_text(tolerance, local_key, global_key)}
 
 
-def curve_name(split: str, stat: str) -> str:
-    """A curve row's name for a ROUGE-L statistic: ``local_val/rouge_l_change_low``."""
-    return metric_key(split, "rouge_l", stat)
+# Metrics where a lower score is the better one; every other (ROUGE-L, exact match) is higher-better.
+LOWER_IS_BETTER = frozenset({"loss"})
+SELECTION_METRICS = ("rouge_l", "loss")  # what personalize.metric may name
 
 
-def reliable_rule_text(tolerance: float, name: Callable[[str, str], str] = curve_name) -> str:
-    return (f"max {name('local_val', 'mean')} among the settings whose local gain is reliably positive "
-            f"({name('local_val', 'change_low')} > 0) and whose global change stays within the tolerance "
-            f"({name('global_val', 'change_low')} >= -{tolerance:g}), 95% intervals paired with the un-personalized "
+def curve_name(split: str, stat: str, metric: str = "rouge_l") -> str:
+    """A curve row's name for a statistic of ``metric``: ``local_val/rouge_l_change_low``."""
+    return metric_key(split, metric, stat)
+
+
+def _names(name: Callable[..., str] | None, metric: str) -> Callable[[str, str], str]:
+    return (lambda split, stat: curve_name(split, stat, metric)) if name is None else name
+
+
+def reliable_rule_text(tolerance: float, name: Callable[..., str] | None = None, metric: str = "rouge_l") -> str:
+    n = _names(name, metric)
+    if metric in LOWER_IS_BETTER:
+        return (f"min {n('local_val', 'mean')} among the settings whose local {metric} falls reliably "
+                f"({n('local_val', 'change_high')} < 0) and whose global {metric} rises by at most the tolerance "
+                f"({n('global_val', 'change_high')} <= {tolerance:g}), 95% intervals paired with the "
+                f"un-personalized prompt; none: keep the global prompt")
+    return (f"max {n('local_val', 'mean')} among the settings whose local gain is reliably positive "
+            f"({n('local_val', 'change_low')} > 0) and whose global change stays within the tolerance "
+            f"({n('global_val', 'change_low')} >= -{tolerance:g}), 95% intervals paired with the un-personalized "
             f"prompt; none: keep the global prompt")
 
 
-def select_reliable(rows: Sequence[dict[str, Any]], tolerance: float,
-                    name: Callable[[str, str], str] = curve_name) -> dict[str, Any] | None:
-    """The row with the best local validation score among those whose local gain over the
-    un-personalized prompt is reliably positive (the lower end of its 95% interval above 0) and
-    whose global change is reliably within ``tolerance`` (its lower end at least ``-tolerance``);
+def select_reliable(rows: Sequence[dict[str, Any]], tolerance: float, name: Callable[[str, str], str] | None = None,
+                    metric: str = "rouge_l") -> dict[str, Any] | None:
+    """The row with the best local validation ``metric`` among those whose local improvement over
+    the un-personalized prompt is reliably positive (its 95% interval wholly on the better side of
+    0: above for ROUGE-L, below for the loss) and whose global change is reliably within
+    ``tolerance`` (no worse than ``tolerance`` at the interval's worse end), in the metric's units;
     ties: the better global score, then the earlier row. When none is: the global prompt itself
     (a curve's epoch-0 row at ratio 0, if the rows have one) with ``kept_global_prompt`` and the
     ``reason``. None when the rows lack validation scores or their intervals. ``name(split, stat)``
-    names the columns (a curve row's by default; a search's flat ones in rayfed.tuning)."""
-    local, glob = name("local_val", "mean"), name("global_val", "mean")
-    gain, gain_low = name("local_val", "change"), name("local_val", "change_low")
-    global_low = name("global_val", "change_low")
-    if not rows or not all(key in r for r in rows for key in (local, glob, gain, gain_low, global_low)):
+    names the columns (a curve row's ``{split}/{metric}_{stat}`` by default; a search's flat ones in
+    rayfed.tuning)."""
+    n = _names(name, metric)
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    keys = [n(split, stat) for split in ("local_val", "global_val")
+            for stat in ("mean", "change", "change_low", "change_high")]
+    if not rows or not all(key in r for r in rows for key in keys):
         return None
-    rule = reliable_rule_text(tolerance, name)
-    eligible = [(i, r) for i, r in enumerate(rows) if r[gain_low] > 0 and r[global_low] >= -tolerance]
+
+    def better(r: dict[str, Any], split: str) -> tuple[float, float, float]:
+        """The improvement over the un-personalized prompt and its interval, higher-better for every metric."""
+        change, low, high = (r[n(split, stat)] for stat in ("change", "change_low", "change_high"))
+        return (change, low, high) if sign > 0 else (-change, -high, -low)
+
+    rule = reliable_rule_text(tolerance, name, metric)
+    eligible = [(i, r) for i, r in enumerate(rows) if better(r, "local_val")[1] > 0
+                and better(r, "global_val")[1] >= -tolerance - 1e-12]
     if eligible:
-        _, best = max(eligible, key=lambda ir: (ir[1][local], ir[1][glob], -ir[0]))
+        _, best = max(eligible, key=lambda ir: (sign * ir[1][n("local_val", "mean")],
+                                                sign * ir[1][n("global_val", "mean")], -ir[0]))
         return {**best, "rule": rule, "kept_global_prompt": False}
     # The closest personalized setting (a curve's epoch-0 or ratio-0 rows are the global prompt
-    # itself, whose gain is 0 on every draw and would otherwise win whenever every gain may be noise).
+    # itself, whose change is 0 on every draw and would otherwise win whenever every change may be noise).
     personalized = [r for r in rows if "interp_ratio" not in r or (r["epoch"] != 0 and r["interp_ratio"] != 0)]
-    closest = max(personalized or rows, key=lambda r: r[gain_low])
+    closest = max(personalized or rows, key=lambda r: better(r, "local_val")[1])
     where = (f"epoch {closest['epoch']}, ratio {closest['interp_ratio']:g}" if "interp_ratio" in closest
              else f"trial {closest.get('trial_id')}")
-    reason = (f"no setting's local gain is reliably positive with its global change within {tolerance:g}; the "
-              f"surest local gain was {where}: {closest[gain]:+.4f} [{closest[gain_low]:+.4f}, "
-              f"{closest.get(name('local_val', 'change_high'), math.nan):+.4f}], global change lower end "
-              f"{closest[global_low]:+.4f}")
+    change, low, high = (closest[n("local_val", stat)] for stat in ("change", "change_low", "change_high"))
+    worst = closest[n("global_val", "change_high" if sign < 0 else "change_low")]
+    shown = {"rouge_l": "ROUGE-L"}.get(metric, metric)
+    reason = (f"no setting's local {shown} {'falls' if sign < 0 else 'rises'} reliably with its global change within "
+              f"{tolerance:g}; the surest local change was {where}: {change:+.4f} [{low:+.4f}, {high:+.4f}], "
+              f"global change {'upper' if sign < 0 else 'lower'} end {worst:+.4f}")
     start = next((r for r in rows if r.get("epoch") == 0), None)  # every epoch-0 row is the global prompt
     kept = {**start, "interp_ratio": 0.0} if start is not None else {}
     return {**kept, "rule": rule, "kept_global_prompt": True, "reason": reason}

@@ -94,13 +94,15 @@ def _interval(values: list[float]) -> str:
 
 
 def print_personalization(summary: dict[str, Any], run_dir: Path) -> None:
-    """ROUGE-L means over clients per (epoch, ratio), the reference and the selected setting."""
-    print(f"\npersonalization '{summary['name']}' (ROUGE-L, mean over clients)")
+    """The selection metric's means over clients per (epoch, ratio) (ROUGE-L unless
+    ``personalize.metric`` says loss), the reference and the selected setting."""
+    metric = summary.get("settings", {}).get("metric", "rouge_l")
+    print(f"\npersonalization '{summary['name']}' ({'ROUGE-L' if metric == 'rouge_l' else metric}, mean over clients)")
     header = f"{'epoch':>5} {'ratio':>6}" + "".join(f"{name:>{w}}" for name, w in SPLIT_COLUMNS)
     print(header)
 
     def line(label: str, row: dict[str, Any]) -> str:
-        cells = [(row.get(metric_key(s, "rouge_l", "mean")), w) for s, w in SPLIT_COLUMNS]
+        cells = [(row.get(metric_key(s, metric, "mean")), w) for s, w in SPLIT_COLUMNS]
         return label + "".join(f"{v:>{w}.4f}" if v is not None else f"{'-':>{w}}" for v, w in cells)
 
     print(line(f"{'global prompt':>12}", summary["reference"]))
@@ -113,13 +115,13 @@ def print_personalization(summary: dict[str, Any], run_dir: Path) -> None:
     elif chosen:
         changes = "; ".join(f"{split} change {chosen[k]:+.4f} [{chosen[k + '_low']:+.4f}, {chosen[k + '_high']:+.4f}]"
                             for split in ("local_val", "global_val")
-                            if (k := metric_key(split, "rouge_l", "change")) in chosen)
+                            if (k := metric_key(split, metric, "change")) in chosen)
         print(f"selected on validation: epoch {chosen['epoch']}, ratio {chosen['interp_ratio']:g}"
               + (f": {changes} (95% intervals)" if changes else "") + f" ({chosen['rule']})")
     else:
         print("no selection: validation splits are empty (set partition.val_examples and global_val_examples)")
     if summary.get("per_client"):
-        print_per_client(summary["per_client"])
+        print_per_client(summary["per_client"], metric)
     print(f"results in {run_dir}/personalize/{summary['name']}/ (summary.json, personalization.jsonl, *.png, "
           f"adapters/ per client with a selection), {summary['seconds']:.0f}s")
 
@@ -152,7 +154,7 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def print_per_client(per_client: dict[str, Any]) -> None:
+def print_per_client(per_client: dict[str, Any], metric: str = "rouge_l") -> None:
     """Per-client selection against the federation-wide setting and the two fixed policies, on test."""
     n = len(per_client["clients"])
     print(f"\nper-client selection: {n - per_client['fallbacks']} of {n} clients chose a setting on their own "
@@ -161,7 +163,7 @@ def print_per_client(per_client: dict[str, Any]) -> None:
     for name, scores in per_client["policies"].items():
         cells = []
         for split in ("local_test", "global_test"):
-            change = scores.get(f"{split}/rouge_l_change")
+            change = scores.get(f"{split}/{metric}_change")
             cells.append(f"{change[0]:+.4f} [{change[1]:+.4f}, {change[2]:+.4f}]" if change else "-")
         print(f"{name:<14} {cells[0]:>30} {cells[1]:>30}")
     size = per_client["validation_size"]

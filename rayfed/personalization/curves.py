@@ -76,7 +76,7 @@ def personalize(driver: Any, global_prompt: torch.Tensor, settings: PersonalizeS
         if on_epoch is not None:
             on_epoch(epoch, rows)
     result.reference = {**_over_clients(ref), **intervals(ref)}
-    result.selected = select_reliable(result.curve, settings.global_tolerance)
+    result.selected = select_reliable(result.curve, settings.global_tolerance, metric=settings.metric)
     return result
 
 

@@ -127,7 +127,7 @@ def personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.T
 
 
 # The personalize keys that only choose among the scored settings: the scores do not depend on them.
-SELECTION_KEYS = ("global_tolerance", "selection")
+SELECTION_KEYS = ("global_tolerance", "selection", "metric")
 
 
 def check_same_settings(out: Path, cfg: ExperimentConfig, ignore: tuple[str, ...] = ()) -> None:
@@ -184,7 +184,7 @@ def _personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.
     with open(out / "personalization.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in result.records)
     save_example_scores(out / EXAMPLE_SCORES, result.examples)
-    per_client = per_client_selection(result.examples, settings.global_tolerance, result.selected) \
+    per_client = per_client_selection(result.examples, settings.global_tolerance, result.selected, settings.metric) \
         if settings.validation and result.selected is not None else None
     if result.selected is not None:
         choices = ({int(c): ch for c, ch in per_client["clients"].items()}

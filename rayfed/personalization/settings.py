@@ -25,12 +25,13 @@ class PersonalizeSettings:
     global_eval_examples: int | None
     global_tolerance: float
     validation: bool = True
+    metric: str = "rouge_l"  # what the selection rules read (rayfed.core.selection)
 
     @classmethod
     def from_config(cls, cfg: PersonalizeConfig) -> PersonalizeSettings:
         return cls(cfg.local_epochs, cfg.eval_every_epochs, cfg.batch_size,
                    OptimizerSettings.from_config(cfg.optimizer), cfg.l2_strength, tuple(cfg.interp_ratios),
-                   cfg.global_eval_examples, cfg.global_tolerance, cfg.validation)
+                   cfg.global_eval_examples, cfg.global_tolerance, cfg.validation, cfg.metric)
 
     @classmethod
     def from_summary(cls, settings: dict[str, Any]) -> PersonalizeSettings:
@@ -44,7 +45,7 @@ class PersonalizeSettings:
 
     def training_key(self, seed: int) -> str:
         """Identifies the local prompts: settings that differ only in how they are scored
-        (ratios, subsample, tolerance) share them."""
+        (ratios, subsample, tolerance, metric) share them."""
         train = {k: v for k, v in asdict(self).items()
-                 if k not in ("interp_ratios", "global_eval_examples", "global_tolerance", "validation")}
+                 if k not in ("interp_ratios", "global_eval_examples", "global_tolerance", "validation", "metric")}
         return hashlib.sha256(json.dumps([seed, train], sort_keys=True).encode()).hexdigest()[:16]

@@ -69,3 +69,19 @@ def test_a_noisy_gain_says_how_many_validation_examples_it_would_need():
     assert result["clients"]["0"]["kept_global_prompt"]
     [needed] = result["validation_size"]["needed_by_client"]
     assert needed > 4 * N  # a 0.05 gain under +-0.4 noise: far more than 16 examples
+
+
+def test_on_the_loss_each_client_chooses_by_its_fall():
+    """``personalize.metric=loss``: the same clients told by their losses (each ROUGE-L shift a fall
+    of the loss) choose the same way; the test changes are the loss's own."""
+    mirrored = [(*r[:5], 1.0 - (r[7] - 0.4), 0.0, 0.4) for r in EXAMPLES]
+    result = per_client_selection(mirrored, tolerance=0.01, federation={"epoch": 2, "interp_ratio": 1.0},
+                                  metric="loss")
+    chosen = {int(c): ch for c, ch in result["clients"].items()}
+    assert (chosen[0]["epoch"], chosen[0]["interp_ratio"], chosen[0]["kept_global_prompt"]) == (1, 1.0, False)
+    assert chosen[0]["local_val_gain"][0] == pytest.approx(0.3) and chosen[0]["local_val_gain"][1] > 0
+    assert chosen[1]["kept_global_prompt"] and chosen[2]["kept_global_prompt"]  # noise; a global loss rise of 0.2
+    assert result["policies"]["per_client"]["local_test/loss_change"][0] == pytest.approx(-0.2 / 3)
+    assert "loss" in result["rule"] and "rises above 0.01" in result["rule"]
+    # The ROUGE-L rule on the same files sees no change at all, and keeps the global prompt everywhere.
+    assert per_client_selection(mirrored, tolerance=0.01, federation=None)["fallbacks"] == 3

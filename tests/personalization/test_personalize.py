@@ -144,6 +144,30 @@ def test_personalize_cli_writes_under_the_run_and_refuses_to_change_what_was_tra
     assert "is not a finished rayfed run: config.yaml is missing" in capsys.readouterr().err
 
 
+def test_personalize_on_the_loss_chooses_and_reports_by_the_loss(finished_run, capsys):
+    """``personalize.metric=loss``: both rules read the loss (a fall beyond the noise), the console
+    table and the per-client policies show it, and the local prompts trained for ROUGE-L's rule are
+    reused (the metric only chooses among the scored settings)."""
+    run_dir, _ = finished_run
+    common = ["personalize.local_epochs=2", "personalize.optimizer.name=adam", "personalize.optimizer.lr=0.05",
+              "personalize.interp_ratios=[1.0]", "runtime.executor=local", "personalize.selection=per_client",
+              "personalize.global_tolerance=0.5"]
+    assert main(["personalize", str(run_dir), *common, "personalize.name=by_rouge"]) == 0
+    assert main(["personalize", str(run_dir), *common, "personalize.metric=loss", "personalize.name=by_loss"]) == 0
+    printed = capsys.readouterr().out
+    assert "personalization 'by_loss' (loss, mean over clients)" in printed
+    summary = json.loads((run_dir / "personalize" / "by_loss" / "summary.json").read_text())
+    assert summary["local_prompts_reused"] and summary["settings"]["metric"] == "loss"
+    assert "local_val/loss_change_high < 0" in summary["selected"]["rule"]
+    assert "global_val loss change never rises above 0.5" in summary["per_client"]["rule"]
+    assert set(summary["per_client"]["policies"]["per_client"]) == {"local_test/loss_mean", "local_test/loss_change",
+                                                                    "global_test/loss_mean", "global_test/loss_change"}
+    # 4 validation examples per client cannot tell the tiny model's small loss changes from noise
+    # (hand-made rows test the choice itself): the reason speaks of the loss.
+    if summary["selected"]["kept_global_prompt"]:
+        assert "no setting's local loss falls reliably" in summary["selected"]["reason"]
+
+
 def test_an_unfinished_run_is_refused(finished_run, tmp_path):
     import shutil
 
@@ -337,7 +361,8 @@ def test_the_reliable_rule_passes_over_a_noisy_winner_and_otherwise_keeps_the_gl
     def row(epoch: int, ratio: float, local: float, gain: float, gain_low: float, global_low: float) -> dict:
         return {"epoch": epoch, "interp_ratio": ratio, "local_val/rouge_l_mean": local, "global_val/rouge_l_mean": 0.3,
                 "local_val/rouge_l_change": gain, "local_val/rouge_l_change_low": gain_low,
-                "local_val/rouge_l_change_high": 2 * gain - gain_low, "global_val/rouge_l_change_low": global_low}
+                "local_val/rouge_l_change_high": 2 * gain - gain_low, "global_val/rouge_l_change": global_low / 2,
+                "global_val/rouge_l_change_low": global_low, "global_val/rouge_l_change_high": 0.0}
 
     start = row(0, 1.0, 0.20, 0.0, 0.0, 0.0)
     noisy = row(1, 1.0, 0.40, 0.20, -0.05, -0.005)  # the best local score, but its gain may be noise
@@ -353,8 +378,29 @@ def test_the_reliable_rule_passes_over_a_noisy_winner_and_otherwise_keeps_the_gl
     # prompt's own rows (a gain of exactly 0 on every draw).
     at_ratio_0 = row(1, 0.0, 0.20, 0.0, 0.0, 0.0)
     kept = select_reliable([start, at_ratio_0, noisy], 0.01)
-    assert kept["kept_global_prompt"] and "surest local gain was epoch 1, ratio 1: +0.2000 [-0.0500" in kept["reason"]
+    assert kept["kept_global_prompt"] and "surest local change was epoch 1, ratio 1: +0.2000 [-0.0500" in kept["reason"]
     assert select_reliable([{"epoch": 0, "local_val/rouge_l_mean": 0.2}], 0.01) is None  # no intervals: no rule
+
+    # personalize.metric=loss: lower is better, so a gain is a fall whose interval lies wholly
+    # below 0, and the tolerance bounds the global loss's rise. The same settings told by their
+    # losses (each ROUGE-L change mirrored) are chosen the same way.
+    def as_loss(r: dict) -> dict:
+        out = {"epoch": r["epoch"], "interp_ratio": r["interp_ratio"]}
+        for split in ("local_val", "global_val"):
+            out[f"{split}/loss_mean"] = 3.0 - r[f"{split}/rouge_l_mean"]
+            out[f"{split}/loss_change"] = -r[f"{split}/rouge_l_change"]
+            out[f"{split}/loss_change_low"] = -r[f"{split}/rouge_l_change_high"]
+            out[f"{split}/loss_change_high"] = -r[f"{split}/rouge_l_change_low"]
+        return out
+
+    rows = [as_loss(r) for r in (start, noisy, sure, harmful)]
+    chosen = select_reliable(rows, 0.01, metric="loss")
+    assert (chosen["epoch"], chosen["interp_ratio"], chosen["kept_global_prompt"]) == (2, 0.5, False)
+    assert "local_val/loss_change_high < 0" in chosen["rule"] and "min local_val/loss_mean" in chosen["rule"]
+    assert select_reliable(rows, 0.1, metric="loss")["epoch"] == 3
+    kept = select_reliable([as_loss(r) for r in (start, noisy, harmful)], 0.01, metric="loss")
+    assert kept["kept_global_prompt"] and "epoch 3, ratio 1: -0.1500 [-0.2500, -0.0500]" in kept["reason"]
+    assert select_reliable(rows, 0.01) is None  # ROUGE-L asked of rows that hold only losses
 
 
 def test_the_reliable_pareto_set_keeps_what_the_noise_cannot_rank():
