@@ -42,10 +42,16 @@ class Decision:
         return asdict(self)
 
 
+# Replicates this close to a threshold are at it: a mean of differences that is exactly 0 (a
+# draw of tied examples) comes out as +-1e-17 by the order of a float sum, which differs between
+# CPUs (AVX2 and AVX-512 sum in other orders), and would count on one machine and not another.
+TIE = 1e-12
+
+
 def tail_p(replicates: np.ndarray, threshold: float, side: str) -> float:
     """The bootstrap share of ``replicates`` at or below (``side="below"``) or at or above
-    ``threshold``, as (k + 1) / (draws + 1)."""
-    k = int((replicates <= threshold).sum() if side == "below" else (replicates >= threshold).sum())
+    ``threshold`` (within :data:`TIE` counts as at it), as (k + 1) / (draws + 1)."""
+    k = int((replicates <= threshold + TIE).sum() if side == "below" else (replicates >= threshold - TIE).sum())
     return (k + 1) / (len(replicates) + 1)
 
 

@@ -120,7 +120,14 @@ def _aligned(tables: list[dict[tuple[int, int], float]], where: str) -> tuple[np
 
 def statistic(c: ComparisonConfig, means: dict[str, np.ndarray], a: list[int], b: list[int],
               starts: list[int]) -> np.ndarray:
-    """The comparison's statistic for every row of ``means`` (``[rows, points]`` per split)."""
+    """The comparison's statistic for every row of ``means`` (``[rows, points]`` per split).
+
+    The means are rounded to 12 decimals first: two points whose means are equal (tied examples)
+    differ by 1e-17 in the order of a float sum, which differs between CPUs, and the frontier's
+    Pareto test and interpolation would break that tie one way on one machine and the other way
+    on another."""
+    means = {split: np.round(m, 12) for split, m in means.items()}
+
     def level(split: str, idx: list[int], offset: int) -> np.ndarray:
         m = means[split][:, idx]
         return m - means[split][:, starts[offset:offset + len(idx)]] if starts else m
