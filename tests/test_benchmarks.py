@@ -34,3 +34,22 @@ def test_serving_a_runs_prompt_per_dtype_scores_the_runs_own_examples(tiny_confi
     # bf16 rounds the backbone's activations: close to float32's loss, not equal to it.
     gap = statistics.fmean(bf16["global_test"]["loss"][i] - own[i] for i in own)
     assert gap != 0 and abs(gap) < 0.1
+
+
+def test_the_gpu_check_runs_end_to_end_on_a_cpu_and_counts_the_rounds_flops(tmp_path):
+    """``benchmarks/gpu_check.py --smoke``: the script a GPU session runs in one go (the CPU
+    reference, the FLOP count, a Ray layout, the agreement check and the table) works, here with
+    LoRA on the tiny model, and a Ray worker's rounds equal the in-process reference."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--smoke", "--layouts", "1b", "--rounds", "2",
+                           "--clients", "2", "--methods", "lora"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [row] = [line for line in done.stdout.splitlines() if line.startswith("| lora | 1b |")]
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[-1] == "True" and float(cells[6]) > 0  # agrees with the CPU; a positive FLOP rate
+    assert "float32 on the device agrees with the CPU: True" in done.stdout
