@@ -23,6 +23,7 @@ import torch
 
 from rayfed.config import ConfigError, ExperimentConfig, check_overridable, load_config, to_yaml
 from rayfed.core.interpolation import interpolate
+from rayfed.core.selection import select_reliable
 from rayfed.data.sources import federated_data
 from rayfed.outputs.adapter import SITE_ADAPTERS, save_adapter
 from rayfed.outputs.checkpoint import load_prompt
@@ -30,9 +31,9 @@ from rayfed.outputs.lock import writing
 from rayfed.outputs.loggers import MetricLogger, build_loggers
 from rayfed.outputs.plots import draw_and_log
 from rayfed.outputs.prompt_files import write_prompt_map
-from rayfed.outputs.scores import EXAMPLE_SCORES, save_example_scores
+from rayfed.outputs.scores import EXAMPLE_SCORES, load_example_scores, rows_of, save_example_scores
 from rayfed.personalization.cache import RUN_LOCAL_PROMPTS, PromptCache
-from rayfed.personalization.curves import EpochCallback, personalize, score_reference
+from rayfed.personalization.curves import EpochCallback, PersonalizationResult, personalize, score_reference
 from rayfed.personalization.per_client import per_client_selection
 from rayfed.personalization.settings import PersonalizeSettings
 from rayfed.runtime.progress import phase
@@ -175,12 +176,18 @@ def _personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.
 
     status(f"{cfg.partition.num_clients} clients fine-tune the global prompt for {settings.epochs} epoch(s)")
     trained, reused = cache.local_prompts(settings, train) if cache else (train(), False)
-    status(f"local prompts {'reused from the cache' if reused else 'trained'} in "
-           f"{progress.lap():.0f} s; scoring the global prompt")
-    reference = cache.reference(settings, evaluation, score) if cache else None
-    with phase("personalize: scoring", None):
-        result = personalize(driver, global_prompt, settings, trained, evaluation, reference=reference,
-                             on_epoch=progress.epoch_done)
+    twin = scored_twin(out, cfg)
+    if twin is not None:  # the same prompts scored the same way: only the choice is new
+        status(f"local prompts {'reused from the cache' if reused else 'trained'} in {progress.lap():.0f} s; "
+               f"every score read from {twin}, which scored them with these settings")
+        result = rescored(twin, settings, progress.epoch_done)
+    else:
+        status(f"local prompts {'reused from the cache' if reused else 'trained'} in "
+               f"{progress.lap():.0f} s; scoring the global prompt")
+        reference = cache.reference(settings, evaluation, score) if cache else None
+        with phase("personalize: scoring", None):
+            result = personalize(driver, global_prompt, settings, trained, evaluation, reference=reference,
+                                 on_epoch=progress.epoch_done)
     with open(out / "personalization.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in result.records)
     save_example_scores(out / EXAMPLE_SCORES, result.examples)
@@ -195,6 +202,7 @@ def _personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.
     write_prompt_map(out, driver, global_prompt, {cid: prompts[shown] for cid, (prompts, _) in trained.items()}, shown)
     summary = {"name": out.name, "settings": asdict(settings), "reference": result.reference,
                "curve": result.curve, "selected": result.selected, "local_prompts_reused": reused,
+               **({"scores_from": twin.name} if twin is not None else {}),
                **({"per_client": per_client} if per_client is not None else {}),
                "seconds": time.perf_counter() - started}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
@@ -203,6 +211,45 @@ def _personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.
                                            for k, v in (result.selected or {}).items()}})
     draw_and_log(out, loggers)
     return summary
+
+
+SCORED = ("summary.json", "personalization.jsonl", EXAMPLE_SCORES)  # what a finished personalization holds
+
+
+def scored_twin(out: Path, cfg: ExperimentConfig) -> Path | None:
+    """Another finished personalization beside ``out`` (the same run's, or the same search's
+    trials) that scored the same local prompts on the same examples and chose by another rule:
+    every ``personalize.*`` and ``eval.*`` key equal but the name and at least one of the keys that
+    only choose (:data:`SELECTION_KEYS`). Its scores are this one's, so ``personalize.metric=loss``
+    or another tolerance on a finished personalization takes seconds, not a rescoring. (The same
+    settings under a new name are scored again, as a check of the first.)"""
+    if not out.parent.is_dir():
+        return None
+    for other in sorted(out.parent.iterdir()):
+        if other == out or not all((other / name).is_file() for name in (*SCORED, "config.yaml")):
+            continue
+        try:
+            check_same_settings(other, cfg, ignore=(*SELECTION_KEYS, "enabled"))
+        except ConfigError:
+            continue
+        chose = load_config(other / "config.yaml").personalize
+        if any(getattr(chose, key) != getattr(cfg.personalize, key) for key in SELECTION_KEYS):
+            return other
+    return None
+
+
+def rescored(twin: Path, settings: PersonalizeSettings, on_epoch: EpochCallback) -> PersonalizationResult:
+    """``twin``'s curve, records and per-example scores, chosen among by ``settings``' rule;
+    ``on_epoch`` sees each evaluated epoch's rows as if they had just been scored (Tune reports)."""
+    summary = json.loads((twin / "summary.json").read_text())
+    result = PersonalizationResult(
+        records=[json.loads(line) for line in (twin / "personalization.jsonl").read_text().splitlines() if line],
+        examples=rows_of(load_example_scores(twin / EXAMPLE_SCORES)), curve=summary["curve"],
+        reference=summary["reference"])
+    for epoch in sorted({row["epoch"] for row in result.curve}):
+        on_epoch(epoch, [row for row in result.curve if row["epoch"] == epoch])
+    result.selected = select_reliable(result.curve, settings.global_tolerance, metric=settings.metric)
+    return result
 
 
 def save_site_adapters(directory: Path, cfg: ExperimentConfig, global_prompt: torch.Tensor,

@@ -158,6 +158,18 @@ def test_personalize_on_the_loss_chooses_and_reports_by_the_loss(finished_run, c
     assert "personalization 'by_loss' (loss, mean over clients)" in printed
     summary = json.loads((run_dir / "personalize" / "by_loss" / "summary.json").read_text())
     assert summary["local_prompts_reused"] and summary["settings"]["metric"] == "loss"
+    # Only the rule differs: the scores are by_rouge's, read back instead of scored again.
+    by_rouge = json.loads((run_dir / "personalize" / "by_rouge" / "summary.json").read_text())
+    assert summary["scores_from"] == "by_rouge" and "scores_from" not in by_rouge
+    assert summary["curve"] == by_rouge["curve"] and summary["reference"] == by_rouge["reference"]
+    for name in ("personalization.jsonl",):
+        assert (run_dir / "personalize" / "by_loss" / name).read_text() == (
+            run_dir / "personalize" / "by_rouge" / name).read_text()
+    assert "every score read from" in printed
+    # Scored another way (generations cut at 3 tokens): scored again.
+    assert main(["personalize", str(run_dir), *common, "personalize.metric=loss", "eval.max_new_tokens=3",
+                 "personalize.name=by_loss_short"]) == 0
+    assert "scores_from" not in json.loads((run_dir / "personalize" / "by_loss_short" / "summary.json").read_text())
     assert "local_val/loss_change_high < 0" in summary["selected"]["rule"]
     assert "global_val loss change never rises above 0.5" in summary["per_client"]["rule"]
     assert set(summary["per_client"]["policies"]["per_client"]) == {"local_test/loss_mean", "local_test/loss_change",
