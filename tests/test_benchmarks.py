@@ -53,3 +53,44 @@ def test_the_gpu_check_runs_end_to_end_on_a_cpu_and_counts_the_rounds_flops(tmp_
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[-1] == "True" and float(cells[6]) > 0  # agrees with the CPU; a positive FLOP rate
     assert "float32 on the device agrees with the CPU: True" in done.stdout
+
+
+def test_the_gpu_checks_sm_counters_are_read_over_the_training_rounds(monkeypatch):
+    """The utilization sampler reads NVML's GPM SM activity and occupancy between a sample taken
+    as training starts and one as it ends (a fake NVML here: the counters need a Hopper GPU), and
+    labels nvidia-smi's kernel-time share as what it is."""
+    import subprocess
+    import sys
+    import types
+
+    class Metric:
+        metricId, value = 0, 0.0
+
+    class MetricsGet:
+        def __init__(self):
+            self.metrics = [Metric(), Metric()]
+
+    calls = []
+    fake = types.SimpleNamespace(
+        NVML_GPM_METRICS_GET_VERSION=1, NVML_GPM_METRIC_SM_UTIL=2, NVML_GPM_METRIC_SM_OCCUPANCY=3,
+        c_nvmlGpmMetricsGet_t=MetricsGet, nvmlInit=lambda: None, nvmlDeviceGetHandleByIndex=lambda i: "gpu0",
+        nvmlGpmQueryDeviceSupport=lambda h: types.SimpleNamespace(isSupportedDevice=1),
+        nvmlGpmSampleAlloc=lambda: types.SimpleNamespace(),
+        nvmlGpmSampleGet=lambda h, sample: calls.append("sample"), nvmlGpmSampleFree=lambda s: calls.append("free"))
+
+    def metrics_get(get):
+        assert get.sample1 is not get.sample2 and get.numMetrics == 2
+        for m in get.metrics:
+            m.value = {2: 71.5, 3: 33.0}[m.metricId]
+
+    fake.nvmlGpmMetricsGet = metrics_get
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: types.SimpleNamespace(stdout="64, 9000\n"))
+    gpu_check = benchmark("gpu_check")
+    with gpu_check.UtilizationSampler() as sampler:
+        assert calls == ["sample"]  # the first sample, as training starts
+    assert calls == ["sample", "sample", "free", "free"]
+    assert sampler.gpm == {"sm_activity": 71.5, "sm_occupancy": 33.0}
+    report = sampler.report()
+    assert "SM activity 72%, SM occupancy 33% (NVML GPM" in report
+    assert "nvidia-smi utilization.gpu (time any kernel ran) mean 64%" in report and "9000 MiB" in report
