@@ -42,6 +42,11 @@ def test_every_output_file_is_written(study):
     # the first seed's selected fedavg_sgd runs are selection runs already.
     assert analysis["jobs_finished"] == analysis["jobs_total"] == 2 * 2 + 2 * 2 * (3 + 4 + 2) - 2
     assert len(jobs(out)) == analysis["jobs_total"]
+    # Each job says which CPU and which torch kernels computed it (floats differ between CPUs).
+    import torch
+
+    assert {j["torch_cpu"] for j in jobs(out)} == {torch.backends.cpu.get_cpu_capability()}
+    assert all(j["cpu"] for j in jobs(out))
     for conc in s.concentrations:
         lrs = analysis["selected_lrs"][f"{conc:g}"]
         assert analysis["seeds"][f"{conc:g}"] == s.seeds
