@@ -95,3 +95,30 @@ def test_the_power_formula_is_the_bootstrap_standard_error_and_components_are_re
     best = smallest_design(TRUE, 0.1, 0.01, designs, cost=lambda d: d[0] * d[1] * d[2])
     assert best is not None and detectable_effect(TRUE, *best, 0.01) <= 0.1
     assert all(detectable_effect(TRUE, *d, 0.01) > 0.1 for d in designs if d[0] * d[1] * d[2] < np.prod(best))
+
+
+def test_a_comparison_does_not_depend_on_the_order_of_a_float_sum():
+    """Tied examples make exactly equal point means and exactly zero differences; a float sum in
+    another order (another CPU's BLAS) turns them into +-1e-17. Perturbing every replicate mean
+    by ten times that (1e-15, relative) changes neither a frontier statistic nor a p-value."""
+    from rayfed.study.config import ComparisonConfig, PointsConfig
+    from rayfed.study.primary import statistic
+
+    rng = np.random.default_rng(3)
+    # 3 seeds x 4 clients x 6 examples of 4 points, ROUGE-L-like scores on a coarse grid: ties everywhere.
+    values = rng.choice([0.0, 0.25, 0.5, 1.0], size=(4, 3, 4, 6))
+    values[1] = values[0]  # point 1 ties point 0 on every example
+    split = Split(values, np.full((3, 4), 6))
+    replicates = paired_replicates({"local_test": split,
+                                    "global_test": Split(values[..., ::-1].copy(), split.sizes)},  # the same ties
+                                   draws=1000, seed=0)
+    frontier = ComparisonConfig(kind="frontier", a=PointsConfig(), b=PointsConfig())
+    difference = ComparisonConfig(kind="difference", split="global_test")
+    for c, a, b in ((frontier, [0, 1], [2, 3]), (difference, [0], [1])):
+        exact = statistic(c, replicates, a, b, [])
+        noisy = statistic(c, {k: v * (1 + 1e-15 * rng.standard_normal(v.shape)) for k, v in replicates.items()},
+                          a, b, [])
+        assert np.array_equal(exact, noisy)
+        assert p_value(exact, "greater") == p_value(noisy, "greater")
+    assert (statistic(difference, replicates, [0], [1], []) == 0).all()  # the tie: p is 1, on any CPU
+    assert p_value(statistic(difference, replicates, [0], [1], []) + 1e-17, "greater") == 1.0
