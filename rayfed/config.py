@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rayfed.core.selection import SELECTION_METRICS
 from rayfed.errors import UserError
 
 # The algorithm registry (rayfed.algorithms.ALGORITHMS) holds one entry per name; a test keeps them equal.
@@ -646,7 +647,7 @@ def _validate_personalize(cfg: ExperimentConfig) -> None:
     _check_lr(z.optimizer.lr, "personalize.optimizer.lr")
     _check(z.l2_strength >= 0, "personalize.l2_strength", "must be >= 0")
     _choice("personalize.selection", z.selection, ("federation", "per_client"))
-    _choice("personalize.metric", z.metric, ("rouge_l", "loss"))
+    _choice("personalize.metric", z.metric, SELECTION_METRICS)
     warn_unstable_l2(z.optimizer, z.l2_strength)
     _check(len(z.interp_ratios) >= 1, "personalize.interp_ratios", "needs at least one interpolation ratio")
     for ratio in z.interp_ratios:

@@ -362,9 +362,7 @@ def write_results(cfg: ExperimentConfig, out: Path, params: list[str],
         row["epoch"] = metrics.get("epoch", metrics.get("round"))
         row.update({k: metrics.get(k, math.nan) for k in OBJECTIVES})
         row.update({flat_name(split, stat, metric): metrics.get(f"personalize/{metric_key(split, metric, stat)}",
-                                                                 math.nan)
-                    for metric in ("rouge_l", "loss") for split, stat in CHANGES + LOSS_MEANS
-                    if metric == "loss" or stat != "mean"})
+                                                                 math.nan) for split, stat, metric in CHANGE_COLUMNS})
         rows.append(row)
     rows.sort(key=lambda r: r["trial_id"])
     scored = [r for r in rows if r["status"] == "done" and not (math.isnan(r[LOCAL]) or math.isnan(r[GLOBAL]))]
@@ -381,9 +379,7 @@ def write_results(cfg: ExperimentConfig, out: Path, params: list[str],
     for row in rows:
         row.setdefault("pareto", 0)
         row["selected"] = int(selected is not None and row["trial_id"] == selected.get("trial_id"))
-    changes = ([flat_name(split, stat) for split, stat in CHANGES]
-               + [flat_name(split, stat, "loss") for split, stat in LOSS_MEANS + CHANGES]
-               if cfg.tune.kind == "personalize" else [])
+    changes = [flat_name(*column) for column in CHANGE_COLUMNS] if cfg.tune.kind == "personalize" else []
     columns = ["trial_id", "status", *params, "epoch", *OBJECTIVES, *changes, "pareto",
                *(["pareto_reliable"] if changes else []), "selected"]
     for name, subset in (("results.csv", rows), ("pareto.csv", [r for r in rows if r["pareto"]])):
@@ -425,7 +421,11 @@ def flat_name(split: str, stat: str, metric: str = "rouge_l") -> str:
 
 
 CHANGES = [(split, stat) for split in ("local_val", "global_val") for stat in ("change", "change_low", "change_high")]
-LOSS_MEANS = [("local_val", "mean"), ("global_val", "mean")]  # (ROUGE-L's means are the search's objectives)
+# A personalize search's columns beside the objectives (ROUGE-L's means): ROUGE-L's paired changes,
+# and the loss's means and changes, which the choice reads with personalize.metric=loss.
+CHANGE_COLUMNS = ([(split, stat, "rouge_l") for split, stat in CHANGES]
+                  + [(split, stat, "loss") for split in ("local_val", "global_val")
+                     for stat in ("mean", "change", "change_low", "change_high")])
 
 
 def _choose(scored: list[dict[str, Any]], reference: dict[str, float] | None,

@@ -37,6 +37,7 @@ import numpy as np
 
 from rayfed.core.bootstrap import bootstrap_mean
 from rayfed.core.sampling import derive_seed
+from rayfed.core.selection import LOWER_IS_BETTER
 
 Setting = tuple[int, float]  # (epoch, interpolation ratio)
 Scores = dict[tuple[int, str, Setting], dict[int, float]]  # (client, split, setting) -> {example id: score}
@@ -92,7 +93,7 @@ def plan_rollout(examples: Sequence[tuple], settings: RolloutSettings) -> dict[s
     stages = stage_sites(clients, settings.pilot_sites, settings.growth, settings.seed)
     windows = {(c, split): _windows(scores.get((c, split, glob), {}), len(stages))
                for c in clients for split in ("local_test", "global_test")}
-    sign = -1.0 if settings.metric == "loss" else 1.0  # a change is "better minus global": a loss falls
+    sign = -1.0 if settings.metric in LOWER_IS_BETTER else 1.0  # a change is "better minus global": a loss falls
 
     served: dict[int, Setting] = {}  # the sites on a personalized prompt now
     sites: dict[int, dict[str, Any]] = {}
