@@ -20,11 +20,17 @@ def write_report(s: StudyConfig, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     analysis = analyze(s, out)
     seconds: dict[str, float] = {}
+    machines: dict[str, dict[str, float]] = {}
     if (out / "jobs.jsonl").is_file():
         for line in (out / "jobs.jsonl").read_text(encoding="utf-8").splitlines():
             job = json.loads(line)
             seconds[job["kind"]] = seconds.get(job["kind"], 0.0) + job["seconds"]
+            name = f"{job['cpu']} ({job['torch_cpu']})" if "cpu" in job else "not recorded"
+            ran = machines.setdefault(name, {"jobs": 0, "seconds": 0.0})
+            ran["jobs"] += 1
+            ran["seconds"] += job["seconds"]
     analysis["seconds_by_kind"] = seconds
+    analysis["machines"] = machines
     analysis["jobs_finished"], analysis["jobs_total"] = progress(s, out)
     (out / "study.json").write_text(json.dumps(analysis, indent=2, sort_keys=True))
     (out / "results.md").write_text(results_markdown(s, analysis, seconds), encoding="utf-8")
@@ -96,6 +102,13 @@ def results_markdown(s: StudyConfig, analysis: dict[str, Any], seconds: dict[str
     if seconds:
         lines += [f"Wall time of the jobs recorded in `jobs.jsonl`: {sum(seconds.values()) / 3600:.2f} h "
                   f"({', '.join(f'{k} {v / 60:.0f} min' for k, v in seconds.items())}).", ""]
+    if len(analysis.get("machines", {})) > 1:
+        lines += ["The jobs ran on more than one kind of CPU, whose float rounding differs (a job's numbers repeat bit "
+                  "for bit on one kind only; the seeds cover the rest). By CPU (torch's kernels), as `jobs.jsonl` "
+                  "records them:", "", "| CPU | jobs | hours |", "|---|---|---|"]
+        lines += [f"| {name} | {ran['jobs']} | {ran['seconds'] / 3600:.2f} |"
+                  for name, ran in analysis["machines"].items()]
+        lines.append("")
     for number, claim in analysis["claims"].items():
         lines += [f"## Claim {number}: {claim['verdict']}", "", f"> {claim['text']}", "",
                   "Secondary measures (shown, not voted): per-seed paired differences in the claimed direction, "

@@ -98,3 +98,16 @@ def test_the_bigbench_pilots_comparison_table_is_recomputed_from_its_bundle(bigb
 def test_the_bigbench_full_studys_power_table_is_recomputed_from_its_pilot(bigbench_quick):
     table = [line for line in (bigbench_quick / "power-study-full.md").read_text().splitlines() if line.startswith("|")]
     same_table("\n".join(table), generated("power study-full from docs/results/bigbench/study-quick"))
+
+
+def test_the_doc_counts_the_full_studys_finished_jobs_as_its_bundle_does():
+    """docs/study.md says how many of the full study's jobs its committed bundle holds; the bundle,
+    read with the study file it runs (kept beside it), finishes that many."""
+    from rayfed.study.config import load_study
+    from rayfed.study.runner import progress
+
+    bundle = ROOT / "docs" / "results" / "study-full"
+    said = re.search(r"\((\d+) of (\d+) on \d{4}-\d\d-\d\d", DOC.read_text())
+    assert said, "docs/study.md does not say how many of the full study's jobs are in its bundle"
+    s = load_study(bundle / "study.yaml", [f"output_dir={bundle}"])
+    assert progress(s, bundle) == (int(said.group(1)), int(said.group(2)))

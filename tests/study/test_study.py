@@ -535,3 +535,26 @@ def test_points_scored_on_more_examples_are_compared_on_the_shared_ones():
     assert sizes == [2, 1] and values[0].tolist() == values[1].tolist() == [[0.5, 1.0], [0.0, 0.0]]
     with pytest.raises(UserError, match="not scored on the same examples"):
         _aligned([whole, {**share, (2, 7): 1.0}], "here")
+
+
+def test_a_study_that_ran_on_several_cpus_says_how_much_ran_on_each(study, tmp_path):
+    """A study moved between machines mixes CPUs whose float rounding differs: the report counts
+    each CPU's jobs and hours from jobs.jsonl (lines written before CPUs were recorded say so)."""
+    s, out = study
+    moved = tmp_path / "moved"
+    assert main(["study", str(TINY), f"output_dir={out}", "--bundle", str(moved)]) == 0
+    lines = jobs(moved)
+    for job in lines[:3]:
+        job.pop("cpu"), job.pop("torch_cpu")
+    for job in lines[3:5]:
+        job.update(cpu="AMD EPYC", torch_cpu="AVX2", seconds=1800.0)
+    (moved / "jobs.jsonl").write_text("".join(json.dumps(job) + "\n" for job in lines))
+    assert main(["study", str(TINY), f"output_dir={moved}", "--report-only"]) == 0
+    machines = json.loads((moved / "study.json").read_text())["machines"]
+    assert machines["not recorded"]["jobs"] == 3
+    assert machines["AMD EPYC (AVX2)"] == {"jobs": 2, "seconds": 3600.0}
+    assert sum(m["jobs"] for m in machines.values()) == len(lines)
+    report = (moved / "results.md").read_text()
+    assert "| AMD EPYC (AVX2) | 2 | 1.00 |" in report and "| not recorded | 3 |" in report
+    # One kind of CPU: no table.
+    assert "| CPU | jobs | hours |" not in (out / "results.md").read_text()
