@@ -230,6 +230,10 @@ class RuntimeConfig:
     # (evaluation is still retried); fail: the run stops naming the worker and its clients.
     on_client_failure: str = "retry"
     max_retries: int = 3  # restarts per worker actor (and reruns per call) before a failure is final
+    # Ray node labels the worker and driver actors must land on (Ray's label_selector: {key: value},
+    # "!value", "in(a,b)", "!in(a,b)"), e.g. {cpu-family: xeon} on nodes started with
+    # `ray start --labels cpu-family=xeon`: one kind of machine, so a run repeats bit for bit.
+    label_selector: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -669,6 +673,9 @@ def _validate_runtime(cfg: ExperimentConfig) -> None:
     _check(r.max_retries >= 0, "runtime.max_retries", "must be >= 0")
     _check(r.num_cpus_driver > 0, "runtime.num_cpus_driver", "must be > 0")
     _check(r.torch_threads >= 1, "runtime.torch_threads", "must be >= 1")
+    for key, value in r.label_selector.items():
+        _check(bool(key) and isinstance(value, str) and value.strip("!") != "", f"runtime.label_selector.{key}",
+               "must map a Ray node label to a value, '!value', 'in(a,b)' or '!in(a,b)'")
     if r.num_gpus_per_worker == 0:
         warn_emulated_half(cfg.model.dtype)
 

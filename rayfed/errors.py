@@ -95,3 +95,7 @@ class RayfedWarning(UserWarning):
 
 class UnauthenticatedRayWarning(RayfedWarning):
     """Ray runs without token authentication."""
+
+
+class MachinesWarning(RayfedWarning):
+    """A run's processes compute on more than one kind of machine (float rounding differs)."""

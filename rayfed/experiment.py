@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 
 from rayfed.config import ExperimentConfig, check_overridable, flat_keys, load_config, to_yaml
 from rayfed.data.sources import federated_data
-from rayfed.errors import UserError
+from rayfed.errors import MachinesWarning, UserError
 from rayfed.names import EVAL, GLOBAL_SPLITS, METRICS, metric_key
 from rayfed.outputs.adapter import ADAPTER_DIR, save_adapter
 from rayfed.outputs.checkpoint import CHECKPOINT, load_run_state, save_prompt, save_run_state, truncate_events
@@ -82,6 +83,8 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
     data = federated_data(cfg)
 
     with open_driver(cfg, data) as driver:
+        machines = driver.machines()
+        _note_machines(machines, record.get("machines") if resume else None)
         if resume:
             truncate_events(out / "metrics.jsonl", done)  # rounds after the checkpoint are logged again
         else:
@@ -102,7 +105,7 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
                 log_round(loggers, initial)
                 scores.add(initial)
             final = _train_rounds(cfg, driver, loggers, out, scores, traffic, first=done + 1, initial=initial,
-                                  final=final)
+                                  final=final, machines=record.get("machines", machines) if resume else machines)
             save_adapter(out / ADAPTER_DIR, driver.global_prompt(), ModelSettings.from_config(cfg.model),
                          max_source_tokens=cfg.data.max_source_tokens, max_target_tokens=cfg.data.max_target_tokens,
                          source={"prompt": "global", "round": cfg.algorithm.rounds})
@@ -123,10 +126,23 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
     if data.sites:  # one's own data: which site each client_<id> (and its adapter) is
         summary["sites"] = {str(cid): site for cid, site in enumerate(data.sites)}
     summary["communication"] = {**traffic, "prompt_bytes": float(payload_bytes(driver_prompt))}
+    summary["machines"] = machines  # where the driver and each worker computed (since the last resume)
+    if resume and record.get("machines") not in (None, machines):
+        summary["machines_at_start"] = record["machines"]
     if personal is not None:
         summary["personalization"] = personal
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     return summary
+
+
+def _note_machines(machines: dict[str, Any], before: dict[str, Any] | None) -> None:
+    """Warn where float rounding can make this run differ from a rerun or an uninterrupted run:
+    its processes on several kinds of machine, or resumed on other kinds than it started on."""
+    from rayfed.runtime.machine import mixed, moved
+
+    for note in (mixed(machines), moved(before, machines) if before else None):
+        if note:
+            warnings.warn(note, MachinesWarning, stacklevel=3)
 
 
 def _status(loggers: list[MetricLogger], message: str) -> None:
@@ -243,10 +259,12 @@ NO_TRAFFIC = {"down_bytes": 0.0, "up_bytes": 0.0}
 
 
 def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger], out: Path, scores: RunScores,
-                  traffic: dict[str, float], *, first: int, initial: RoundResult, final: RoundResult) -> RoundResult:
+                  traffic: dict[str, float], *, first: int, initial: RoundResult, final: RoundResult,
+                  machines: dict[str, Any]) -> RoundResult:
     """Rounds ``first`` to the last: train, evaluate every ``eval.eval_every`` rounds (and the last),
     log, save the global prompt, checkpoint. ``traffic`` accumulates the rounds' bytes (each round
-    event carries the running totals, ``comm/down_bytes_total``, ``comm/up_bytes_total``).
+    event carries the running totals, ``comm/down_bytes_total``, ``comm/up_bytes_total``);
+    ``machines``, where the run started (rayfed.runtime.machine), goes into every checkpoint.
     Returns the last evaluation."""
     # The bar counts client trainings: Ditto trains each client's own prompt after the global one.
     trainings = cfg.algorithm.clients_per_round * (2 if cfg.algorithm.name == "ditto" else 1)
@@ -268,7 +286,7 @@ def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger
         if round_idx % cfg.checkpoint.every == 0 or round_idx == cfg.algorithm.rounds:
             save_run_state(out / CHECKPOINT, round_idx, driver.state(),
                            {"initial": _record(initial), "final": _record(final), "fingerprint": run_fingerprint(cfg),
-                            "communication": dict(traffic)},
+                            "communication": dict(traffic), "machines": machines},
                            identity=run_identity(cfg))
     return final
 

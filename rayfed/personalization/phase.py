@@ -204,6 +204,7 @@ def _personalize_phase(cfg: ExperimentConfig, driver: Any, global_prompt: torch.
                "curve": result.curve, "selected": result.selected, "local_prompts_reused": reused,
                **({"scores_from": twin.name} if twin is not None else {}),
                **({"per_client": per_client} if per_client is not None else {}),
+               "machines": driver.machines(),  # where its workers computed (rayfed.runtime.machine)
                "seconds": time.perf_counter() - started}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     for logger in loggers:

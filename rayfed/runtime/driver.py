@@ -26,6 +26,7 @@ from rayfed.errors import UserError
 from rayfed.metrics import summarize_clients
 from rayfed.names import DITTO, EVAL, metric_key
 from rayfed.personalization.settings import PersonalizeSettings
+from rayfed.runtime.machine import machine
 from rayfed.runtime.worker import ClientWorker
 from rayfed.settings import EvalSettings, RoundSettings
 from rayfed.types import ClientUpdate, EvalSums, RoundResult
@@ -46,6 +47,10 @@ class Executor(Protocol):
 
     def initial_prompt(self) -> torch.Tensor: ...
 
+    def machines(self) -> list[dict[str, str]]:
+        """Where each worker computes (rayfed.runtime.machine.machine), in worker order."""
+        ...
+
     def each(self, method: str, args_by_client: dict[int, tuple]) -> dict[int, Any]:
         """``worker.method(client_id, *args)`` for every client, on the worker hosting it."""
         ...
@@ -63,6 +68,9 @@ class InProcessExecutor:
 
     def initial_prompt(self) -> torch.Tensor:
         return self.worker.initial_prompt()
+
+    def machines(self) -> list[dict[str, str]]:
+        return [self.worker.machine()]
 
     def each(self, method: str, args_by_client: dict[int, tuple]) -> dict[int, Any]:
         return self.worker.each(method, args_by_client)
@@ -88,6 +96,10 @@ class Driver:
 
     def global_prompt(self) -> torch.Tensor:
         return self.server.global_prompt()
+
+    def machines(self) -> dict[str, Any]:
+        """Where this driver and each worker compute: ``{"driver": m, "workers": [m, ...]}``."""
+        return {"driver": machine(), "workers": self.executor.machines()}
 
     def state(self) -> dict[str, torch.Tensor]:
         """Everything a resumed run needs from the driver: the global prompt, the server

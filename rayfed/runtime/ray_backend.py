@@ -121,6 +121,10 @@ class RayExecutor:
     def initial_prompt(self) -> torch.Tensor:
         return ray.get(self._call(0, "initial_prompt"))
 
+    def machines(self) -> list[dict[str, str]]:
+        """Each worker actor's machine (rayfed.runtime.machine), in worker order."""
+        return ray.get([self._call(w, "machine") for w in range(len(self.actors))])
+
     def each(self, method: str, args_by_client: dict[int, tuple]) -> dict[int, Any]:
         """``method(client_id, *args)`` for every client, all workers at once; gathered by id."""
         groups = by_worker(args_by_client.items(), len(self.actors))
@@ -191,22 +195,55 @@ class RemoteDriver:
         return ray.get(self._counter.done.remote()) if self._counter is not None else 0
 
 
+def label_matches(labels: dict[str, str], selector: dict[str, str]) -> bool:
+    """Whether a node with ``labels`` satisfies a Ray ``label_selector`` (``value``, ``!value``,
+    ``in(a,b)``, ``!in(a,b)``; a node without the label is "not" any value)."""
+    for key, want in selector.items():
+        negate = want.startswith("!")
+        want = want.removeprefix("!")
+        values = {v.strip() for v in want[3:-1].split(",")} if want.startswith("in(") and want.endswith(")") else {want}
+        if (labels.get(key) in values) == negate:
+            return False
+    return True
+
+
+def _placeable_resources(selector: dict[str, str]) -> dict[str, float]:
+    """The cluster's resources, on the nodes ``selector`` admits only (all of them when empty);
+    no node admitted is an error naming the key and the labels the nodes have."""
+    if not selector:
+        return ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    chosen = [n for n in nodes if label_matches(n.get("Labels") or {}, selector)]
+    if not chosen:
+        seen = sorted({f"{k}={v}" for n in nodes for k, v in (n.get("Labels") or {}).items() if k != "ray.io/node-id"})
+        raise ConfigError(f"key 'runtime.label_selector': no node of the Ray cluster has the labels {selector} (its "
+                          f"nodes have: {', '.join(seen) or 'no labels but their ids'}); start the nodes with `ray "
+                          f"start --labels key=value`, or change or remove runtime.label_selector")
+    total: dict[str, float] = {}
+    for node in chosen:
+        for name, amount in (node.get("Resources") or {}).items():
+            total[name] = total.get(name, 0.0) + amount
+    return total
+
+
 def check_resources(cfg: ExperimentConfig, workers: int) -> None:
-    """Fail fast, naming the keys, when the actors cannot all be placed at once: Ray would
-    otherwise leave the last ones pending and the run would hang without an error."""
-    r, total = cfg.runtime, ray.cluster_resources()
+    """Fail fast, naming the keys, when the actors cannot all be placed at once (on the nodes
+    ``runtime.label_selector`` admits): Ray would otherwise leave the last ones pending and the
+    run would hang without an error."""
+    r, total = cfg.runtime, _placeable_resources(cfg.runtime.label_selector)
     need_cpu = workers * r.num_cpus_per_worker + r.num_cpus_driver
     need_gpu = workers * r.num_gpus_per_worker
     fewer = " or runtime.num_workers" if workers > 1 else ""
+    where = " on the nodes runtime.label_selector admits" if r.label_selector else ""
     if need_cpu > total.get("CPU", 0) + 1e-9:
         raise ConfigError(
             f"{workers} worker actors x runtime.num_cpus_per_worker ({r.num_cpus_per_worker}) + "
             f"runtime.num_cpus_driver ({r.num_cpus_driver}) = {need_cpu:g} CPUs, but the Ray cluster has "
-            f"{total.get('CPU', 0):g}; lower runtime.num_cpus_per_worker (fractions are fine){fewer}")
+            f"{total.get('CPU', 0):g}{where}; lower runtime.num_cpus_per_worker (fractions are fine){fewer}")
     if need_gpu > total.get("GPU", 0) + 1e-9:
         raise ConfigError(
             f"{workers} worker actors x runtime.num_gpus_per_worker ({r.num_gpus_per_worker}) = "
-            f"{need_gpu:g} GPUs, but the Ray cluster has {total.get('GPU', 0):g}; lower "
+            f"{need_gpu:g} GPUs, but the Ray cluster has {total.get('GPU', 0):g}{where}; lower "
             f"runtime.num_gpus_per_worker{fewer}, or set it to 0 to run on CPUs")
 
 
@@ -252,9 +289,10 @@ def launch(cfg: ExperimentConfig, data: FederatedData) -> tuple[RemoteDriver, li
     workers = num_workers(cfg)
     check_resources(cfg, workers)
     restarts = 0 if r.on_client_failure == "fail" else r.max_retries
+    placed = {"label_selector": dict(r.label_selector)} if r.label_selector else {}
     worker_actor = ray.remote(LazyClientWorker).options(
         num_cpus=r.num_cpus_per_worker, num_gpus=r.num_gpus_per_worker, max_restarts=restarts,
-        max_task_retries=restarts if r.on_client_failure == "retry" else 0)
+        max_task_retries=restarts if r.on_client_failure == "retry" else 0, **placed)
     global_sets = ray.put(global_sets_of(data))  # stored once, not once per actor
     shards = [ray.put(list(group.values())) for group in by_worker(((c.client_id, c) for c in data.clients), workers)]
     parts = RunParts.from_config(cfg)
@@ -268,7 +306,7 @@ def launch(cfg: ExperimentConfig, data: FederatedData) -> tuple[RemoteDriver, li
     except BaseException:
         shutdown(actors, None)
         raise
-    driver = RemoteDriver(ray.remote(DriverActor).options(num_cpus=r.num_cpus_driver).remote(
+    driver = RemoteDriver(ray.remote(DriverActor).options(num_cpus=r.num_cpus_driver, **placed).remote(
         parts.rounds, parts.algorithm, RayExecutor(actors, refs, r.on_client_failure, r.max_retries)),
         keep_alive=[global_sets, *shards], counter=counter)
     driver.global_prompt()  # the driver actor is up too: start-up is not charged to the first round

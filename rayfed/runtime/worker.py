@@ -28,6 +28,7 @@ from rayfed.local.training import by_epoch, epoch_job, train_lockstep
 from rayfed.model.prompt_model import PROMPT_TUNING, build_prompt_model
 from rayfed.names import GLOBAL_SPLITS
 from rayfed.personalization.settings import PersonalizeSettings
+from rayfed.runtime.machine import machine
 from rayfed.settings import EvalSettings, ModelSettings, WorkerSettings
 from rayfed.types import ClientUpdate, EvalSums, Example
 
@@ -112,6 +113,10 @@ class ClientWorker:
                          max_allocated_mib=torch.cuda.max_memory_allocated(device) / 2**20,
                          reserved_mib=torch.cuda.memory_reserved(device) / 2**20)
         return stats
+
+    def machine(self) -> dict[str, str]:
+        """This worker's process and device (rayfed.runtime.machine)."""
+        return machine(self.model.device)
 
     def initial_prompt(self) -> torch.Tensor:
         return self.model.get_prompt()

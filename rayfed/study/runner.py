@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import socket
 import statistics
 import time
 from collections.abc import Callable
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,28 +200,14 @@ def run_chain(s: StudyConfig, out: Path, chain: Chain, total: int, log: Callable
                 cfg, global_prompt, driver = finished()
                 personalize_run(path, replace_keys(cfg, job.values), global_prompt, job.path.name,
                                 prompt_cache=path / "prompt_cache", driver=driver)
+            from rayfed.runtime.machine import machine
+
+            # Where it ran (Ray prefixes a parallel run's log lines with its pid), and what its floats
+            # depend on beyond its config and seed: CPU, torch's kernels, device (docs/study.md).
             record = {"job": str(job.path.relative_to(out)), "kind": kind,
-                      "seconds": round(time.perf_counter() - started, 1), "host": socket.gethostname(),
-                      "pid": os.getpid(),  # where it ran (Ray prefixes a parallel run's log lines with its pid)
-                      **machine()}
+                      "seconds": round(time.perf_counter() - started, 1), "pid": os.getpid(), **machine()}
             with open(out / "jobs.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-
-
-def machine() -> dict[str, str]:
-    """What a job's floats depend on beyond its config and seed: the CPU's model and the kernels
-    torch chose for it (``AVX2``, ``AVX512``, ...). Runs on two CPUs differ in float rounding, which
-    Adam's first step and personalization at high rates can amplify into other numbers
-    (docs/study.md, "The same pilot on another machine"), so a bundle moved between machines says
-    which job ran where."""
-    import torch
-
-    model = ""
-    with suppress(OSError):
-        model = next((line.partition(":")[2].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), "")
-    return {"cpu": model or platform.processor() or platform.machine(),
-            "torch_cpu": torch.backends.cpu.get_cpu_capability()}
 
 
 def _on_first_use(stack: ExitStack, open_context: Callable[[], Any]) -> Callable[[], Any]:

@@ -8,6 +8,7 @@ import torch
 
 from rayfed.experiment import run_experiment
 from rayfed.outputs.checkpoint import load_prompt
+from rayfed.runtime.machine import kind, machine
 
 pytestmark = pytest.mark.ray
 
@@ -28,11 +29,14 @@ def test_ray_run_with_four_client_actors_lowers_global_loss_and_personalizes(ray
 
 def test_ray_and_in_process_executors_give_the_same_prompt_whatever_the_number_of_workers(
         ray_session, tiny_config, tmp_path):
-    """One worker for all four clients, two workers of two, one per client: the same numbers,
-    bit for bit (every actor runs one torch thread); the in-process executor agrees, and so do
-    two workers that each train their clients in one batched pass (up to rounding)."""
+    """One worker for all four clients, two workers of two (placed by a Ray label selector), one per
+    client: the same numbers, bit for bit (every actor runs one torch thread); the in-process
+    executor agrees, and so do two workers that each train their clients in one batched pass (up
+    to rounding). Each run records where its driver and workers computed."""
+    node = ray_session.get_runtime_context().get_node_id()
     prompts, summaries = {}, {}
-    for name, overrides in {"ray-1": ["runtime.num_workers=1"], "ray-2": ["runtime.num_workers=2"],
+    for name, overrides in {"ray-1": ["runtime.num_workers=1"],
+                            "ray-2": ["runtime.num_workers=2", f"runtime.label_selector={{ray.io/node-id: {node}}}"],
                             "ray-4": ["runtime.num_workers=null"], "local": ["runtime.executor=local"],
                             "ray-2-batched": ["runtime.num_workers=2", "runtime.batch_clients=true"]}.items():
         cfg = tiny_config("algorithm.clients_per_round=3", f"output_dir={tmp_path / name}", *overrides)
@@ -45,6 +49,10 @@ def test_ray_and_in_process_executors_give_the_same_prompt_whatever_the_number_o
     for name in ("local", "ray-2-batched"):
         assert torch.allclose(prompts["ray-4"], prompts[name], atol=1e-5), name
         assert summaries["ray-4"]["final"]["loss"] == pytest.approx(summaries[name]["final"]["loss"], rel=1e-5)
+    here = kind(machine())
+    for name, workers in (("ray-1", 1), ("ray-2", 2), ("ray-4", 4), ("local", 1)):
+        where = summaries[name]["machines"]
+        assert [kind(m) for m in [where["driver"], *where["workers"]]] == [here] * (1 + workers), name
 
 
 def test_fractional_gpu_client_actors_schedule_and_train_on_cuda_or_fail_naming_the_key(ray_session, tiny_config):
@@ -95,3 +103,8 @@ def test_actors_that_cannot_all_fit_fail_fast_naming_the_key(ray_session, tiny_c
     with pytest.raises(ConfigError, match="runtime.num_gpus_per_worker"):
         check_resources(tiny_config("runtime.num_gpus_per_worker=0.5"), 4)
     check_resources(tiny_config(), 4)  # 4 x 0.25 + 0.1 fits
+    # A label selector no node satisfies would leave every actor pending: refused, naming the key.
+    with pytest.raises(ConfigError, match=r"runtime.label_selector.*\{'cpu-family': 'epyc'\}.*ray start --labels"):
+        check_resources(tiny_config("runtime.label_selector={cpu-family: epyc}"), 4)
+    node = ray_session.get_runtime_context().get_node_id()
+    check_resources(tiny_config(f"runtime.label_selector={{ray.io/node-id: {node}, cpu-family: '!epyc'}}"), 4)
