@@ -55,7 +55,7 @@ from rayfed.outputs.checkpoint import CHECKPOINT
 from rayfed.outputs.lock import writing
 from rayfed.outputs.search_dir import open_search_dir
 from rayfed.personalization.phase import load_finished_run, personalize_run
-from rayfed.runtime.placement import check_bundles_fit, run_bundles
+from rayfed.runtime.placement import bundle_selectors, check_bundles_fit, run_bundles
 
 if TYPE_CHECKING:
     import torch
@@ -89,10 +89,9 @@ def run_search(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool =
 
 
 def _run_search(cfg: ExperimentConfig, out: Path, *, resume: bool) -> dict[str, Any]:
-    import ray
     from ray import tune
 
-    from rayfed.runtime.ray_backend import start_ray
+    from rayfed.runtime.ray_backend import placeable_resources, start_ray
 
     t = cfg.tune
     # The ratio varies slowest, so concurrent trials train different local prompts and the later
@@ -103,9 +102,11 @@ def _run_search(cfg: ExperimentConfig, out: Path, *, resume: bool) -> dict[str, 
     start_ray(cfg.ray)
     base_run = prepare_base_run(cfg, out) if t.kind == "personalize" else None
     resources = run_bundles(cfg, cfg.tune.cpus_per_trial)
-    check_bundles_fit(cfg, resources, ray.cluster_resources(), "one trial", "tune.cpus_per_trial")
+    check_bundles_fit(cfg, resources, placeable_resources(cfg.runtime.label_selector), "one trial",
+                      "tune.cpus_per_trial")
 
-    trainable = tune.with_resources(_trainable(cfg, out, base_run), tune.PlacementGroupFactory(resources))
+    trainable = tune.with_resources(_trainable(cfg, out, base_run),
+                                    tune.PlacementGroupFactory(resources, **bundle_selectors(cfg, resources)))
     experiment = out / "tune"
     if resume and tune.Tuner.can_restore(str(experiment)):
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)

@@ -1,7 +1,8 @@
 """The cluster path end to end: a head node on the loopback address (`ray start --head`) in a
 fresh HOME, `ray job submit --working-dir` of a smoke run and of a tiny `rayfed tune`, both
 succeeded with their outputs; a second node joined to it, with a run, a search and a study spread
-over both nodes and one process's numbers; and no process of those nodes left behind."""
+over both nodes and one process's numbers, and a run pinned by a Ray node label to the labelled
+node; and no process of those nodes left behind."""
 
 import json
 import os
@@ -45,7 +46,8 @@ def node_ports() -> list[str]:
 @contextmanager
 def ray_nodes(home: Path, head_cpus: int, extra_nodes: tuple[dict, ...] = ()) -> Iterator[tuple[str, str, dict]]:
     """A Ray head on the loopback address in a fresh ``HOME`` (no ~/.ray, no token yet, as on a new
-    machine), plus one more node per entry of ``extra_nodes`` (``{"num_cpus": 1, "resources": {...}}``),
+    machine), plus one more node per entry of ``extra_nodes`` (``{"num_cpus": 1, "resources": {...},
+    "labels": "key=value"}``),
     each with ports of its own; yields ``(GCS address, job API address, env)``; stops them all."""
     temp = Path("/tmp") / f"rf-{uuid.uuid4().hex[:6]}"  # Ray's socket paths must stay short
     gcs, dashboard = free_port(), free_port()
@@ -62,6 +64,7 @@ def ray_nodes(home: Path, head_cpus: int, extra_nodes: tuple[dict, ...] = ()) ->
         for node in extra_nodes:  # a worker node joins through the GCS and takes the head's temp dir
             join = ray_cli("start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1",
                            f"--num-cpus={node['num_cpus']}", f"--resources={json.dumps(node.get('resources', {}))}",
+                           *([f"--labels={node['labels']}"] if "labels" in node else []),
                            "--disable-usage-stats", *node_ports(), env=env)
             assert join.returncode == 0, join.stdout + join.stderr
         yield f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", env
@@ -174,17 +177,27 @@ from rayfed.config import SpaceParam
 address, out, tiny, search_file, study_file = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3]), *sys.argv[4:]
 ray.init(address=address)
 
-def worker_nodes(seen):
-    actors = list_actors(address=address, filters=[("class_name", "=", "LazyClientWorker")], limit=10000)
+def worker_nodes(seen, actor="LazyClientWorker"):
+    actors = list_actors(address=address, filters=[("class_name", "=", actor)], limit=10000)
     new = {a.actor_id: a.node_id for a in actors if a.actor_id not in seen}
     seen.update(new)
     return sorted(set(new.values()))
 
-seen, nodes = {}, {}
+seen, drivers, nodes = {}, {}, {}
 cfg = rayfed.load_config(None, [*tiny, f"output_dir={out / 'run'}", "runtime.num_workers=2",
                                 "runtime.num_cpus_per_worker=0.9"])
 rayfed.run_experiment(cfg, loggers=[])
 nodes["run"] = worker_nodes(seen)
+worker_nodes(drivers, "DriverActor")
+
+# Pinned by a Ray node label: both workers and the driver fit on either node, and land on the labelled one.
+cfg = rayfed.load_config(None, [*tiny, f"output_dir={out / 'pinned'}", "runtime.num_workers=2",
+                                "runtime.num_cpus_per_worker=0.4", "runtime.label_selector={rayfed-node: second}"])
+rayfed.run_experiment(cfg, loggers=[])
+nodes["pinned"] = worker_nodes(seen)
+nodes["pinned_driver"] = worker_nodes(drivers, "DriverActor")
+nodes["labelled"] = sorted(n["NodeID"] for n in ray.nodes()
+                          if n["Alive"] and n["Labels"].get("rayfed-node") == "second")
 
 cfg = rayfed.load_config(search_file, [f"output_dir={out / 'search'}", "runtime.executor=ray",
                                        "runtime.num_cpus_per_worker=0.25", "partition.num_clients=2",
@@ -206,8 +219,13 @@ nodes["all"] = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
 
 
 def _without_seconds(path: Path) -> dict:
+    """A summary without what depends on where and how fast it ran (its seconds, and its
+    machines: two worker actors here, one process there; the numbers must not differ)."""
     summary = json.loads(path.read_text())
     summary.pop("seconds")
+    summary.pop("machines", None)
+    if isinstance(summary.get("personalization"), dict):
+        summary["personalization"].pop("machines", None)
     return summary
 
 
@@ -231,7 +249,8 @@ def test_two_nodes_share_a_run_a_search_and_a_study_with_one_nodes_numbers(tmp_p
     search_file, study_file = ROOT / "configs" / "tune" / "tiny.yaml", ROOT / "configs" / "study" / "tiny.yaml"
     out = tmp_path / "two"
     with ray_nodes(tmp_path_factory.mktemp("home"), head_cpus=1,
-                   extra_nodes=({"num_cpus": 1, "resources": {"second_node": 1}},)) as (gcs, _, env):
+                   extra_nodes=({"num_cpus": 1, "resources": {"second_node": 1}, "labels": "rayfed-node=second"},),
+                   ) as (gcs, _, env):
         done = subprocess.run([sys.executable, "-c", TWO_NODE_SCRIPT, gcs, str(out), json.dumps(tiny_overrides),
                                str(search_file), str(study_file)], env=env, capture_output=True, text=True,
                               timeout=900, cwd=tmp_path)
@@ -240,6 +259,8 @@ def test_two_nodes_share_a_run_a_search_and_a_study_with_one_nodes_numbers(tmp_p
     assert len(nodes["all"]) == 2
     for phase in ("run", "search", "study"):  # 0.9 + 0.9 CPUs, or 2 x 0.85, cannot share a 1-CPU node
         assert nodes[phase] == nodes["all"], phase
+    # runtime.label_selector: the pinned run's workers and its driver all ran on the labelled node.
+    assert len(nodes["labelled"]) == 1 and nodes["pinned"] == nodes["pinned_driver"] == nodes["labelled"]
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a worker actor (runtime.torch_threads)

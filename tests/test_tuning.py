@@ -104,11 +104,13 @@ def test_a_personalize_search_on_a_users_run_writes_nothing_into_it(ray_session,
 def test_federation_search_reserves_actor_bundles_and_never_hangs(ray_session, tmp_path):
     from rayfed.config import SpaceParam
 
+    node = ray_session.get_runtime_context().get_node_id()
     cfg = load_config(TINY_SEARCH, [f"output_dir={tmp_path / 'out'}", "runtime.executor=ray",
                                     "runtime.num_cpus_per_worker=0.25", "partition.num_clients=2",
                                     "algorithm.clients_per_round=2", "tune.kind=federation",
-                                    "tune.cpus_per_trial=0.25"])
-    # One trial: 0.25 (trial) + 0.1 (driver actor) + 2 x 0.25 (client actors) of the 2 CPUs.
+                                    "tune.cpus_per_trial=0.25", f"runtime.label_selector={{ray.io/node-id: {node}}}"])
+    # One trial: 0.25 (trial) + 0.1 (driver actor) + 2 x 0.25 (client actors) of the 2 CPUs, every
+    # bundle and actor on the nodes the label selector admits.
     cfg.tune.space = {"algorithm.client_optimizer.lr": SpaceParam("grid", [0.01, 0.1]),
                       "partition.concentration": SpaceParam("grid", [0.1, 10.0])}
     summary = run_search(cfg)
@@ -124,6 +126,11 @@ def test_a_search_whose_trial_cannot_fit_fails_at_once_naming_the_keys(ray_sessi
                                     "runtime.num_cpus_per_worker=0.5"])  # 1 + 0.1 + 4 x 0.5 > 2 CPUs
     started = time.monotonic()
     with pytest.raises(ConfigError, match="runtime.num_cpus_per_worker"):
+        run_search(cfg)
+    # A label selector no node satisfies: every trial would wait forever.
+    cfg = load_config(TINY_SEARCH, [f"output_dir={tmp_path / 'labels'}", "tune.kind=federation",
+                                    "runtime.executor=ray", "runtime.label_selector={cpu-family: epyc}"])
+    with pytest.raises(ConfigError, match="runtime.label_selector"):
         run_search(cfg)
     assert time.monotonic() - started < 60
 

@@ -9,7 +9,7 @@ resets the prompt and optimizer for each client it trains.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rayfed.config import ConfigError, ExperimentConfig
 
@@ -46,14 +46,22 @@ def run_bundles(cfg: ExperimentConfig, process_cpus: float) -> list[dict[str, fl
     return bundles
 
 
+def bundle_selectors(cfg: ExperimentConfig, bundles: list[dict[str, float]]) -> dict[str, Any]:
+    """``placement_group()`` keywords that put every bundle of a run on the nodes
+    ``runtime.label_selector`` admits (none when it is empty)."""
+    selector = dict(cfg.runtime.label_selector)
+    return {"bundle_label_selector": [dict(selector) for _ in bundles]} if selector else {}
+
+
 def check_bundles_fit(cfg: ExperimentConfig, bundles: list[dict[str, float]], cluster: dict[str, float],
                       what: str, process_key: str) -> None:
     """Fail now, naming the keys, when ``what`` (one trial, one study run) cannot fit the cluster."""
     for resource in ("CPU", "GPU"):
         need = sum(b.get(resource, 0.0) for b in bundles)
         if need > cluster.get(resource, 0.0) + 1e-9:
+            where = " on the nodes runtime.label_selector admits" if cfg.runtime.label_selector else ""
             raise ConfigError(
                 f"{what} needs {need:g} {resource}s ({process_key} + runtime.num_cpus_driver + "
                 f"runtime.num_workers x runtime.num_{resource.lower()}s_per_worker with runtime.executor="
-                f"{cfg.runtime.executor}), but the Ray cluster has {cluster.get(resource, 0.0):g}; lower them or "
-                f"use runtime.executor=local")
+                f"{cfg.runtime.executor}), but the Ray cluster has {cluster.get(resource, 0.0):g}{where}; lower them "
+                f"or use runtime.executor=local")

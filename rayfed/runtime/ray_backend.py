@@ -207,7 +207,7 @@ def label_matches(labels: dict[str, str], selector: dict[str, str]) -> bool:
     return True
 
 
-def _placeable_resources(selector: dict[str, str]) -> dict[str, float]:
+def placeable_resources(selector: dict[str, str]) -> dict[str, float]:
     """The cluster's resources, on the nodes ``selector`` admits only (all of them when empty);
     no node admitted is an error naming the key and the labels the nodes have."""
     if not selector:
@@ -230,7 +230,7 @@ def check_resources(cfg: ExperimentConfig, workers: int) -> None:
     """Fail fast, naming the keys, when the actors cannot all be placed at once (on the nodes
     ``runtime.label_selector`` admits): Ray would otherwise leave the last ones pending and the
     run would hang without an error."""
-    r, total = cfg.runtime, _placeable_resources(cfg.runtime.label_selector)
+    r, total = cfg.runtime, placeable_resources(cfg.runtime.label_selector)
     need_cpu = workers * r.num_cpus_per_worker + r.num_cpus_driver
     need_gpu = workers * r.num_gpus_per_worker
     fewer = " or runtime.num_workers" if workers > 1 else ""

@@ -148,20 +148,20 @@ def run_chains(s: StudyConfig, out: Path, chains: list[Chain], total: int, log: 
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from rayfed.runtime.placement import check_bundles_fit, run_bundles
-    from rayfed.runtime.ray_backend import start_ray
+    from rayfed.runtime.placement import bundle_selectors, check_bundles_fit, run_bundles
+    from rayfed.runtime.ray_backend import placeable_resources, start_ray
 
     configs = [run_config(s, c.label, c.concentration, c.seed, c.lr) for c in chains]
     start_ray(configs[0].ray)
     bundles = [run_bundles(cfg, s.cpus_per_run) for cfg in configs]
     for cfg, b in zip(configs, bundles, strict=True):  # before any starts
-        check_bundles_fit(cfg, b, ray.cluster_resources(), "one study run", "cpus_per_run")
+        check_bundles_fit(cfg, b, placeable_resources(cfg.runtime.label_selector), "one study run", "cpus_per_run")
     task = ray.remote(max_retries=0)(run_chain)  # a failed chain stops the study; rerunning continues it
-    waiting, running = list(zip(chains, bundles, strict=True)), {}
+    waiting, running = list(zip(chains, bundles, configs, strict=True)), {}
     while waiting or running:
         while waiting and len(running) < s.parallel_runs:
-            c, b = waiting.pop(0)
-            group = placement_group(b, strategy="PACK")
+            c, b, cfg = waiting.pop(0)
+            group = placement_group(b, strategy="PACK", **bundle_selectors(cfg, b))
             strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0,
                                                         placement_group_capture_child_tasks=True)
             ref = task.options(num_cpus=s.cpus_per_run, scheduling_strategy=strategy).remote(s, out, c, total)

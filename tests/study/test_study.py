@@ -315,7 +315,9 @@ def test_parallel_runs_are_ray_tasks_with_the_same_numbers(ray_session, tmp_path
     # Each run's driver and worker actor live in its placement group (2 x (0.5 + 0.1 + 0.25) of the 2 CPUs:
     # an actor left outside would not fit, and the run would stop).
     small = ["seeds=[0]", "concentrations=[10.0]"]
-    actors = ["experiment.runtime.executor=ray", "experiment.runtime.num_workers=1", "cpus_per_run=0.5"]
+    node = ray_session.get_runtime_context().get_node_id()  # every bundle on the node a label selector admits
+    actors = ["experiment.runtime.executor=ray", "experiment.runtime.num_workers=1", "cpus_per_run=0.5",
+              f"experiment.runtime.label_selector={{ray.io/node-id: {node}}}"]
     assert main(["study", str(TINY), f"output_dir={par}", *small, *actors, "parallel_runs=2"]) == 0
     recorded = jobs(par)
     assert len(recorded) == len({j["job"] for j in recorded}) == 10
