@@ -1,4 +1,5 @@
-"""Which worker hosts which client: the one rule every executor and resource check follows.
+"""Which worker hosts which client: the one rule every executor and resource check follows;
+and which nodes a run may use (``runtime.label_selector``).
 
 Client ``i`` lives on worker ``i % W``, where ``W`` is ``runtime.num_workers`` (one worker per
 client when unset). Round-robin keeps the workers' loads within one client of each other for
@@ -51,6 +52,18 @@ def bundle_selectors(cfg: ExperimentConfig, bundles: list[dict[str, float]]) -> 
     ``runtime.label_selector`` admits (none when it is empty)."""
     selector = dict(cfg.runtime.label_selector)
     return {"bundle_label_selector": [dict(selector) for _ in bundles]} if selector else {}
+
+
+def label_matches(labels: dict[str, str], selector: dict[str, str]) -> bool:
+    """Whether a node with ``labels`` satisfies a Ray ``label_selector`` (``value``, ``!value``,
+    ``in(a,b)``, ``!in(a,b)``; a node without the label is "not" any value)."""
+    for key, want in selector.items():
+        negate = want.startswith("!")
+        want = want.removeprefix("!")
+        values = {v.strip() for v in want[3:-1].split(",")} if want.startswith("in(") and want.endswith(")") else {want}
+        if (labels.get(key) in values) == negate:
+            return False
+    return True
 
 
 def check_bundles_fit(cfg: ExperimentConfig, bundles: list[dict[str, float]], cluster: dict[str, float],

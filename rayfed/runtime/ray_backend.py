@@ -28,7 +28,7 @@ from rayfed.errors import UnauthenticatedRayWarning, WorkerLostError, quiet_work
 from rayfed.runtime import progress
 from rayfed.runtime.driver import Driver
 from rayfed.runtime.parts import RunParts
-from rayfed.runtime.placement import by_worker, num_workers
+from rayfed.runtime.placement import by_worker, label_matches, num_workers
 from rayfed.runtime.worker import ClientWorker
 
 
@@ -193,18 +193,6 @@ class RemoteDriver:
     def clients_done(self) -> int:
         """How many clients the worker actors have finished so far (a progress count)."""
         return ray.get(self._counter.done.remote()) if self._counter is not None else 0
-
-
-def label_matches(labels: dict[str, str], selector: dict[str, str]) -> bool:
-    """Whether a node with ``labels`` satisfies a Ray ``label_selector`` (``value``, ``!value``,
-    ``in(a,b)``, ``!in(a,b)``; a node without the label is "not" any value)."""
-    for key, want in selector.items():
-        negate = want.startswith("!")
-        want = want.removeprefix("!")
-        values = {v.strip() for v in want[3:-1].split(",")} if want.startswith("in(") and want.endswith(")") else {want}
-        if (labels.get(key) in values) == negate:
-            return False
-    return True
 
 
 def placeable_resources(selector: dict[str, str]) -> dict[str, float]:

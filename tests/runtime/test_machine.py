@@ -13,7 +13,7 @@ from rayfed.errors import MachinesWarning
 from rayfed.experiment import resume_experiment, run_experiment
 from rayfed.outputs.checkpoint import CHECKPOINT, load_run_state, save_run_state
 from rayfed.runtime.machine import kind, machine, mixed, moved
-from rayfed.runtime.ray_backend import label_matches
+from rayfed.runtime.placement import label_matches
 
 XEON = {"host": "a", "cpu": "Intel Xeon", "torch_cpu": "AVX512", "torch": "2.13.0", "device": "cpu"}
 EPYC = {"host": "b", "cpu": "AMD EPYC", "torch_cpu": "AVX2", "torch": "2.13.0", "device": "cpu"}
