@@ -34,6 +34,7 @@ from rayfed.outputs.scores import DITTO_SCORES, EXAMPLE_SCORES, RunScores, inter
 from rayfed.personalization.cache import RUN_LOCAL_PROMPTS
 from rayfed.personalization.phase import check_same_settings, personalize_phase
 from rayfed.runtime.driver import payload_bytes
+from rayfed.runtime.machine import dashboard_keys, mixed, moved
 from rayfed.runtime.progress import phase
 from rayfed.runtime.session import open_driver
 from rayfed.settings import ModelSettings
@@ -92,6 +93,8 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
         (out / "config.yaml").write_text(to_yaml(cfg))
         scores = RunScores(out, keep_through=done if resume else None)
         loggers = build_loggers(cfg, out, loggers, metrics_file=out / "metrics.jsonl", run_id_file=out / WANDB_ID)
+        for logger in loggers:  # where it computes, for a dashboard's grouping (W&B run summary)
+            logger.log({"event": "summary", **dashboard_keys(machines)})
         try:
             # --- Rounds: evaluate the untrained prompt, then train, evaluating every eval_every rounds.
             traffic = dict(record.get("communication", NO_TRAFFIC)) if resume else dict(NO_TRAFFIC)
@@ -138,8 +141,6 @@ def _run(cfg: ExperimentConfig, out: Path, loggers: list[MetricLogger] | None, *
 def _note_machines(machines: dict[str, Any], before: dict[str, Any] | None) -> None:
     """Warn where float rounding can make this run differ from a rerun or an uninterrupted run:
     its processes on several kinds of machine, or resumed on other kinds than it started on."""
-    from rayfed.runtime.machine import mixed, moved
-
     for note in (mixed(machines), moved(before, machines) if before else None):
         if note:
             warnings.warn(note, MachinesWarning, stacklevel=3)

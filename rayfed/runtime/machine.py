@@ -55,6 +55,15 @@ def mixed(machines: dict[str, Any]) -> str | None:
             "again (keep a run on one kind with runtime.label_selector and Ray node labels: docs/reliability.md)")
 
 
+def dashboard_keys(machines: dict[str, Any]) -> dict[str, Any]:
+    """A run's machines as flat summary keys a dashboard can group and filter runs by (W&B)."""
+    workers = machines.get("workers", [])
+    every = [machines["driver"], *workers] if "driver" in machines else workers
+    return {"machines/driver": kind(machines["driver"]) if "driver" in machines else "",
+            "machines/workers": "; ".join(sorted({kind(m) for m in workers})),
+            "machines/hosts": len({m.get("host") for m in every})}
+
+
 def _few(names: list[str]) -> str:
     return ", ".join(names) if len(names) <= 4 else f"{', '.join(names[:3])} and {len(names) - 3} more"
 

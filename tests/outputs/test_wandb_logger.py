@@ -358,6 +358,11 @@ def test_a_run_with_personalization_logs_its_config_rounds_curves_and_plots(wand
     for ratio in (0, 1):  # epochs 0..2 of each ratio, as series of their own
         assert len(log.rows_with(f"personalize/ratio={ratio}/local_test/loss_mean")) == 3
     assert {"plots/rounds", "plots/curves"} <= {k for row in log.history for k in row}
+    # Where it computed, as keys a dashboard groups runs by.
+    from rayfed.runtime.machine import kind, machine
+
+    assert log.summary["machines/workers"] == log.summary["machines/driver"] == kind(machine())
+    assert log.summary["machines/hosts"] == 1
     # A later `rayfed personalize` of the run is a W&B run of its own, in the run's group.
     from rayfed.personalization.phase import run_personalization
 
