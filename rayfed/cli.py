@@ -116,13 +116,16 @@ def _study_power(pilot, out: Path, target) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import json
 
-    from rayfed.outputs.compare import by_client, compare, format_by_client, format_table, load_source
+    from rayfed.outputs.compare import by_client, compare, format_by_client, format_table, load_source, machines_note
 
     splits = tuple(s for s in args.splits.split(",") if s)
     sources = [load_source(spec, args.metric) for spec in args.sources]
     result = compare(sources, splits)
     result["metric"] = args.metric
     print(format_table(result, args.metric))
+    if note := machines_note(sources):
+        result["machines_note"] = note
+        print("\n" + note)
     if args.by_client:
         result["by_client"] = by_client(sources, splits)
         print("\n" + format_by_client(result["by_client"], args.metric))

@@ -27,6 +27,7 @@ import numpy as np
 from rayfed.errors import UserError
 from rayfed.names import GLOBAL_SPLITS
 from rayfed.outputs.scores import DITTO_SCORES, EXAMPLE_SCORES, load_example_scores
+from rayfed.runtime.machine import kinds_line
 
 COMPARE_SPLITS = ("local_test", "global_test")
 Scores = dict[str, dict[int, dict[int, float]]]  # split -> client -> example id -> score
@@ -38,6 +39,7 @@ class Source:
 
     label: str
     scores: Scores
+    machines: str = ""  # the kinds of machine its workers computed on (rayfed.runtime.machine), "" if not recorded
 
 
 def load_source(spec: str, metric: str) -> Source:
@@ -48,6 +50,26 @@ def load_source(spec: str, metric: str) -> Source:
     """
     path_text, _, which = spec.partition("@")
     path = Path(path_text).expanduser()
+    source = _load(path, which, metric, spec)
+    summary = path / "summary.json"
+    recorded = json.loads(summary.read_text()).get("machines") if summary.is_file() else None
+    return Source(source.label, source.scores, kinds_line(recorded))
+
+
+def machines_note(sources: list[Source]) -> str | None:
+    """A note when the sources were computed on different kinds of machine: float rounding then
+    differs between them, and training can grow that into part of a difference, which the
+    intervals (over clients and examples) do not cover."""
+    kinds = {s.machines for s in sources if s.machines}
+    if len(kinds) < 2:
+        return None
+    where = "; ".join(f"{s.label}: {s.machines}" for s in sources if s.machines)
+    return (f"note: these sources were computed on {len(kinds)} kinds of machine ({where}); float rounding differs "
+            "between them, so part of a difference can come from the machine, which these intervals do not cover "
+            "(seeds do: docs/reliability.md)")
+
+
+def _load(path: Path, which: str, metric: str, spec: str) -> Source:
     if (path / "personalization.jsonl").is_file():
         return Source(spec, _personalization(path, which or "selected", metric, spec))
     if not (path / EXAMPLE_SCORES).is_file():

@@ -18,12 +18,12 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-import torch
 
-
-def machine(device: torch.device | str | None = None) -> dict[str, str]:
+def machine(device: Any = None) -> dict[str, str]:
     """This process: ``host``, ``cpu`` (its model name), ``torch_cpu`` (``AVX2``, ``AVX512``, ...),
     ``torch`` (version) and ``device`` (``cpu`` or the GPU's name, for a CUDA ``device``)."""
+    import torch  # here: the rest of this module reads records without torch (rayfed compare)
+
     model = ""
     with suppress(OSError):
         model = next((line.partition(":")[2].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -55,12 +55,17 @@ def mixed(machines: dict[str, Any]) -> str | None:
             "again (keep a run on one kind with runtime.label_selector and Ray node labels: docs/reliability.md)")
 
 
+def kinds_line(machines: dict[str, Any] | None) -> str:
+    """The kinds of machine a record's workers computed on, as one line ("" when not recorded)."""
+    return "; ".join(sorted({kind(m) for m in (machines or {}).get("workers", [])}))
+
+
 def dashboard_keys(machines: dict[str, Any]) -> dict[str, Any]:
     """A run's machines as flat summary keys a dashboard can group and filter runs by (W&B)."""
     workers = machines.get("workers", [])
     every = [machines["driver"], *workers] if "driver" in machines else workers
     return {"machines/driver": kind(machines["driver"]) if "driver" in machines else "",
-            "machines/workers": "; ".join(sorted({kind(m) for m in workers})),
+            "machines/workers": kinds_line(machines),
             "machines/hosts": len({m.get("host") for m in every})}
 
 

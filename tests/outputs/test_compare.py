@@ -145,3 +145,23 @@ def test_paired_crossed_matches_the_one_point_bootstrap_and_pairs_its_points():
     assert reps[:, 0].mean() == pytest.approx(mean, abs=0.02)
     spread = np.percentile(reps[:, 1] - reps[:, 0], [2.5, 97.5])
     assert spread[1] - spread[0] < 0.1 * (high - low)  # paired: the shared difficulty cancels
+
+
+def test_sources_computed_on_different_kinds_of_machine_are_named(dirs, tmp_path, without_torch_or_ray):
+    """Each source's summary.json says where it computed; a comparison across kinds of machine says
+    that part of a difference can be float rounding, which its intervals do not cover."""
+    run, pers = dirs
+    xeon = {"host": "a", "cpu": "Intel Xeon", "torch_cpu": "AVX512", "torch": "2.13.0", "device": "cpu"}
+    epyc = {**xeon, "host": "b", "cpu": "AMD EPYC", "torch_cpu": "AVX2"}
+    (run / "summary.json").write_text(json.dumps({"machines": {"driver": xeon, "workers": [xeon, xeon]}}))
+    summary = json.loads((pers / "summary.json").read_text())
+    (pers / "summary.json").write_text(json.dumps({**summary, "machines": {"driver": xeon, "workers": [xeon]}}))
+    same = without_torch_or_ray("compare", str(run), f"{pers}@3,1.0")
+    assert same.returncode == 0, same.stderr
+    assert "kinds of machine" not in same.stdout  # hosts differ, kinds do not
+    (pers / "summary.json").write_text(json.dumps({**summary, "machines": {"driver": xeon, "workers": [epyc]}}))
+    done = without_torch_or_ray("compare", str(run), f"{pers}@3,1.0", "--json", str(tmp_path / "c.json"))
+    assert done.returncode == 0, done.stderr
+    assert f"computed on 2 kinds of machine ({run}: Intel Xeon (AVX512), torch 2.13.0; {pers}@3,1.0: AMD EPYC " \
+           "(AVX2), torch 2.13.0)" in done.stdout
+    assert "AMD EPYC" in json.loads((tmp_path / "c.json").read_text())["machines_note"]
