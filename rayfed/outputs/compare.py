@@ -18,7 +18,7 @@ score there, so it pairs with personalized prompts that each client scored on it
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ def load_source(spec: str, metric: str) -> Source:
     source = _load(path, which, metric, spec)
     summary = path / "summary.json"
     recorded = json.loads(summary.read_text()).get("machines") if summary.is_file() else None
-    return Source(source.label, source.scores, kinds_line(recorded))
+    return replace(source, machines=kinds_line(recorded))
 
 
 def machines_note(sources: list[Source]) -> str | None:

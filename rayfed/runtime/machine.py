@@ -62,11 +62,8 @@ def kinds_line(machines: dict[str, Any] | None) -> str:
 
 def dashboard_keys(machines: dict[str, Any]) -> dict[str, Any]:
     """A run's machines as flat summary keys a dashboard can group and filter runs by (W&B)."""
-    workers = machines.get("workers", [])
-    every = [machines["driver"], *workers] if "driver" in machines else workers
-    return {"machines/driver": kind(machines["driver"]) if "driver" in machines else "",
-            "machines/workers": kinds_line(machines),
-            "machines/hosts": len({m.get("host") for m in every})}
+    return {"machines/driver": kind(machines["driver"]), "machines/workers": kinds_line(machines),
+            "machines/hosts": len({m.get("host") for _, m in _processes(machines)})}
 
 
 def _few(names: list[str]) -> str:
