@@ -52,7 +52,7 @@ def plot_study(s: StudyConfig, out: Path) -> list[Path]:
     return figures
 
 
-VERDICT_COLOR = {"reproduced": "C2", "contradicted": "C3", "inconclusive": "C7"}
+VERDICT_COLOR = {"reproduced": "C2", "contradicted": "C3", "inconclusive": "C7", "interim": "C0"}
 
 
 def _verdicts(rows: list[dict], out: Path) -> Path:

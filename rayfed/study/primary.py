@@ -198,6 +198,20 @@ def primary_verdicts(s: StudyConfig, out: Path, seeds: dict[str, list[int]], lrs
             "comparisons": rows, "claims": claims}
 
 
+INTERIM = "interim"
+
+
+def withhold_verdicts(primary: dict[str, Any]) -> None:
+    """An unfinished study's primary comparisons keep their estimates, intervals and Holm
+    p-values and lose their verdicts (each one, and each claim's, becomes ``interim``): the
+    rule's family-wise 5% holds for one look at the finished study, and deciding at every look
+    of a study that is still running would spend it again at each."""
+    for r in primary["comparisons"]:
+        if r["primary"]:
+            r["rouge_l"]["verdict"] = INTERIM
+    primary["claims"] = dict.fromkeys(primary["claims"], INTERIM)
+
+
 def shown_comparisons(s: StudyConfig, out: Path, seeds: dict[str, list[int]], lrs: dict[str, dict[str, float]],
                       ) -> list[dict[str, Any]]:
     """The study's ``comparisons:`` at every concentration with finished seeds: estimates and 95%

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rayfed.study.config import StudyConfig
+from rayfed.study.primary import INTERIM, withhold_verdicts
 from rayfed.study.runner import progress
 
 
@@ -32,6 +33,10 @@ def write_report(s: StudyConfig, out: Path) -> dict[str, Any]:
     analysis["seconds_by_kind"] = seconds
     analysis["machines"] = machines
     analysis["jobs_finished"], analysis["jobs_total"] = progress(s, out)
+    if analysis["jobs_finished"] < analysis["jobs_total"]:
+        withhold_verdicts(analysis["primary"])
+        for number, claim in analysis["claims"].items():
+            claim["verdict"] = analysis["primary"]["claims"].get(number, "not pre-registered")
     (out / "study.json").write_text(json.dumps(analysis, indent=2, sort_keys=True))
     (out / "results.md").write_text(results_markdown(s, analysis, seconds), encoding="utf-8")
     figures = plot_study(s, out)
@@ -82,6 +87,10 @@ def results_markdown(s: StudyConfig, analysis: dict[str, Any], seconds: dict[str
              "better, shown and not voted.", "",
              f"Jobs finished: {analysis['jobs_finished']} of {analysis['jobs_total']}; a claim is measured on the "
              "seeds whose jobs have all finished.", ""]
+    if analysis["jobs_finished"] < analysis["jobs_total"]:
+        lines += [f"**{INTERIM.capitalize()}: no verdict until every job is in.** The estimates, intervals and Holm "
+                  "p-values below are those of the finished seeds; the rule's family-wise 5% holds for one look at "
+                  "the finished study, and deciding at every look of a running study would spend it again.", ""]
     lines += ["| claim | verdict |", "|---|---|"]
     lines += [f"| {n} | **{claim['verdict']}** |" for n, claim in analysis["claims"].items()]
     lines += [""] + comparison_table(primary["comparisons"])
@@ -190,7 +199,9 @@ def _num(value: float | None, sign: bool = False) -> str:
 def print_study(analysis: dict[str, Any], out: Path) -> None:
     """Each claim's verdict and its primary comparisons' intervals, and where the files are."""
     primary = analysis["primary"]
-    print(f"\nstudy: {analysis['jobs_finished']} of {analysis['jobs_total']} jobs finished")
+    unfinished = analysis["jobs_finished"] < analysis["jobs_total"]
+    print(f"\nstudy: {analysis['jobs_finished']} of {analysis['jobs_total']} jobs finished"
+          + (f" ({INTERIM}: intervals only, no verdict until every job is in)" if unfinished else ""))
     print(f"study verdicts (test ROUGE-L, 95% paired bootstrap intervals; Holm over {primary['family_size']} primary "
           f"comparisons at alpha {primary['alpha']:g})")
     for number, claim in analysis["claims"].items():

@@ -424,6 +424,15 @@ def test_a_study_moved_by_its_bundle_continues_on_the_next_machine_to_the_same_r
     seed0 = run_dir(bundle, "fedavg_sgd", 0.1, lrs["0.1"]["fedavg_sgd"], 0)
     name = next(iter(personalize_jobs(s, "fedavg_sgd")))
     (seed0 / "personalize" / name / "summary.json").unlink()  # as a personalization cut off mid-way
+    # Until it is finished, the study's report gives intervals and no verdict.
+    assert main(["study", str(TINY), f"output_dir={bundle}", "--report-only"]) == 0
+    interim = json.loads((bundle / "study.json").read_text())
+    assert interim["jobs_finished"] < interim["jobs_total"]
+    assert {c["verdict"] for c in interim["claims"].values()} == {"interim"}
+    rows = [r for r in interim["primary"]["comparisons"] if r["primary"]]
+    assert rows and all(r["rouge_l"]["verdict"] == "interim" and r["rouge_l"]["low"] <= r["rouge_l"]["high"]
+                        for r in rows)
+    assert "**Interim: no verdict until every job is in.**" in (bundle / "results.md").read_text()
     before = len(jobs(bundle))
     assert main(["study", str(TINY), f"output_dir={bundle}"]) == 0
     rerun = sorted(j["job"] for j in jobs(bundle)[before:])
