@@ -1,4 +1,5 @@
-"""The committed results bundles recompute the tables docs/study.md shows from them: every block
+"""The committed results bundles recompute the tables docs/study.md (and the BIG-bench record,
+docs/study-bigbench.md) show from them: every block
 between ``<!-- generated: ... -->`` and ``<!-- end generated -->`` equals what ``rayfed study
 --report-only`` / ``--power-for`` compute from ``docs/results/``, each bundle read with the study
 file it ran (kept beside it), so a later edit of ``configs/study/`` cannot change a record."""
@@ -15,6 +16,7 @@ from rayfed.study.report import comparison_table
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "study.md"
+BIGBENCH_DOC = ROOT / "docs" / "study-bigbench.md"
 QUICK_BUNDLE = ROOT / "docs" / "results" / "study-quick"  # the pilot on the evals tasks
 BIGBENCH = ROOT / "docs" / "results" / "bigbench"  # the BIG-bench pilot and the unfinished full study on it
 
@@ -42,10 +44,10 @@ def same_table(computed: str, shown: str) -> None:
                 assert abs(float(x.group(0)) - float(y.group(0))) <= tolerance, (header[column], ours, theirs)
 
 
-def generated(name: str) -> str:
-    match = re.search(rf"<!-- generated: {re.escape(name)} -->\n(.*?)\n<!-- end generated -->", DOC.read_text(),
+def generated(name: str, doc: Path = DOC) -> str:
+    match = re.search(rf"<!-- generated: {re.escape(name)} -->\n(.*?)\n<!-- end generated -->", doc.read_text(),
                       re.DOTALL)
-    assert match, f"docs/study.md has no generated block {name!r}"
+    assert match, f"{doc.relative_to(ROOT)} has no generated block {name!r}"
     return match.group(1)
 
 
@@ -92,12 +94,12 @@ def bigbench_quick(tmp_path_factory):
 def test_the_bigbench_pilots_comparison_table_is_recomputed_from_its_bundle(bigbench_quick):
     analysis = json.loads((bigbench_quick / "study.json").read_text())
     same_table("\n".join(comparison_table(analysis["primary"]["comparisons"])),
-               generated("comparisons docs/results/bigbench/study-quick"))
+               generated("comparisons docs/results/bigbench/study-quick", BIGBENCH_DOC))
 
 
 def test_the_bigbench_full_studys_power_table_is_recomputed_from_its_pilot(bigbench_quick):
     table = [line for line in (bigbench_quick / "power-study-full.md").read_text().splitlines() if line.startswith("|")]
-    same_table("\n".join(table), generated("power study-full from docs/results/bigbench/study-quick"))
+    same_table("\n".join(table), generated("power study-full from docs/results/bigbench/study-quick", BIGBENCH_DOC))
 
 
 def test_the_doc_counts_the_full_studys_finished_jobs_as_its_bundle_does():
