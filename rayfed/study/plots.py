@@ -48,14 +48,15 @@ def plot_study(s: StudyConfig, out: Path) -> list[Path]:
     figures = [_curves(s, per_conc, out), _robustness(s, per_conc, out), _frontier(s, per_conc, out)]
     analysis = json.loads((out / "study.json").read_text(encoding="utf-8")) if (out / "study.json").is_file() else {}
     if analysis.get("primary", {}).get("comparisons"):
-        figures.append(_verdicts(analysis["primary"]["comparisons"], out))
+        figures.append(_verdicts(analysis["primary"]["comparisons"], out, analysis.get("jobs_finished"),
+                                  analysis.get("jobs_total")))
     return figures
 
 
 VERDICT_COLOR = {"reproduced": "C2", "contradicted": "C3", "inconclusive": "C7", "interim": "C0"}
 
 
-def _verdicts(rows: list[dict], out: Path) -> Path:
+def _verdicts(rows: list[dict], out: Path, finished: int | None = None, total: int | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(rows) + 1.6))
     for y, r in enumerate(reversed(rows)):
         rl = r["rouge_l"]
@@ -71,8 +72,10 @@ def _verdicts(rows: list[dict], out: Path) -> Path:
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(rows)), [f"claim {r['claim']}, c{r['concentration']}: {r['name']}" for r in reversed(rows)],
                   fontsize=7)
-    ax.set(xlabel="test ROUGE-L difference (a - b, or frontier gap)",
-           title="primary comparisons: 95% interval (thick), interval at Holm's level (thin), | sized-for effect")
+    title = "primary comparisons: 95% interval (thick), interval at Holm's level (thin), | sized-for effect"
+    if finished is not None and total is not None and finished < total:
+        title = f"interim, {finished} of {total} jobs: no verdict yet\n{title}"
+    ax.set(xlabel="test ROUGE-L difference (a - b, or frontier gap)", title=title)
     ax.title.set_fontsize(9)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, out / "verdicts.png")
