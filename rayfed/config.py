@@ -405,11 +405,14 @@ def parse_override(item: str) -> DictConfig:
     """One ``key=value`` override as a mapping; a list is set whole (``key=[a,b]``), never by index.
 
     Raises:
-        ConfigError: naming the override when it has no ``=`` or indexes into a list.
+        ConfigError: naming the override when it has no ``=``, indexes into a list or its value
+        is not YAML (a flow list or mapping cut at a space by the shell, for example).
     """
+    import yaml
+
     key = item.partition("=")[0]
     if "=" not in item:
-        raise ConfigError(f"override {item!r} is not of the form key=value")
+        raise ConfigError(f"override {item!r} is not of the form key=value{_ONE_WORD}")
     if "[" in key or any(part.isdigit() for part in key.split(".")):
         whole = re.split(r"\[|\.\d", key)[0]
         raise ConfigError(f"override {item!r}: key '{key}' indexes into a list; set the list whole, e.g. {whole}=[a,b]")
@@ -417,6 +420,16 @@ def parse_override(item: str) -> DictConfig:
         return OmegaConf.from_dotlist([item])
     except OmegaConfBaseException as err:
         raise ConfigError(_describe(err, f"override {item!r}")) from None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"override {item!r}: key '{key}': its value is not valid YAML ({problem}){_ONE_WORD}"
+                          ) from None
+
+
+# Why an override is often cut in two: the shell splits words at spaces, and `ray job submit`
+# joins its entrypoint's words with spaces before a shell splits them again.
+_ONE_WORD = ("; an override must reach rayfed as one word: write a list without spaces (key=[0.5,1]) and a "
+             "mapping key by key (key.sub=value), or quote it (through `ray job submit`, quote it twice)")
 
 
 def _checked(node: DictConfig) -> ExperimentConfig:

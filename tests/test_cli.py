@@ -114,3 +114,16 @@ del b
     assert done.returncode == 0 and done.stdout == "still running\n"
     assert "SystemExit" not in done.stderr and done.stderr.count("Traceback") == 1
     assert "RuntimeError: a real bug in a callback" in done.stderr
+
+
+def test_an_override_cut_at_a_space_is_named_with_how_to_pass_it_whole(capsys):
+    """`ray job submit` joins its words with spaces and the shell splits them again, so a list
+    with a space arrives in two pieces: each is refused in one line naming it, never a traceback."""
+    for piece, said in (("personalize.interp_ratios=[0.5,", "key 'personalize.interp_ratios': its value is not valid "
+                         "YAML"), ("1]", "is not of the form key=value")):
+        assert main(["validate", "configs/smoke.yaml", piece]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "(key=[0.5,1])" in err and "quote it twice" in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["study", "configs/study/tiny.yaml", "seeds=[0,", "1]", "--report-only"]) == 2
+    assert "key 'seeds'" in capsys.readouterr().err
