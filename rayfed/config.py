@@ -369,7 +369,8 @@ def read_yaml(path: str | Path, what: str) -> DictConfig:
     """
     path = Path(path)
     if path.is_dir():
-        raise ConfigError(f"{what} {path} is a directory; give a YAML file in it, such as configs/quickstart.yaml")
+        example = "configs/study/quick.yaml" if what == "study file" else "configs/quickstart.yaml"
+        raise ConfigError(f"{what} {path} is a directory; give a YAML file in it, such as {example}")
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
     size = path.stat().st_size
@@ -382,7 +383,8 @@ def read_yaml(path: str | Path, what: str) -> DictConfig:
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{path}: a {what} is a mapping of keys (name:, model:, ...), not a YAML list")
     if len(loaded) == 0:
-        raise ConfigError(f"{path} is empty: it would run every default silently; start from configs/quickstart.yaml")
+        start = "configs/study/quick.yaml" if what == "study file" else "configs/quickstart.yaml"
+        raise ConfigError(f"{path} is empty: it would run every default silently; start from {start}")
     return loaded
 
 

@@ -172,3 +172,13 @@ def test_a_half_precision_backbone_on_a_cpu_that_emulates_it_warns_naming_the_ke
         load_config("configs/smoke.yaml", ["model.dtype=bfloat16"])
         monkeypatch.setattr(config, "cpu_flags", lambda: None)  # flags not listed (not Linux x86): nothing said
         load_config("configs/smoke.yaml", ["model.dtype=bfloat16"])
+
+
+def test_an_empty_study_file_points_to_a_study_to_start_from(tmp_path):
+    from rayfed.study.config import load_study
+
+    (tmp_path / "study.yaml").write_text("")
+    with pytest.raises(ConfigError, match="start from configs/study/quick.yaml"):
+        load_study(tmp_path / "study.yaml")
+    with pytest.raises(ConfigError, match="start from configs/quickstart.yaml"):
+        load_config(tmp_path / "study.yaml")

@@ -86,6 +86,8 @@ def write_sites(data: FederatedData, path: Path) -> int:
     records = [r for c, site in zip(data.clients, names, strict=True) for r in site_records(c.train + c.val + c.test,
                                                                                             site)]
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; give the JSONL file to write, e.g. {path / 'sites.jsonl'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")

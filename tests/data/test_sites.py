@@ -122,6 +122,10 @@ def test_written_sites_read_back_as_the_same_clients(tiny_config, tmp_path):
         mine = {(ex.task, ex.input, ex.target) for ex in old.train + old.val + old.test}
         theirs = {(ex.task, ex.input, ex.target) for ex in new.train + new.val + new.test + again.global_test}
         assert {(ex.task, ex.input, ex.target) for ex in new.train + new.val + new.test} <= mine <= theirs
+    # A directory given as the file to write is refused before anything is written beside it.
+    with pytest.raises(UserError, match="is a directory; give the JSONL file to write"):
+        write_sites(original, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sites.jsonl"]
 
 
 def test_a_run_on_own_data_names_its_sites(tiny_config, tmp_path):
