@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -410,8 +411,6 @@ def parse_override(item: str) -> DictConfig:
         ConfigError: naming the override when it has no ``=``, indexes into a list or its value
         is not YAML (a flow list or mapping cut at a space by the shell, for example).
     """
-    import yaml
-
     key = item.partition("=")[0]
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key=value{_ONE_WORD}")

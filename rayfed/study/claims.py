@@ -33,7 +33,7 @@ from rayfed.study.layout import (
     read_json,
     run_dir,
 )
-from rayfed.study.primary import primary_verdicts, shown_comparisons
+from rayfed.study.primary import primary_verdicts, shown_comparisons, withhold_verdicts
 
 CLAIMS = {
     1: "A high personalization lr raises local ROUGE-L fast and drops global ROUGE-L; a lower lr keeps global "
@@ -45,9 +45,10 @@ CLAIMS = {
 }
 
 
-def analyze(s: StudyConfig, out: Path) -> dict[str, Any]:
+def analyze(s: StudyConfig, out: Path, final: bool = True) -> dict[str, Any]:
     """Every claim at every concentration, from the finished jobs in ``out`` (seeds whose jobs
-    are not all finished are left out and counted), and the primary comparisons' verdicts."""
+    are not all finished are left out and counted), and the primary comparisons' verdicts
+    (``interim`` unless ``final``: the study has jobs left)."""
     result: dict[str, Any] = {"claims": {str(k): {"text": v, "by_concentration": {}} for k, v in CLAIMS.items()},
                               "selected_lrs": {}, "lr_choices": {}, "seeds": {}, "not_trained": [], "lr_grid": {}}
     for conc in s.concentrations:
@@ -69,6 +70,8 @@ def analyze(s: StudyConfig, out: Path) -> dict[str, Any]:
             result["claims"][str(number)]["by_concentration"][f"{conc:g}"] = {
                 "parts": parts, "table": table, "seeds": len(seeds)}
     result["primary"] = primary_verdicts(s, out, result["seeds"], result["selected_lrs"])
+    if not final:
+        withhold_verdicts(result["primary"])
     result["comparisons"] = shown_comparisons(s, out, result["seeds"], result["selected_lrs"])
     for number, claim in result["claims"].items():
         claim["verdict"] = result["primary"]["claims"].get(number, "not pre-registered")

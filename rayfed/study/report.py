@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rayfed.study.config import StudyConfig
-from rayfed.study.primary import INTERIM, withhold_verdicts
+from rayfed.study.primary import INTERIM
 from rayfed.study.runner import progress
 
 
@@ -19,7 +19,8 @@ def write_report(s: StudyConfig, out: Path) -> dict[str, Any]:
     from rayfed.study.plots import plot_study
 
     out.mkdir(parents=True, exist_ok=True)
-    analysis = analyze(s, out)
+    finished, total = progress(s, out)
+    analysis = analyze(s, out, final=finished == total)
     seconds: dict[str, float] = {}
     machines: dict[str, dict[str, float]] = {}
     if (out / "jobs.jsonl").is_file():
@@ -32,11 +33,7 @@ def write_report(s: StudyConfig, out: Path) -> dict[str, Any]:
             ran["seconds"] += job["seconds"]
     analysis["seconds_by_kind"] = seconds
     analysis["machines"] = machines
-    analysis["jobs_finished"], analysis["jobs_total"] = progress(s, out)
-    if analysis["jobs_finished"] < analysis["jobs_total"]:
-        withhold_verdicts(analysis["primary"])
-        for number, claim in analysis["claims"].items():
-            claim["verdict"] = analysis["primary"]["claims"].get(number, "not pre-registered")
+    analysis["jobs_finished"], analysis["jobs_total"] = finished, total
     (out / "study.json").write_text(json.dumps(analysis, indent=2, sort_keys=True))
     (out / "results.md").write_text(results_markdown(s, analysis, seconds), encoding="utf-8")
     figures = plot_study(s, out)
