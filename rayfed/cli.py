@@ -16,7 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rayfed.config import ConfigError, load_config, to_yaml
-from rayfed.errors import RayfedWarning, UserError, WorkerLostError, interrupts_held, raise_interrupted
+from rayfed.errors import (
+    RayfedWarning,
+    UserError,
+    WorkerLostError,
+    interrupt_handled,
+    interrupts_held,
+    raise_interrupted,
+)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -352,9 +359,11 @@ def main(argv: list[str] | None = None) -> int:
         # A Ctrl-C ignored by whoever started the process (a shell's `&`) stays ignored.
         previous = {sig: signal.signal(sig, raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)
                     if signal.getsignal(sig) != signal.SIG_IGN}
+    interrupt_handled()
     try:
         code = args.handler(args)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: one line, no traceback
+        interrupt_handled()
         signum = getattr(err, "signum", signal.SIGINT)
         try:
             hint = continue_hint(args)

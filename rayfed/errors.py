@@ -31,6 +31,9 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+_raised: list[int] = []  # the signal raise_interrupted raised, until the command line has handled it
+
+
 def raise_interrupted(signum: int, frame: object) -> None:
     """A signal handler for Ctrl-C and SIGTERM: the first raises :class:`Interrupted` (a
     KeyboardInterrupt); any later one is ignored, so the clean-up it starts (the checkpoint kept,
@@ -39,7 +42,21 @@ def raise_interrupted(signum: int, frame: object) -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
+    _raised[:] = [signum]
     raise Interrupted(signum)
+
+
+def raise_if_interrupted() -> None:
+    """Where stopping is safe (before each round): raise again an interrupt that library code
+    caught and dropped. Later signals are ignored after the first, so a run whose one Ctrl-C was
+    lost that way could not be stopped at all."""
+    if _raised:
+        raise Interrupted(_raised[0])
+
+
+def interrupt_handled() -> None:
+    """The command line reported the interrupt (or starts afresh): nothing is left to raise again."""
+    _raised.clear()
 
 
 def quiet_worker_exit() -> None:
@@ -62,31 +79,46 @@ def quiet_worker_exit() -> None:
 
 @contextlib.contextmanager
 def interrupts_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM until the block ends, then raise them as usual.
+    """Hold Ctrl-C and SIGTERM until the block ends, then raise them as usual; a second one while
+    held is raised at once (whoever pressed Ctrl-C twice will not wait).
 
-    For imports: torch, numpy, transformers and PEFT do not survive an interrupt half-way through
-    their import (transformers' lazy modules turn it into a ModuleNotFoundError traceback, a
-    half-imported numpy fails on the next use), so a Ctrl-C in a command's first second printed
-    a traceback instead of rayfed's one line. Outside the main thread signals cannot be handled,
-    and the block runs as it is.
+    For work an interrupt would leave half done: the imports of torch, numpy, transformers and
+    PEFT (transformers' lazy modules turn a Ctrl-C into a ModuleNotFoundError traceback, a
+    half-imported numpy fails on the next use) and Ray's start-up (a Ctrl-C inside ``ray.init``
+    cut its core worker half-built: the process then crashed with SIGSEGV at exit, or Ray
+    swallowed the interrupt and the run went on with Ctrl-C ignored). Outside the main thread
+    signals cannot be handled, and the block runs as it is.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def hold(signum: int, frame: object) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            deliver(signum, frame)
+
+    def deliver(signum: int, frame: object) -> None:
+        restore()
+        handler = previous[signal.Signals(signum)]
+        if callable(handler):
+            handler(signum, frame)  # Python's default SIGINT handler raises KeyboardInterrupt
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(signum)
+
+    def restore() -> None:  # unless a handler that ran meanwhile set its own (SIG_IGN after an interrupt)
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is hold:
+                signal.signal(sig, handler)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore()
     if received:
-        handler = previous[signal.Signals(received[0])]
-        if callable(handler):
-            handler(received[0], None)  # Python's default SIGINT handler raises KeyboardInterrupt
-        elif handler == signal.SIG_DFL:
-            signal.raise_signal(received[0])
+        deliver(received[0], None)
 
 
 class RayfedWarning(UserWarning):

@@ -22,7 +22,7 @@ import torch
 
 from rayfed.config import ExperimentConfig, check_overridable, flat_keys, load_config, to_yaml
 from rayfed.data.sources import federated_data
-from rayfed.errors import MachinesWarning, UserError
+from rayfed.errors import MachinesWarning, UserError, raise_if_interrupted
 from rayfed.names import EVAL, GLOBAL_SPLITS, METRICS, metric_key
 from rayfed.outputs.adapter import ADAPTER_DIR, save_adapter
 from rayfed.outputs.checkpoint import CHECKPOINT, load_run_state, save_prompt, save_run_state, truncate_events
@@ -270,6 +270,7 @@ def _train_rounds(cfg: ExperimentConfig, driver: Any, loggers: list[MetricLogger
     # The bar counts client trainings: Ditto trains each client's own prompt after the global one.
     trainings = cfg.algorithm.clients_per_round * (2 if cfg.algorithm.name == "ditto" else 1)
     for round_idx in range(first, cfg.algorithm.rounds + 1):
+        raise_if_interrupted()  # a Ctrl-C that library code swallowed still stops the run here
         label = f"round {round_idx}/{cfg.algorithm.rounds}"
         with phase(f"{label}: training", trainings):
             result = driver.run_round(round_idx)

@@ -54,12 +54,13 @@ def test_version_is_printed(capsys):
 
 def test_a_ctrl_c_during_held_imports_is_raised_once_they_are_done():
     """A Ctrl-C while a command imports torch and transformers waits for the imports, then
-    interrupts as usual (KeyboardInterrupt, or SIGTERM's Interrupted); nothing in the block is cut."""
+    interrupts as usual (KeyboardInterrupt, or SIGTERM's Interrupted); nothing in the block is cut.
+    A second Ctrl-C while the first is held interrupts at once."""
     import signal
 
     import pytest
 
-    from rayfed.errors import Interrupted, interrupts_held, raise_interrupted
+    from rayfed.errors import Interrupted, interrupt_handled, interrupts_held, raise_interrupted
 
     finished = []
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -76,7 +77,17 @@ def test_a_ctrl_c_during_held_imports_is_raised_once_they_are_done():
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # an ignored Ctrl-C stays ignored
         with interrupts_held():
             signal.raise_signal(signal.SIGINT)
+        signal.signal(signal.SIGINT, raise_interrupted)  # pressed twice: the second is not held
+        finished.clear()
+        with pytest.raises(Interrupted), interrupts_held():
+            signal.raise_signal(signal.SIGINT)
+            finished.append("after the first")
+            signal.raise_signal(signal.SIGINT)
+            finished.append("after the second")
+        assert finished == ["after the first"]
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # the clean-up is not cut by a third
     finally:
+        interrupt_handled()
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 

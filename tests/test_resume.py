@@ -1,12 +1,14 @@
 """Checkpoint and resume: a run killed mid-way and resumed ends on the uninterrupted run's prompt,
 bit for bit; a finished run's directory is not silently overwritten."""
 
+import contextlib
 import json
 import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -303,6 +305,64 @@ def test_ctrl_c_while_ray_starts_leaves_nothing_running(tmp_path, tiny_overrides
     assert "Traceback" not in output, output[-3000:]
     _, alive = psutil.wait_procs(list(seen.values()), timeout=10)
     assert not alive, [p.name() for p in alive]
+
+
+@pytest.mark.ray
+def test_a_ctrl_c_inside_ray_init_waits_until_ray_is_up():
+    """A Ctrl-C while ray.init connects to the Ray it started cut Ray's core worker half-built:
+    the run printed its one line, then died of SIGSEGV at exit (or lost the Ctrl-C and trained on).
+    It is now held until Ray is up, then interrupts as usual."""
+    code = textwrap.dedent("""
+        import os, signal, sys
+        import ray, ray._private.worker as ray_worker
+        from rayfed.config import RayConfig
+        from rayfed.errors import raise_interrupted
+        from rayfed.runtime.ray_backend import start_ray
+
+        connect = ray_worker.connect
+        def interrupted_connect(*args, **kwargs):  # Ctrl-C just as ray.init connects
+            os.kill(os.getpid(), signal.SIGINT)
+            return connect(*args, **kwargs)
+        ray_worker.connect = interrupted_connect
+        signal.signal(signal.SIGINT, raise_interrupted)
+        try:
+            start_ray(RayConfig(num_cpus=1))
+        except KeyboardInterrupt:
+            print("interrupted; Ray up:", ray.is_initialized())
+            sys.exit(130)
+    """)
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                          preexec_fn=interruptible)
+    assert done.returncode == 130, done.stdout + done.stderr[-3000:]
+    assert done.stdout.strip() == "interrupted; Ray up: True"
+
+
+def test_a_ctrl_c_swallowed_by_library_code_still_stops_the_run_before_the_next_round(tiny_config):
+    """The first Ctrl-C makes later ones ignored (so the clean-up runs undisturbed); one that code
+    in between caught and dropped left a run nobody could stop. It is raised again before the next
+    round, and the checkpoint of the last finished round is kept."""
+    from rayfed.errors import Interrupted, interrupt_handled, raise_interrupted
+
+    class SwallowsACtrlC:
+        def log(self, event):
+            if event.get("event") == "round" and event["round"] == 2:
+                with contextlib.suppress(KeyboardInterrupt):  # a library that drops it
+                    raise_interrupted(signal.SIGINT, None)
+
+        def close(self):
+            pass
+
+    cfg = tiny_config("runtime.executor=local", "algorithm.rounds=4")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(Interrupted):
+            run_experiment(cfg, loggers=[SwallowsACtrlC()])
+    finally:
+        interrupt_handled()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert load_run_state(Path(cfg.output_dir) / CHECKPOINT)[0] == 2
 
 
 def test_a_resume_whose_personalization_would_be_refused_stops_before_training(tiny_config):

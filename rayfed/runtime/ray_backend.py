@@ -24,7 +24,13 @@ import torch
 
 from rayfed.config import ConfigError, ExperimentConfig, RayConfig
 from rayfed.data.partition import FederatedData, global_sets_of
-from rayfed.errors import UnauthenticatedRayWarning, WorkerLostError, quiet_worker_exit, raise_interrupted
+from rayfed.errors import (
+    UnauthenticatedRayWarning,
+    WorkerLostError,
+    interrupts_held,
+    quiet_worker_exit,
+    raise_interrupted,
+)
 from rayfed.runtime import progress
 from rayfed.runtime.driver import Driver
 from rayfed.runtime.parts import RunParts
@@ -49,12 +55,13 @@ def start_ray(cfg: RayConfig) -> None:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     warn_if_unauthenticated(cfg, address)
-    if address:
-        ray.init(address=address)
-    else:
-        os.environ.setdefault("RAY_enable_metrics_collection", "0")
-        ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
-                 include_dashboard=cfg.include_dashboard)
+    with interrupts_held():  # a Ctrl-C inside ray.init left its core worker half-built (SIGSEGV at exit)
+        if address:
+            ray.init(address=address)
+        else:
+            os.environ.setdefault("RAY_enable_metrics_collection", "0")
+            ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
+                     include_dashboard=cfg.include_dashboard)
     _keep_token_private(Path.home() / ".ray" / "auth_token")
     if threading.current_thread() is threading.main_thread():
         # ray.init replaced SIGTERM's handler (Ray's own exits by SIGABRT with a C++ stack dump):
