@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "study.md"
 BIGBENCH_DOC = ROOT / "docs" / "study-bigbench.md"
 QUICK_BUNDLE = ROOT / "docs" / "results" / "study-quick"  # the pilot on the evals tasks
+FULL_BUNDLE = ROOT / "docs" / "results" / "study-full"  # the full study on the evals tasks
 BIGBENCH = ROOT / "docs" / "results" / "bigbench"  # the BIG-bench pilot and the unfinished full study on it
 
 
@@ -82,6 +83,28 @@ def test_the_pilot_rerun_on_another_machine_is_recomputed_from_its_bundle(tmp_pa
 
 
 @pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "study-full"
+    shutil.copytree(FULL_BUNDLE, out)
+    study = out / "study.yaml"  # the file it ran, registered before its runs
+    assert main(["study", str(study), f"output_dir={out}", "--report-only"]) == 0
+    assert main(["study", str(study), f"output_dir={out}", "--power-for", str(ROOT / "configs/study/full.yaml")]) == 0
+    return out
+
+
+def test_the_full_studys_comparison_table_is_recomputed_from_its_bundle(full):
+    analysis = json.loads((full / "study.json").read_text())
+    assert analysis["jobs_finished"] == analysis["jobs_total"]  # final: verdicts, not interim
+    same_table("\n".join(comparison_table(analysis["primary"]["comparisons"])),
+               generated("comparisons docs/results/study-full"))
+
+
+def test_what_a_next_study_needs_is_recomputed_from_the_full_studys_bundle(full):
+    table = [line for line in (full / "power-study-full.md").read_text().splitlines() if line.startswith("|")]
+    same_table("\n".join(table), generated("power study-full from docs/results/study-full"))
+
+
+@pytest.fixture(scope="module")
 def bigbench_quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle") / "study-quick"
     shutil.copytree(BIGBENCH / "study-quick", out)  # the report writes beside the bundle's files
@@ -109,7 +132,7 @@ def test_the_doc_counts_the_full_studys_finished_jobs_as_its_bundle_does():
     from rayfed.study.runner import progress
 
     bundle = ROOT / "docs" / "results" / "study-full"
-    said = re.search(r"\((\d+) of (\d+) on \d{4}-\d\d-\d\d", DOC.read_text())
+    said = re.search(r"(\d+) of (\d+) on \d{4}-\d\d-\d\d", DOC.read_text())
     assert said, "docs/study.md does not say how many of the full study's jobs are in its bundle"
     s = load_study(bundle / "study.yaml", [f"output_dir={bundle}"])
     assert progress(s, bundle) == (int(said.group(1)), int(said.group(2)))
