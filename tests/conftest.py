@@ -10,6 +10,10 @@ from pathlib import Path
 # command, typed in a shell that does not set it).
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# The shared test cluster opens no metrics port (as a rayfed run does): the port test
+# (tests/test_security.py) then sees what a run opens, not the ports this cluster already holds.
+for _server in ("AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT"):
+    os.environ.setdefault(_server, "-1")
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402

@@ -37,6 +37,9 @@ from rayfed.runtime.parts import RunParts
 from rayfed.runtime.placement import by_worker, label_matches, num_workers
 from rayfed.runtime.worker import ClientWorker
 
+# Ray's two Prometheus servers without a switch, by the variable that sets each one's port.
+METRICS_PORTS = ("AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT")
+
 
 def start_ray(cfg: RayConfig) -> None:
     """Connect to ``cfg.address`` or ``$RAY_ADDRESS`` (e.g. under ``ray job submit``), else start
@@ -44,9 +47,10 @@ def start_ray(cfg: RayConfig) -> None:
 
     The local cluster is always a new one (``address="local"``): a cluster file left in Ray's
     temp directory by another (or a dead) Ray is never joined. It runs with Ray's token
-    authentication (Ray's default) and without the Prometheus metrics endpoint, which Ray serves
-    unauthenticated on every interface (set ``RAY_enable_metrics_collection=1`` to keep it); the
-    other ports it listens on are in docs/security.md.
+    authentication (Ray's default) and without the Prometheus metrics endpoints, which Ray serves
+    unauthenticated on every interface (set ``RAY_enable_metrics_collection=1``,
+    ``AUTOSCALER_METRIC_PORT`` and ``DASHBOARD_METRIC_PORT`` to keep them); the other ports it
+    listens on are in docs/security.md.
     """
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -60,6 +64,10 @@ def start_ray(cfg: RayConfig) -> None:
             ray.init(address=address)
         else:
             os.environ.setdefault("RAY_enable_metrics_collection", "0")
+            # The autoscaler's and the API server's own Prometheus servers (44217, 44227 on every
+            # interface) have no switch; a port they cannot bind leaves them off (Ray logs it).
+            for server in METRICS_PORTS:
+                os.environ.setdefault(server, "-1")
             ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
                      include_dashboard=cfg.include_dashboard)
     _keep_token_private(Path.home() / ".ray" / "auth_token")
