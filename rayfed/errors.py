@@ -85,9 +85,9 @@ def interrupts_held() -> Iterator[None]:
     For work an interrupt would leave half done: the imports of torch, numpy, transformers and
     PEFT (transformers' lazy modules turn a Ctrl-C into a ModuleNotFoundError traceback, a
     half-imported numpy fails on the next use) and Ray's start-up (a Ctrl-C inside ``ray.init``
-    cut its core worker half-built: the process then crashed with SIGSEGV at exit, or Ray
-    swallowed the interrupt and the run went on with Ctrl-C ignored). Outside the main thread
-    signals cannot be handled, and the block runs as it is.
+    cut its core worker half-built: the process printed rayfed's one line, then crashed with
+    SIGSEGV at exit). Outside the main thread signals cannot be handled, and the block runs as
+    it is.
     """
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -12,6 +12,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # The shared test cluster opens no metrics port (as a rayfed run does): the port test
 # (tests/test_security.py) then sees what a run opens, not the ports this cluster already holds.
+# The names are rayfed.runtime.ray_backend.METRICS_PORTS, spelled out: that module imports Ray.
 for _server in ("AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT"):
     os.environ.setdefault(_server, "-1")
 
